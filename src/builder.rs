@@ -1,0 +1,292 @@
+//! [`Builder`]: configures a dispatcher and checks the configuration before starting anything.
+
+use crate::{
+    dispatcher::{BoxedJob, Dispatcher},
+    error::BuildError,
+    gate::MAX_CAPACITY,
+    handler::Handler,
+    pool::{default_workers, PoolShared, WorkerPool, DEFAULT_NAME},
+    shared::{ErrorHook, PanicHook, Shared},
+    sync::Arc,
+};
+use std::{
+    any::Any,
+    fmt::{self, Debug, Display},
+    hash::Hash,
+    marker::PhantomData,
+    time::Duration,
+};
+
+/// Jobs a dispatcher accepts and has not finished, in all, unless [`Builder::capacity`] says
+/// otherwise.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// Jobs a key runs in one turn before its thread goes to the next ready key, unless
+/// [`Builder::jobs_per_turn`] says otherwise.
+pub const DEFAULT_JOBS_PER_TURN: usize = 64;
+
+/// A dispatcher's checked configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// Used in log lines, and as the thread name prefix of a private pool.
+    pub(crate) name: String,
+    pub(crate) capacity: usize,
+    pub(crate) key_capacity: usize,
+    pub(crate) jobs_per_turn: usize,
+    pub(crate) max_parallel: usize,
+    /// `None`: idle keys are evicted as soon as the dispatcher runs out of ready keys.
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Configures and builds a [`Dispatcher`]; from [`Dispatcher::builder`].
+///
+/// Every setting has a default, so `Dispatcher::builder().build(handler)` works. The
+/// configuration is checked by [`build`](Builder::build), which returns a [`BuildError`] naming
+/// what is wrong instead of panicking.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{BuildError, Dispatcher};
+/// use std::time::Duration;
+///
+/// let d = Dispatcher::builder()
+///     .workers(4)
+///     .key_capacity(1024)
+///     .capacity(100_000)
+///     .jobs_per_turn(32)
+///     .idle_timeout(Duration::from_secs(30))
+///     .name("ledger")
+///     .build(|account: &u64, amount: i64| println!("{account}: {amount}"))?;
+/// d.close();
+///
+/// let err = Dispatcher::builder().workers(0).build(|_: &u64, _: i64| {}).unwrap_err();
+/// assert!(matches!(err, BuildError::ZeroWorkers));
+/// # Ok::<(), BuildError>(())
+/// ```
+pub struct Builder<K, J> {
+    workers: Option<usize>,
+    pool: Option<Arc<PoolShared>>,
+    max_parallel: Option<usize>,
+    capacity: usize,
+    key_capacity: Option<usize>,
+    jobs_per_turn: usize,
+    name: Option<String>,
+    idle_timeout: Duration,
+    on_panic: Option<PanicHook<K>>,
+    on_error: Option<ErrorHook<K>>,
+    jobs: PhantomData<fn(J)>,
+}
+
+impl<K, J> Builder<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    pub(crate) fn new() -> Self {
+        Builder {
+            workers: None,
+            pool: None,
+            max_parallel: None,
+            capacity: DEFAULT_CAPACITY,
+            key_capacity: None,
+            jobs_per_turn: DEFAULT_JOBS_PER_TURN,
+            name: None,
+            idle_timeout: Duration::ZERO,
+            on_panic: None,
+            on_error: None,
+            jobs: PhantomData,
+        }
+    }
+
+    /// Threads of the dispatcher's private pool; defaults to
+    /// [`std::thread::available_parallelism`]. However many keys there are, the dispatcher uses
+    /// exactly this many threads. Not to be combined with [`pool`](Builder::pool).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Runs the dispatcher on a shared [`WorkerPool`] instead of threads of its own.
+    pub fn pool(mut self, pool: &WorkerPool) -> Self {
+        self.pool = Some(Arc::clone(pool.shared()));
+        self
+    }
+
+    /// The most threads of its pool the dispatcher uses at once; defaults to all of them.
+    pub fn max_parallel(mut self, max_parallel: usize) -> Self {
+        self.max_parallel = Some(max_parallel);
+        self
+    }
+
+    /// The most jobs accepted and not yet finished, over all keys; defaults to
+    /// [`DEFAULT_CAPACITY`]. A full dispatcher makes [`dispatch`](Dispatcher::dispatch) wait,
+    /// and [`try_dispatch`](Dispatcher::try_dispatch) refuse with `Full`.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The most jobs accepted and not yet finished for any one key (backpressure on a hot key);
+    /// defaults to the global [`capacity`](Builder::capacity).
+    pub fn key_capacity(mut self, key_capacity: usize) -> Self {
+        self.key_capacity = Some(key_capacity);
+        self
+    }
+
+    /// The most jobs a key runs in one turn before its thread moves on to the next ready key;
+    /// defaults to [`DEFAULT_JOBS_PER_TURN`]. Lower is fairer to other keys, higher is cheaper
+    /// for a hot key.
+    pub fn jobs_per_turn(mut self, jobs_per_turn: usize) -> Self {
+        self.jobs_per_turn = jobs_per_turn;
+        self
+    }
+
+    /// Names the dispatcher in log lines, and its private pool's threads (`{name}-0`,
+    /// `{name}-1`, ...); defaults to `keyed-dispatch`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Keeps an idle key in the routing map for `timeout` before evicting it, so that a key
+    /// that comes back soon keeps its entry. The default, zero, evicts idle keys as soon as the
+    /// dispatcher has no key ready to run, and keeps at most a few thousand idle keys while it
+    /// is busy.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Called with the key and the panic payload when a job panics, after the panic has been
+    /// logged at `error` and counted. A panic inside the hook is caught and logged.
+    pub fn on_panic(
+        mut self,
+        hook: impl Fn(&K, &(dyn Any + Send)) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_panic = Some(Box::new(hook));
+        self
+    }
+
+    /// Called with the key and the error when a fallible handler fails, after the failure has
+    /// been logged at `warn` and counted. A panic inside the hook counts as the job's panic.
+    pub fn on_error(mut self, hook: impl Fn(&K, &dyn Display) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Box::new(hook));
+        self
+    }
+
+    /// Checks the configuration, starts the threads (or attaches to the pool) and returns the
+    /// dispatcher, which runs `handler` for every job.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the setting that cannot work (zero workers, zero capacity, a
+    /// key capacity above the capacity, ...), [`BuildError::PoolClosed`] for a closed pool, or
+    /// [`BuildError::Spawn`] if a thread could not be started. Nothing keeps running then.
+    pub fn build<H: Handler<K, J>>(self, handler: H) -> Result<Dispatcher<K, J>, BuildError> {
+        let workers = match &self.pool {
+            Some(pool) => pool.workers(),
+            None => self.workers.unwrap_or_else(default_workers),
+        };
+        let config = self.check(workers)?;
+        let pool = match self.pool {
+            Some(pool) => pool,
+            None => PoolShared::start(workers, &config.name, false)?,
+        };
+        let shared = Shared::new(
+            config,
+            pool,
+            Box::new(handler),
+            self.on_panic,
+            self.on_error,
+        );
+        shared.pool().attach(shared.as_source())?;
+        log::debug!(
+            "{}: dispatcher built on pool {} ({} workers)",
+            shared.config().name,
+            shared.pool().name(),
+            shared.pool().workers()
+        );
+        Ok(Dispatcher::from_shared(shared))
+    }
+
+    /// Checks the settings for a pool of `workers` threads.
+    fn check(&self, workers: usize) -> Result<Config, BuildError> {
+        if self.workers.is_some() && self.pool.is_some() {
+            return Err(BuildError::WorkersWithPool);
+        }
+        if self.workers == Some(0) {
+            return Err(BuildError::ZeroWorkers);
+        }
+        if self.capacity == 0 {
+            return Err(BuildError::ZeroCapacity);
+        }
+        if self.capacity > MAX_CAPACITY {
+            return Err(BuildError::CapacityTooLarge {
+                capacity: self.capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        let key_capacity = self.key_capacity.unwrap_or(self.capacity);
+        if key_capacity == 0 {
+            return Err(BuildError::ZeroKeyCapacity);
+        }
+        if key_capacity > self.capacity {
+            return Err(BuildError::KeyCapacityAboveCapacity {
+                key_capacity,
+                capacity: self.capacity,
+            });
+        }
+        if self.jobs_per_turn == 0 {
+            return Err(BuildError::ZeroJobsPerTurn);
+        }
+        let max_parallel = self.max_parallel.unwrap_or(workers);
+        if max_parallel == 0 {
+            return Err(BuildError::ZeroMaxParallel);
+        }
+        if max_parallel > workers {
+            return Err(BuildError::MaxParallelAboveWorkers {
+                max_parallel,
+                workers,
+            });
+        }
+        Ok(Config {
+            name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
+            capacity: self.capacity,
+            key_capacity,
+            jobs_per_turn: self.jobs_per_turn,
+            max_parallel,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+        })
+    }
+}
+
+impl<K> Builder<K, BoxedJob>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+{
+    /// Builds a dispatcher of boxed closures, which runs each job by calling it. Use
+    /// [`Dispatcher::spawn`] to dispatch them.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Builder::build).
+    pub fn build_spawner(self) -> Result<Dispatcher<K, BoxedJob>, BuildError> {
+        self.build(|_: &K, job: BoxedJob| job())
+    }
+}
+
+impl<K, J> fmt::Debug for Builder<K, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("workers", &self.workers)
+            .field("pool", &self.pool)
+            .field("max_parallel", &self.max_parallel)
+            .field("capacity", &self.capacity)
+            .field("key_capacity", &self.key_capacity)
+            .field("jobs_per_turn", &self.jobs_per_turn)
+            .field("name", &self.name)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}

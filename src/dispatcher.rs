@@ -1,0 +1,358 @@
+//! [`Dispatcher`]: the handle producers dispatch through.
+//!
+//! # Shutdown sequence
+//!
+//! [`Dispatcher::close`] (and `Drop`, which calls it):
+//!
+//! 1. Sets the gate's closed flag with one atomic read-modify-write. Every dispatch that entered
+//!    the gate before it is accepted and counted; every later one is refused with `Closed`.
+//! 2. Wakes producers waiting for global room, so that they see the flag and get their job back.
+//!    Producers waiting for room in one key's queue are woken by that key's next turn.
+//! 3. Waits until the gate's count of accepted, unfinished jobs reaches zero. Workers keep
+//!    running turns meanwhile, so every accepted job runs, in order per key.
+//! 4. Evicts every key still in the map and detaches from the pool. A private pool then has no
+//!    user left: it shuts down, and close joins its threads.
+//!
+//! [`Dispatcher::close_now`] differs in step 3: it also sets the halt flag, so that workers
+//! start no new job; it waits until every running turn has ended (each puts the jobs it had not
+//! started back at the front of its key's queue), takes every key's queue out of the map, and
+//! hands them back.
+//!
+//! The races these steps must win, and how:
+//!
+//! - *A dispatch racing close*: the dispatch's `fetch_add` on the gate and close's `fetch_or`
+//!   are ordered on one atomic word, so the dispatch is either counted (and close waits for it)
+//!   or refused.
+//! - *A dispatch racing close_now*: a producer that entered the gate just before the halt flag
+//!   checks the flag under the mailbox lock (or the map's write lock, when it creates the key),
+//!   which close_now also takes to drain that key, so its job is either drained or refused.
+//! - *Close racing close*: only the first sets the flag; all wait for the same drain; the
+//!   finishing steps run once under a lock, and every caller returns after the threads are
+//!   joined.
+//! - *Close from a handler*: waiting there could deadlock, since the jobs being drained (the
+//!   calling one included) need the pool's threads. Close then performs steps 1 and 2 only and
+//!   returns with [`CloseReport::drained`] false; the shutdown finishes when the last job does,
+//!   and a later `close` from outside (or `Drop`) still waits and joins.
+
+use crate::{
+    builder::Builder,
+    error::{DispatchError, WaitError},
+    pool::Source,
+    shared::{Shared, Wait},
+    stats::Stats,
+    sync::Arc,
+};
+use std::{
+    fmt::{self, Debug},
+    hash::Hash,
+    time::{Duration, Instant},
+};
+
+/// A job that is a closure: the job type of dispatchers built with
+/// [`Builder::build_spawner`] and fed with [`Dispatcher::spawn`].
+pub type BoxedJob = Box<dyn FnOnce() + Send + 'static>;
+
+/// Runs jobs one at a time per key, in dispatch order, and different keys in parallel on a
+/// bounded pool of threads.
+///
+/// Build one with [`Dispatcher::builder`]. The handle is `Send + Sync`: share it by reference or
+/// in an `Arc` among any number of producer threads. See the [crate docs](crate) for the
+/// guarantees.
+///
+/// # Re-entrancy
+///
+/// A handler may use the dispatcher it runs on (through a `Weak` or an `Arc`): dispatching never
+/// blocks on a worker thread of the dispatcher's own pool (where waiting for room could
+/// deadlock, a full queue refuses with `Full`); `wait_idle` and `close_now` return
+/// [`WaitError::WouldDeadlock`] there; `close` stops accepting but does not wait. Dropping the
+/// last handle inside a handler behaves like that `close`.
+pub struct Dispatcher<K, J> {
+    shared: Arc<Shared<K, J>>,
+    /// The same state, erased so that `Drop` (which cannot require `K`'s bounds) can close it.
+    source: Arc<dyn Source>,
+}
+
+/// What [`Dispatcher::close`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// The counters when close returned; exact when `drained` is true.
+    pub stats: Stats,
+    /// True when every accepted job had finished and the threads were joined before close
+    /// returned; false when close was called on one of the pool's worker threads (from a
+    /// handler), where it only stops accepting.
+    pub drained: bool,
+}
+
+impl<K, J> Dispatcher<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    /// A [`Builder`] with every setting at its default.
+    ///
+    /// `K` needs `Debug` because every log line names its key.
+    pub fn builder() -> Builder<K, J> {
+        Builder::new()
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared<K, J>>) -> Self {
+        let source = Arc::clone(&shared) as Arc<dyn Source>;
+        Dispatcher { shared, source }
+    }
+
+    /// Dispatches `job` on `key`. It runs after every job dispatched on `key` before this call
+    /// returned, and before any dispatched after; jobs of other keys run in parallel.
+    ///
+    /// Blocks while the key's queue ([`key_capacity`](Builder::key_capacity)) or the whole
+    /// dispatcher ([`capacity`](Builder::capacity)) is full. Called on a worker thread of the
+    /// dispatcher's own pool (from a handler), it never blocks: it refuses with `Full` instead,
+    /// since waiting there could deadlock.
+    ///
+    /// # Errors
+    ///
+    /// [`DispatchError::Closed`] once [`close`](Dispatcher::close) has begun;
+    /// [`DispatchError::Full`] only from a handler, as above. The error holds the key and job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let d = Dispatcher::builder().build(move |key: &&'static str, n: u32| {
+    ///     log.lock().unwrap().push((*key, n));
+    /// })?;
+    /// for n in 0..3 {
+    ///     d.dispatch("a", n)?;
+    /// }
+    /// d.close();
+    /// assert_eq!(*seen.lock().unwrap(), [("a", 0), ("a", 1), ("a", 2)]);
+    /// assert!(d.dispatch("a", 3).unwrap_err().is_closed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
+        let wait = if self.shared.pool().is_current() {
+            Wait::Never
+        } else {
+            Wait::Forever
+        };
+        self.shared.send(key, job, wait)
+    }
+
+    /// Dispatches `job` on `key` if there is room right now; never blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`DispatchError::Full`] if the key's queue or the dispatcher is full,
+    /// [`DispatchError::Closed`] once close has begun. The error holds the key and job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::mpsc;
+    ///
+    /// let (started, wait_start) = mpsc::channel();
+    /// let (release, gate) = mpsc::channel::<()>();
+    /// let gate = std::sync::Mutex::new(gate);
+    /// let d = Dispatcher::builder().key_capacity(1).build(move |_: &u8, _: u32| {
+    ///     started.send(()).unwrap();
+    ///     gate.lock().unwrap().recv().unwrap();
+    /// })?;
+    /// d.try_dispatch(1, 10)?;
+    /// wait_start.recv()?; // job 10 is running and holds the key's only slot
+    /// let err = d.try_dispatch(1, 11).unwrap_err();
+    /// assert!(err.is_full());
+    /// assert_eq!(err.into_inner(), (1, 11));
+    /// release.send(())?;
+    /// # d.close();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
+        self.shared.send(key, job, Wait::Never)
+    }
+
+    /// Dispatches `job` on `key`, waiting at most `timeout` for room. Unlike
+    /// [`dispatch`](Dispatcher::dispatch), it waits on worker threads too, since its wait is
+    /// bounded.
+    ///
+    /// # Errors
+    ///
+    /// [`DispatchError::Timeout`] if there was no room within `timeout`,
+    /// [`DispatchError::Closed`] once close has begun. The error holds the key and job.
+    pub fn dispatch_timeout(
+        &self,
+        key: K,
+        job: J,
+        timeout: Duration,
+    ) -> Result<(), DispatchError<K, J>> {
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .map_or(Wait::Forever, Wait::Until);
+        self.shared.send(key, job, deadline)
+    }
+
+    /// Blocks until no job is queued or running and, with the default eviction, every idle key
+    /// has been evicted (so `stats().keys == 0`). Jobs dispatched meanwhile are waited for too.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::WouldDeadlock`] at once when called on a worker thread of the dispatcher's
+    /// pool (from a handler): the calling job itself would never finish.
+    pub fn wait_idle(&self) -> Result<(), WaitError> {
+        self.shared.wait_idle()
+    }
+
+    /// A snapshot of the counters; see [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Whether [`close`](Dispatcher::close) or [`close_now`](Dispatcher::close_now) has begun.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// The name given by [`Builder::name`].
+    pub fn name(&self) -> &str {
+        &self.shared.config().name
+    }
+
+    /// Stops accepting jobs, runs every job already accepted, evicts every key and joins the
+    /// worker threads (of a private pool; a shared pool keeps its threads). Idempotent: a
+    /// second call, concurrent or later, waits for the same drain and returns the same counts.
+    ///
+    /// From a handler it only stops accepting and returns at once with
+    /// [`CloseReport::drained`] false: the shutdown finishes when the last job does, and a
+    /// later `close` from outside (or `Drop`) still waits and joins.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().workers(2).build(|_: &u32, _: u32| {})?;
+    /// for i in 0..100 {
+    ///     d.dispatch(i % 7, i)?;
+    /// }
+    /// let report = d.close();
+    /// assert!(report.drained);
+    /// assert_eq!(report.stats.completed, 100);
+    /// assert_eq!(report.stats.keys, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(&self) -> CloseReport {
+        let closed = self.shared.close();
+        CloseReport {
+            stats: closed.stats,
+            drained: closed.drained,
+        }
+    }
+
+    /// Stops accepting jobs and starting them, waits for the jobs running right now, and hands
+    /// back every accepted job that had not started, grouped by key, each key's jobs in
+    /// dispatch order, so that they can be persisted and replayed later without breaking any
+    /// key's order. Then evicts every key and joins the threads, as [`close`](Dispatcher::close).
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::WouldDeadlock`] at once, changing nothing, when called on a worker thread of
+    /// the dispatcher's pool (from a handler): it would wait for its own job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::{mpsc, Mutex};
+    ///
+    /// let (started, wait_start) = mpsc::channel();
+    /// let (release, gate) = mpsc::channel::<()>();
+    /// let gate = Mutex::new(gate);
+    /// let d = Dispatcher::builder().workers(1).build(move |_: &char, n: u32| {
+    ///     if n == 0 {
+    ///         started.send(()).unwrap();
+    ///         gate.lock().unwrap().recv().unwrap();
+    ///     }
+    /// })?;
+    /// d.dispatch('a', 0)?;
+    /// wait_start.recv()?; // job 0 is running
+    /// for n in 1..4 {
+    ///     d.dispatch('a', n)?;
+    /// }
+    /// let left = std::thread::scope(|s| {
+    ///     // Let job 0 finish once close_now has begun.
+    ///     s.spawn(|| {
+    ///         while !d.is_closed() {
+    ///             std::thread::yield_now();
+    ///         }
+    ///         release.send(()).unwrap();
+    ///     });
+    ///     d.close_now()
+    /// })?;
+    /// assert_eq!(left, [('a', vec![1, 2, 3])]);
+    /// assert_eq!(d.stats().handed_back, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close_now(&self) -> Result<Vec<(K, Vec<J>)>, WaitError> {
+        self.shared.close_now()
+    }
+}
+
+impl<K> Dispatcher<K, BoxedJob>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+{
+    /// Dispatches a closure on `key`; see [`dispatch`](Dispatcher::dispatch), whose rules and
+    /// errors it shares. For dispatchers built with [`Builder::build_spawner`].
+    ///
+    /// # Errors
+    ///
+    /// As [`dispatch`](Dispatcher::dispatch); the error holds the boxed closure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::{atomic::{AtomicU32, Ordering}, Arc};
+    ///
+    /// let d = Dispatcher::builder().build_spawner()?;
+    /// let count = Arc::new(AtomicU32::new(0));
+    /// for tenant in ["acme", "globex"] {
+    ///     let count = Arc::clone(&count);
+    ///     d.spawn(tenant, move || {
+    ///         count.fetch_add(1, Ordering::Relaxed);
+    ///     })?;
+    /// }
+    /// d.close();
+    /// assert_eq!(count.load(Ordering::Relaxed), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn(
+        &self,
+        key: K,
+        job: impl FnOnce() + Send + 'static,
+    ) -> Result<(), DispatchError<K, BoxedJob>> {
+        self.dispatch(key, Box::new(job))
+    }
+}
+
+impl<K, J> Drop for Dispatcher<K, J> {
+    /// Closes the dispatcher as [`close`](Dispatcher::close) does: every accepted job runs, and
+    /// the threads of a private pool are joined, before `drop` returns. Dropped on a worker
+    /// thread (in a handler), it stops accepting and the shutdown finishes when the last job
+    /// does; no accepted job is lost either way.
+    fn drop(&mut self) {
+        self.source.close_source();
+    }
+}
+
+impl<K, J> Debug for Dispatcher<K, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}

@@ -1,0 +1,273 @@
+//! Errors. A dispatch that is refused hands its key and job back inside the error.
+
+use std::{error::Error, fmt, io};
+
+/// A dispatch that was refused, with its key and job handed back.
+///
+/// Nothing refused is lost: [`into_inner`](DispatchError::into_inner) returns the exact key and
+/// job that were passed in, so the caller can retry, persist or drop them deliberately. Each
+/// method of [`Dispatcher`](crate::Dispatcher) says which variants it returns.
+///
+/// `Debug` and `Display` never need `K: Debug` or `J: Debug`; they print `Full(..)` and the like.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{DispatchError, Dispatcher};
+///
+/// let d = Dispatcher::builder().workers(1).build(|_key: &u32, _job: String| {})?;
+/// d.close();
+/// let err = d.try_dispatch(7, "hello".to_string()).unwrap_err();
+/// assert!(err.is_closed());
+/// assert_eq!(err.to_string(), "dispatching on a closed dispatcher");
+/// let (key, job) = err.into_inner();
+/// assert_eq!((key, job.as_str()), (7, "hello"));
+/// # Ok::<(), keyed_dispatch::BuildError>(())
+/// ```
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum DispatchError<K, J> {
+    /// The key's queue or the dispatcher's queue was full: from
+    /// [`try_dispatch`](crate::Dispatcher::try_dispatch), and from
+    /// [`dispatch`](crate::Dispatcher::dispatch) called on one of the dispatcher's own worker
+    /// threads, where waiting for room could deadlock.
+    Full {
+        /// The key that was passed in.
+        key: K,
+        /// The job that was passed in.
+        job: J,
+    },
+    /// The queue stayed full for the whole timeout of
+    /// [`dispatch_timeout`](crate::Dispatcher::dispatch_timeout).
+    Timeout {
+        /// The key that was passed in.
+        key: K,
+        /// The job that was passed in.
+        job: J,
+    },
+    /// [`close`](crate::Dispatcher::close) or [`close_now`](crate::Dispatcher::close_now) had
+    /// begun: the dispatcher accepts no more jobs.
+    Closed {
+        /// The key that was passed in.
+        key: K,
+        /// The job that was passed in.
+        job: J,
+    },
+}
+
+impl<K, J> DispatchError<K, J> {
+    /// Returns the key and the job that were refused.
+    pub fn into_inner(self) -> (K, J) {
+        match self {
+            Self::Full { key, job } | Self::Timeout { key, job } | Self::Closed { key, job } => {
+                (key, job)
+            }
+        }
+    }
+
+    /// Returns the job that was refused, dropping the key.
+    pub fn into_job(self) -> J {
+        self.into_inner().1
+    }
+
+    /// The key of the refused job.
+    pub fn key(&self) -> &K {
+        match self {
+            Self::Full { key, .. } | Self::Timeout { key, .. } | Self::Closed { key, .. } => key,
+        }
+    }
+
+    /// The refused job.
+    pub fn job(&self) -> &J {
+        match self {
+            Self::Full { job, .. } | Self::Timeout { job, .. } | Self::Closed { job, .. } => job,
+        }
+    }
+
+    /// True for [`DispatchError::Full`].
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full { .. })
+    }
+
+    /// True for [`DispatchError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+
+    /// True for [`DispatchError::Closed`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Self::Closed { .. })
+    }
+}
+
+impl<K, J> fmt::Debug for DispatchError<K, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full { .. } => f.write_str("Full(..)"),
+            Self::Timeout { .. } => f.write_str("Timeout(..)"),
+            Self::Closed { .. } => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<K, J> fmt::Display for DispatchError<K, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full { .. } => "dispatching on a full queue",
+            Self::Timeout { .. } => "timed out dispatching on a full queue",
+            Self::Closed { .. } => "dispatching on a closed dispatcher",
+        })
+    }
+}
+
+impl<K, J> Error for DispatchError<K, J> {}
+
+/// A configuration that cannot work, or worker threads that could not be started.
+///
+/// Returned by [`Builder::build`](crate::Builder::build) and
+/// [`PoolBuilder::build`](crate::PoolBuilder::build); nothing is started when it is returned.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `workers(0)`: a pool needs at least one thread.
+    ZeroWorkers,
+    /// `capacity(0)`: no job could ever be accepted.
+    ZeroCapacity,
+    /// `key_capacity(0)`: no job could ever be accepted.
+    ZeroKeyCapacity,
+    /// `key_capacity` is larger than `capacity`, so it could never be reached.
+    KeyCapacityAboveCapacity {
+        /// The per-key capacity asked for.
+        key_capacity: usize,
+        /// The global capacity asked for.
+        capacity: usize,
+    },
+    /// `capacity` is larger than the dispatcher can count.
+    CapacityTooLarge {
+        /// The capacity asked for.
+        capacity: usize,
+        /// The largest capacity supported.
+        max: usize,
+    },
+    /// `jobs_per_turn(0)`: a key could never run.
+    ZeroJobsPerTurn,
+    /// `max_parallel(0)`: the dispatcher could never run.
+    ZeroMaxParallel,
+    /// `max_parallel` is larger than the pool has threads, so it could never be reached.
+    MaxParallelAboveWorkers {
+        /// The cap asked for.
+        max_parallel: usize,
+        /// The pool's threads.
+        workers: usize,
+    },
+    /// Both `workers(n)` and `pool(&pool)` were set: a dispatcher either owns its threads or
+    /// shares a pool's.
+    WorkersWithPool,
+    /// The pool passed to `pool(&pool)` has been closed.
+    PoolClosed,
+    /// The operating system refused to start a worker thread.
+    Spawn(io::Error),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ZeroWorkers => f.write_str("a pool needs at least one worker thread"),
+            Self::ZeroCapacity => f.write_str("capacity must be at least 1"),
+            Self::ZeroKeyCapacity => f.write_str("key_capacity must be at least 1"),
+            Self::KeyCapacityAboveCapacity {
+                key_capacity,
+                capacity,
+            } => write!(
+                f,
+                "key_capacity ({key_capacity}) is larger than capacity ({capacity})"
+            ),
+            Self::CapacityTooLarge { capacity, max } => {
+                write!(
+                    f,
+                    "capacity ({capacity}) is larger than the maximum ({max})"
+                )
+            }
+            Self::ZeroJobsPerTurn => f.write_str("jobs_per_turn must be at least 1"),
+            Self::ZeroMaxParallel => f.write_str("max_parallel must be at least 1"),
+            Self::MaxParallelAboveWorkers {
+                max_parallel,
+                workers,
+            } => write!(
+                f,
+                "max_parallel ({max_parallel}) is larger than the pool's {workers} workers"
+            ),
+            Self::WorkersWithPool => {
+                f.write_str("workers(n) and pool(&pool) cannot both be set on one dispatcher")
+            }
+            Self::PoolClosed => f.write_str("the worker pool has been closed"),
+            Self::Spawn(_) => f.write_str("failed to spawn a worker thread"),
+        }
+    }
+}
+
+impl Error for BuildError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Self::Spawn(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// A wait that could not be carried out.
+///
+/// Returned by [`Dispatcher::wait_idle`](crate::Dispatcher::wait_idle) and the other waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// Called on one of the pool's own worker threads (from inside a handler). Waiting there
+    /// could deadlock, since the jobs waited for may need that very thread, so the call
+    /// returns at once instead.
+    WouldDeadlock,
+    /// The timeout passed before the condition was met.
+    Timeout,
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::WouldDeadlock => "waiting on a worker thread of the same pool could deadlock",
+            Self::Timeout => "timed out waiting",
+        })
+    }
+}
+
+impl Error for WaitError {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatch_error_hands_back_key_and_job() {
+        let err = DispatchError::Full {
+            key: 3,
+            job: vec![1, 2],
+        };
+        assert!(err.is_full() && !err.is_closed() && !err.is_timeout());
+        assert_eq!(*err.key(), 3);
+        assert_eq!(err.job(), &vec![1, 2]);
+        assert_eq!(format!("{err:?}"), "Full(..)");
+        assert_eq!(err.to_string(), "dispatching on a full queue");
+        assert_eq!(err.into_inner(), (3, vec![1, 2]));
+    }
+
+    #[test]
+    fn build_error_names_the_values() {
+        let err = BuildError::KeyCapacityAboveCapacity {
+            key_capacity: 10,
+            capacity: 5,
+        };
+        assert_eq!(
+            err.to_string(),
+            "key_capacity (10) is larger than capacity (5)"
+        );
+        let spawn = BuildError::Spawn(io::Error::other("no threads"));
+        assert!(spawn.source().is_some());
+    }
+}

@@ -1,0 +1,144 @@
+//! Admission: the dispatcher's closed flags and its count of unfinished jobs, in one word.
+//!
+//! A dispatch first *enters* the gate: one `fetch_add` that both reserves a slot of the global
+//! capacity and reads the closed flags. A job *leaves* the gate when it has finished running
+//! (or has been handed back by `close_now`). Because entering and closing are read-modify-writes
+//! of the same word, they are totally ordered: every dispatch that entered before `close` set
+//! [`CLOSED`] is counted, and `close` waits until the count falls to zero, so it drains exactly
+//! the jobs that were accepted.
+
+use crate::sync::{AtomicUsize, Ordering};
+use crossbeam_utils::CachePadded;
+
+/// Set once `close` or `close_now` has begun: no dispatch enters any more.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+/// Set once `close_now` has begun: jobs that have not started are handed back, not run.
+const HALTED: usize = 1 << (usize::BITS - 2);
+const FLAGS: usize = CLOSED | HALTED;
+
+/// The largest global capacity the gate can count, with room above it for the transient
+/// reservations of concurrent producers that find the gate full or closed.
+pub(crate) const MAX_CAPACITY: usize = usize::MAX >> 3;
+
+/// Why a dispatch could not enter.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Closed,
+    Full,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    /// `CLOSED | HALTED | count`, where `count` is the number of jobs accepted and not yet
+    /// finished, plus reservations of producers that are between entering and pushing their job.
+    word: CachePadded<AtomicUsize>,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Self {
+        Gate {
+            word: CachePadded::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Reserves one slot of `capacity`. On `Err` nothing stays reserved: the transient
+    /// reservation was undone here, and the bool says whether undoing it emptied the gate (the
+    /// caller then wakes whoever waits for that, as after [`Gate::leave`]).
+    // ORDERING: SeqCst, so that the count is in the single total order with the waiter counts
+    // read by `Shared::left` (the Dekker pair that makes `wait_idle` lose no wake-up).
+    pub(crate) fn enter(&self, capacity: usize) -> Result<(), (Refused, bool)> {
+        let prev = self.word.fetch_add(1, Ordering::SeqCst);
+        let refused = if prev & CLOSED != 0 {
+            Refused::Closed
+        } else if prev & !FLAGS >= capacity {
+            Refused::Full
+        } else {
+            return Ok(());
+        };
+        let emptied = self.leave(1);
+        Err((refused, emptied))
+    }
+
+    /// Releases `n` slots: jobs that finished, were handed back, or reservations undone.
+    /// Returns true when this emptied the gate (the count fell to zero).
+    // ORDERING: SeqCst, see `enter`.
+    pub(crate) fn leave(&self, n: usize) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let prev = self.word.fetch_sub(n, Ordering::SeqCst);
+        debug_assert!(prev & !FLAGS >= n, "gate count underflow");
+        prev & !FLAGS == n
+    }
+
+    /// Sets [`CLOSED`]; returns true for the call that set it.
+    pub(crate) fn close(&self) -> bool {
+        self.word.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0
+    }
+
+    /// Sets [`CLOSED`] and [`HALTED`]; returns true for the call that set `CLOSED`.
+    pub(crate) fn halt(&self) -> bool {
+        self.word.fetch_or(CLOSED | HALTED, Ordering::SeqCst) & CLOSED == 0
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.word.load(Ordering::SeqCst) & CLOSED != 0
+    }
+
+    // ORDERING: Relaxed is enough for the worker's per-job check: a job that starts after
+    // `close_now` set the flag is a lost race either way, and the jobs a worker puts back are
+    // collected under the mailbox lock, which orders them.
+    pub(crate) fn is_halted(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & HALTED != 0
+    }
+
+    /// Jobs accepted and not yet finished (plus in-flight reservations).
+    pub(crate) fn count(&self) -> usize {
+        self.word.load(Ordering::SeqCst) & !FLAGS
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enter_counts_until_capacity() {
+        let gate = Gate::new();
+        assert_eq!(gate.enter(2), Ok(()));
+        assert_eq!(gate.enter(2), Ok(()));
+        assert_eq!(gate.enter(2), Err((Refused::Full, false)));
+        assert_eq!(gate.count(), 2);
+        assert!(!gate.leave(1));
+        assert!(gate.leave(1));
+        assert_eq!(gate.count(), 0);
+    }
+
+    #[test]
+    fn closed_gate_refuses_and_keeps_count() {
+        let gate = Gate::new();
+        gate.enter(10).unwrap();
+        assert!(gate.close());
+        assert!(!gate.close(), "only the first close sets the flag");
+        assert_eq!(gate.enter(10), Err((Refused::Closed, false)));
+        assert_eq!(gate.count(), 1);
+        assert!(gate.is_closed() && !gate.is_halted());
+        assert!(gate.leave(1));
+    }
+
+    #[test]
+    fn refused_entry_into_empty_closed_gate_reports_emptied() {
+        let gate = Gate::new();
+        gate.close();
+        assert_eq!(gate.enter(10), Err((Refused::Closed, true)));
+    }
+
+    #[test]
+    fn halt_closes_too() {
+        let gate = Gate::new();
+        assert!(gate.halt());
+        assert!(gate.is_closed() && gate.is_halted());
+        assert!(!gate.close());
+    }
+}

@@ -1,0 +1,514 @@
+//! The worker threads: a fixed number of them, shared by every dispatcher on the pool.
+//!
+//! Threads do not know about keys. They take *tokens* from the pool's FIFO queue; a token is a
+//! dispatcher's permission to use one thread (a dispatcher holds at most `max_parallel`), and a
+//! thread holding one runs that dispatcher's ready keys, a bounded turn each. When other tokens
+//! wait in the queue, the thread puts its token back at the end after each turn, so threads are
+//! shared fairly between dispatchers as turns are between keys.
+//!
+//! # Sleeping and waking
+//!
+//! A thread that finds the queue empty spins briefly (counted in `spinning`), then sleeps on the
+//! condition variable (counted in `sleeping`). [`PoolShared::submit`] wakes a sleeper only if
+//! the queue holds more tokens than there are spinners to take them. No wake-up is lost: a
+//! spinner stops spinning and re-checks the queue under the lock before it sleeps, and `submit`
+//! pushes under that same lock.
+//!
+//! # Shutdown
+//!
+//! A pool shuts down once nothing can give it work any more: its [`WorkerPool`] handle is gone
+//! (or [`WorkerPool::close`] was called) and every dispatcher on it has closed. Threads finish
+//! the tokens still queued, then exit; the thread that shut the pool down joins them, unless it
+//! is one of them.
+
+use crate::{
+    error::BuildError,
+    sync::{
+        lock, spin_once, thread, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering,
+        Weak,
+    },
+};
+use std::{cell::Cell, collections::VecDeque, fmt, time::Instant};
+
+/// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps.
+const SPIN_STEPS: u32 = if cfg!(loom) { 0 } else { 10 };
+
+/// Something that gives a pool work: a dispatcher.
+pub(crate) trait Source: Send + Sync + 'static {
+    /// Runs ready keys while holding one of the source's tokens; returns once the token has
+    /// been released or handed back to the pool's queue.
+    fn run(self: Arc<Self>, worker: &Worker<'_>);
+
+    /// A timer set with [`PoolShared::set_timer`] is due; returns when the next one is.
+    fn on_timer(&self, now: Instant) -> Option<Instant>;
+
+    /// Closes the source, draining its jobs: the pool is closing, or its handle was dropped.
+    fn close_source(&self);
+}
+
+thread_local! {
+    /// The id of the pool this thread works for; 0 on threads that are not workers.
+    static CURRENT_POOL: Cell<usize> = const { Cell::new(0) };
+}
+
+static NEXT_POOL_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// What a worker thread is handed.
+enum Work {
+    Run(Arc<dyn Source>),
+    Timer(Arc<dyn Source>),
+}
+
+/// The state every worker and every dispatcher of a pool shares.
+pub(crate) struct PoolShared {
+    id: usize,
+    workers: usize,
+    name: String,
+    state: Mutex<PoolState>,
+    /// Sleeping workers wait here.
+    wake: Condvar,
+    /// `state.queue.len()`, readable without the lock by spinning and turn-taking workers.
+    queued: AtomicUsize,
+    /// Join handles of the threads, taken by whoever joins them.
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+struct PoolState {
+    /// Tokens waiting for a thread, in FIFO order.
+    queue: VecDeque<Arc<dyn Source>>,
+    /// Workers spinning in `next_work` before they sleep.
+    spinning: usize,
+    /// Workers asleep on `wake`.
+    sleeping: usize,
+    /// Timers of sources, each due at its instant.
+    timers: Vec<(Instant, Weak<dyn Source>)>,
+    /// Open dispatchers attached to the pool, for `WorkerPool::close`.
+    sources: Vec<Weak<dyn Source>>,
+    /// Whether a `WorkerPool` handle still exists and has not been closed (a dispatcher's
+    /// private pool has none).
+    handle: bool,
+    /// Whether a dispatcher may attach: while the handle lives, or until a private pool's one
+    /// dispatcher has attached.
+    accepting: bool,
+    /// Set once no more work can come: workers exit when the queue is empty.
+    shutdown: bool,
+}
+
+/// Passed to a running source: what it may ask of the worker thread it runs on.
+pub(crate) struct Worker<'a> {
+    pool: &'a PoolShared,
+}
+
+impl Worker<'_> {
+    /// Whether tokens wait in the pool's queue: a source holding a thread should hand it on
+    /// after its current turn.
+    pub(crate) fn others_waiting(&self) -> bool {
+        // ORDERING: Relaxed; a stale answer costs one turn of unfairness, never correctness.
+        self.pool.queued.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Aborts the process if a worker thread unwinds out of the crate's own code: the pool's
+/// invariants would be broken and `close` could hang. User code never unwinds this far; its
+/// panics are caught around each job.
+struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            log::error!("keyed-dispatch: internal panic on a worker thread; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+impl PoolShared {
+    /// Starts `workers` threads named `{name}-{i}`. `handle` says whether a `WorkerPool` handle
+    /// owns the pool (else it is private to the one dispatcher that attaches right away).
+    pub(crate) fn start(workers: usize, name: &str, handle: bool) -> Result<Arc<Self>, BuildError> {
+        if workers == 0 {
+            return Err(BuildError::ZeroWorkers);
+        }
+        let pool = Arc::new(PoolShared {
+            id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            workers,
+            name: name.to_owned(),
+            state: Mutex::new(PoolState {
+                queue: VecDeque::new(),
+                spinning: 0,
+                sleeping: 0,
+                timers: Vec::new(),
+                sources: Vec::new(),
+                handle,
+                accepting: true,
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::with_capacity(workers)),
+        });
+        for index in 0..workers {
+            let worker = Arc::clone(&pool);
+            let spawned = thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || worker.main(index));
+            match spawned {
+                Ok(handle) => lock(&pool.threads).push(handle),
+                Err(err) => {
+                    pool.shut_down();
+                    pool.join();
+                    return Err(BuildError::Spawn(err));
+                }
+            }
+        }
+        log::debug!("pool {name} started with {workers} workers");
+        Ok(pool)
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the calling thread is one of this pool's workers.
+    pub(crate) fn is_current(&self) -> bool {
+        CURRENT_POOL.with(|current| current.get() == self.id)
+    }
+
+    fn main(self: Arc<Self>, index: usize) {
+        let guard = AbortOnPanic;
+        CURRENT_POOL.with(|current| current.set(self.id));
+        let worker = Worker { pool: &self };
+        while let Some(work) = self.next_work() {
+            match work {
+                Work::Run(source) => source.run(&worker),
+                Work::Timer(source) => {
+                    if let Some(due) = source.on_timer(Instant::now()) {
+                        self.set_timer(due, Arc::downgrade(&source));
+                    }
+                }
+            }
+        }
+        log::debug!("pool {} worker {index} stopped", self.name);
+        std::mem::forget(guard);
+    }
+
+    /// Blocks until there is work for this thread; `None` once the pool has shut down and its
+    /// queue is empty.
+    fn next_work(&self) -> Option<Work> {
+        let mut state = lock(&self.state);
+        if let Some(work) = self.pop(&mut state) {
+            return Some(work);
+        }
+        if SPIN_STEPS > 0 && !state.shutdown {
+            state.spinning += 1;
+            drop(state);
+            let mut step = 0;
+            // ORDERING: Relaxed; the queue is re-checked under the lock below.
+            while step < SPIN_STEPS && self.queued.load(Ordering::Relaxed) == 0 {
+                spin_once(step);
+                step += 1;
+            }
+            state = lock(&self.state);
+            state.spinning -= 1;
+        }
+        loop {
+            if let Some(work) = self.pop(&mut state) {
+                return Some(work);
+            }
+            if state.shutdown {
+                return None;
+            }
+            let next_timer = state.timers.iter().map(|(due, _)| *due).min();
+            state.sleeping += 1;
+            state = match next_timer {
+                Some(due) => wait_timeout(
+                    &self.wake,
+                    state,
+                    due.saturating_duration_since(Instant::now()),
+                ),
+                None => wait(&self.wake, state),
+            };
+            state.sleeping -= 1;
+        }
+    }
+
+    /// Takes the next token, or a due timer, from the locked state.
+    fn pop(&self, state: &mut PoolState) -> Option<Work> {
+        if let Some(source) = state.queue.pop_front() {
+            self.queued.store(state.queue.len(), Ordering::Relaxed);
+            // More tokens than spinners can take: hand one to a sleeper too.
+            if state.queue.len() > state.spinning && state.sleeping > 0 {
+                self.wake.notify_one();
+            }
+            return Some(Work::Run(source));
+        }
+        if state.timers.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        while let Some(at) = state.timers.iter().position(|(due, _)| *due <= now) {
+            let (_, source) = state.timers.swap_remove(at);
+            if let Some(source) = source.upgrade() {
+                return Some(Work::Timer(source));
+            }
+        }
+        None
+    }
+
+    /// Queues a token of `source` and wakes a thread if none is spinning to take it.
+    pub(crate) fn submit(&self, source: Arc<dyn Source>) {
+        let mut state = lock(&self.state);
+        state.queue.push_back(source);
+        // ORDERING: Relaxed; only a hint for spinners, who re-check under the lock.
+        self.queued.store(state.queue.len(), Ordering::Relaxed);
+        if state.sleeping > 0 && state.queue.len() > state.spinning {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Calls `source.on_timer` on a worker thread once `due` has passed.
+    pub(crate) fn set_timer(&self, due: Instant, source: Weak<dyn Source>) {
+        let mut state = lock(&self.state);
+        if state.shutdown {
+            return;
+        }
+        state.timers.push((due, source));
+        if state.sleeping > 0 {
+            // A sleeper may be waiting for a later timer, or for none: let it recompute.
+            self.wake.notify_one();
+        }
+    }
+
+    /// Attaches a dispatcher; fails once the pool is closing.
+    pub(crate) fn attach(&self, source: Weak<dyn Source>) -> Result<(), BuildError> {
+        let mut state = lock(&self.state);
+        if !state.accepting {
+            return Err(BuildError::PoolClosed);
+        }
+        state.accepting = state.handle;
+        state.sources.retain(|s| s.strong_count() > 0);
+        state.sources.push(source);
+        Ok(())
+    }
+
+    /// Detaches a closed dispatcher, and shuts the pool down if nothing can give it work any
+    /// more. The caller then joins the threads with [`PoolShared::join`] where it may.
+    pub(crate) fn detach(&self, source: &Weak<dyn Source>) {
+        let last = {
+            let mut state = lock(&self.state);
+            state
+                .sources
+                .retain(|s| !Weak::ptr_eq(s, source) && s.strong_count() > 0);
+            state
+                .timers
+                .retain(|(_, s)| !Weak::ptr_eq(s, source) && s.strong_count() > 0);
+            state.sources.is_empty() && !state.handle
+        };
+        if last {
+            self.shut_down();
+        }
+    }
+
+    /// The `WorkerPool` handle is gone or was closed: closes every dispatcher still attached
+    /// (each drains and detaches), then shuts the pool down and joins it.
+    pub(crate) fn close_handle(&self) {
+        let sources: Vec<_> = {
+            let mut state = lock(&self.state);
+            if !state.handle {
+                drop(state);
+                self.join();
+                return;
+            }
+            state.handle = false;
+            state.accepting = false;
+            state.sources.iter().filter_map(Weak::upgrade).collect()
+        };
+        for source in sources {
+            source.close_source();
+        }
+        let idle = lock(&self.state).sources.is_empty();
+        if idle {
+            self.shut_down();
+        }
+        self.join();
+    }
+
+    /// Stops the threads once the queue is empty.
+    fn shut_down(&self) {
+        let mut state = lock(&self.state);
+        if !state.shutdown {
+            state.shutdown = true;
+            state.timers.clear();
+            self.wake.notify_all();
+            log::debug!("pool {} stopping", self.name);
+        }
+    }
+
+    /// Joins the threads if the pool has shut down, unless called on one of them: that one's
+    /// handle stays, and is dropped (detaching the thread, which exits by itself) with the pool.
+    pub(crate) fn join(&self) {
+        if self.is_current() || !lock(&self.state).shutdown {
+            return;
+        }
+        // Held while joining, so that a concurrent `join` returns only once all are joined.
+        let mut threads = lock(&self.threads);
+        if threads.is_empty() {
+            return;
+        }
+        for handle in threads.drain(..) {
+            // A worker never unwinds (see `AbortOnPanic`), so this cannot fail.
+            let _ = handle.join();
+        }
+        log::debug!("pool {} stopped", self.name);
+    }
+}
+
+impl fmt::Debug for PoolShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolShared")
+            .field("name", &self.name)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pool of worker threads that several dispatchers can share.
+///
+/// Each dispatcher built with [`Builder::pool`](crate::Builder::pool) runs its keys on these
+/// threads, with its own key type, job type and handler; [`max_parallel`] caps how many threads
+/// one dispatcher may use at once, and turns are handed out fairly between dispatchers as between
+/// keys. A dispatcher built without a pool owns a private one.
+///
+/// # Shutdown
+///
+/// [`close`](WorkerPool::close) (or dropping the handle) closes every dispatcher still on the
+/// pool, which drains each one, then stops and joins the threads. A dispatcher closed earlier
+/// simply leaves the pool; the others keep running.
+///
+/// [`max_parallel`]: crate::Builder::max_parallel
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{Dispatcher, WorkerPool};
+///
+/// let pool = WorkerPool::new(4)?;
+/// let emails = Dispatcher::builder()
+///     .pool(&pool)
+///     .max_parallel(2)
+///     .build(|to: &String, body: String| assert!(!body.is_empty() && !to.is_empty()))?;
+/// let ledger = Dispatcher::builder().pool(&pool).build(|_account: &u64, _amount: i64| {})?;
+/// emails.dispatch("ann@example.com".into(), "hello".into())?;
+/// ledger.dispatch(7, -30)?;
+/// emails.close(); // drains emails only; ledger keeps running
+/// ledger.dispatch(7, 30)?;
+/// pool.close(); // closes ledger, drains it, joins the threads
+/// assert!(ledger.dispatch(7, 1).unwrap_err().is_closed());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct WorkerPool {
+    shared: Arc<PoolShared>,
+}
+
+impl WorkerPool {
+    /// Starts a pool of `workers` threads named `keyed-dispatch-0`, `keyed-dispatch-1`, ...
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
+    /// started.
+    pub fn new(workers: usize) -> Result<WorkerPool, BuildError> {
+        WorkerPool::builder().workers(workers).build()
+    }
+
+    /// A builder to name the threads as well.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            workers: None,
+            name: None,
+        }
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.shared.workers
+    }
+
+    /// Closes every dispatcher still on the pool (each drains its accepted jobs), then stops
+    /// and joins the threads. Idempotent.
+    ///
+    /// Called from one of the pool's own threads (inside a handler), it closes the dispatchers
+    /// without waiting for them and does not join: the threads drain the work and exit by
+    /// themselves.
+    pub fn close(&self) {
+        self.shared.close_handle();
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<PoolShared> {
+        &self.shared
+    }
+}
+
+impl Drop for WorkerPool {
+    /// Same as [`close`](WorkerPool::close).
+    fn drop(&mut self) {
+        self.shared.close_handle();
+    }
+}
+
+impl fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("name", &self.shared.name)
+            .field("workers", &self.shared.workers)
+            .finish()
+    }
+}
+
+/// Configures a [`WorkerPool`]: `WorkerPool::builder().workers(8).name("shared").build()`.
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    name: Option<String>,
+}
+
+impl PoolBuilder {
+    /// Number of threads; defaults to [`std::thread::available_parallelism`].
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Thread name prefix: threads are named `{name}-0`, `{name}-1`, ...; defaults to
+    /// `keyed-dispatch`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Starts the threads.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
+    /// started (those already started are stopped and joined).
+    pub fn build(self) -> Result<WorkerPool, BuildError> {
+        let workers = self.workers.unwrap_or_else(default_workers);
+        let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);
+        Ok(WorkerPool {
+            shared: PoolShared::start(workers, name, true)?,
+        })
+    }
+}
+
+/// Thread name prefix when none is given.
+pub(crate) const DEFAULT_NAME: &str = "keyed-dispatch";
+
+/// The default number of workers: the machine's available parallelism.
+pub(crate) fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}

@@ -1,0 +1,781 @@
+//! The state a dispatcher's handle shares with the worker threads, and both sides of the key
+//! protocol: producers routing jobs to mailboxes, and workers running turns of ready keys.
+//!
+//! # Scheduling
+//!
+//! A dispatcher keeps a FIFO *ready queue* of Queued keys and holds up to `max_parallel`
+//! *tokens* of its pool (see `pool`): each token is one thread's permission to run this
+//! dispatcher's keys. A producer that makes a key Queued pushes it on the ready queue and, if
+//! fewer than `max_parallel` tokens are out and no token holder is already looking for work
+//! (`searching`), hands a new token to the pool, waking one thread. A token holder pops keys and
+//! runs a turn of each; when the ready queue is empty it spins briefly (as `searching`), then
+//! sweeps the idle keys and releases its token. Tokens are counted under the same lock as the
+//! ready queue, so a key pushed there either finds a token out that will see it, or adds one.
+//!
+//! # Eviction
+//!
+//! When a key's turn ends with its queue empty it becomes Idle and is entered in the idle list.
+//! The list is swept (its keys evicted if still Idle) when a token holder runs out of ready keys
+//! or the list grows past [`IDLE_LIST_MAX`]. Keys that go idle and busy again while the
+//! dispatcher streams jobs are thus not evicted and re-created for every job, and memory stays
+//! bounded by the live keys plus the list. With `idle_timeout`, keys are stamped instead and a
+//! pool timer evicts those idle for longer than the timeout.
+
+use crate::{
+    builder::Config,
+    error::{DispatchError, WaitError},
+    gate::{Gate, Refused},
+    handler::ErasedHandler,
+    keymap::KeyMap,
+    mailbox::{EndTurn, Mailbox, Push},
+    pool::{PoolShared, Source, Worker},
+    signal::Signal,
+    stats::{Counters, Stats},
+    sync::{lock, spin_once, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
+};
+use std::{
+    any::Any,
+    collections::VecDeque,
+    fmt::{self, Debug, Display},
+    hash::Hash,
+    panic::{catch_unwind, AssertUnwindSafe},
+    time::Instant,
+};
+
+/// Idle keys kept in the idle list before the oldest half is evicted even though the dispatcher
+/// is busy.
+pub(crate) const IDLE_LIST_MAX: usize = 4096;
+
+/// How many spin steps a token holder waits for a ready key before it gives the token back.
+const SEARCH_STEPS: u32 = if cfg!(loom) { 0 } else { 8 };
+
+/// The hook called with the payload of a panicking job.
+pub(crate) type PanicHook<K> = Box<dyn Fn(&K, &(dyn Any + Send)) + Send + Sync>;
+/// The hook called with the error of a failed job.
+pub(crate) type ErrorHook<K> = Box<dyn Fn(&K, &dyn Display) + Send + Sync>;
+
+/// How long a dispatch may wait for room.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// `try_dispatch`, or `dispatch` on a worker thread: refuse with `Full`.
+    Never,
+    /// `dispatch`.
+    Forever,
+    /// `dispatch_timeout`: refuse with `Timeout` after the instant.
+    Until(Instant),
+}
+
+/// The result of [`Shared::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed {
+    pub(crate) stats: Stats,
+    pub(crate) drained: bool,
+}
+
+/// See the module docs.
+pub(crate) struct Shared<K, J> {
+    keys: KeyMap<K, Arc<Mailbox<K, J>>>,
+    gate: Gate,
+    sched: Mutex<Sched<K, J>>,
+    /// `sched.ready.len()`, read without the lock by searching token holders.
+    ready_hint: AtomicUsize,
+    /// Entries in `sched.idle`: keys that may still be in the map although idle.
+    listed: AtomicUsize,
+    counters: Counters,
+    handler: Box<dyn ErasedHandler<K, J>>,
+    on_panic: Option<PanicHook<K>>,
+    on_error: Option<ErrorHook<K>>,
+    config: Config,
+    pool: Arc<PoolShared>,
+    /// Announced when the gate empties, the idle list empties, or (after `close_now`) the last
+    /// running turn ends.
+    idle: Signal,
+    /// Announced when jobs leave the gate or it closes: producers wait here for global room.
+    room: Signal,
+    /// Whether a pool timer is set to sweep timed-out idle keys.
+    timer_set: AtomicBool,
+    /// Set by a `close` that could not wait (it ran on a worker thread): whoever empties the
+    /// gate afterwards finishes the shutdown.
+    finish_pending: AtomicBool,
+    /// Whether the shutdown has finished: keys evicted, pool detached.
+    finished: Mutex<bool>,
+    /// This dispatcher as the pool sees it.
+    me: Weak<Self>,
+}
+
+/// Scheduling state, under one lock.
+struct Sched<K, J> {
+    /// Queued keys waiting for a turn, each once.
+    ready: VecDeque<Arc<Mailbox<K, J>>>,
+    /// Idle keys to be swept, each once (see `Mailbox::listed`).
+    idle: VecDeque<Arc<Mailbox<K, J>>>,
+    /// Tokens out: queued in the pool or held by a thread. At most `max_parallel`.
+    tokens: usize,
+    /// Token holders spinning for a ready key.
+    searching: usize,
+}
+
+/// What routing a job to its key's mailbox did.
+enum Routed<K, J> {
+    /// Queued behind the key's other jobs.
+    Added,
+    /// Queued on an Idle or new key, which must be scheduled.
+    Schedule(Arc<Mailbox<K, J>>),
+    /// The key is full; wait on its mailbox for room.
+    Full(K, J, Arc<Mailbox<K, J>>),
+    /// `close_now` has begun.
+    Halted(K, J),
+}
+
+impl<K, J> Shared<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    pub(crate) fn new(
+        config: Config,
+        pool: Arc<PoolShared>,
+        handler: Box<dyn ErasedHandler<K, J>>,
+        on_panic: Option<PanicHook<K>>,
+        on_error: Option<ErrorHook<K>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Shared {
+            keys: KeyMap::new(),
+            gate: Gate::new(),
+            sched: Mutex::new(Sched {
+                ready: VecDeque::new(),
+                idle: VecDeque::new(),
+                tokens: 0,
+                searching: 0,
+            }),
+            ready_hint: AtomicUsize::new(0),
+            listed: AtomicUsize::new(0),
+            counters: Counters::default(),
+            handler,
+            on_panic,
+            on_error,
+            config,
+            pool,
+            idle: Signal::default(),
+            room: Signal::default(),
+            timer_set: AtomicBool::new(false),
+            finish_pending: AtomicBool::new(false),
+            finished: Mutex::new(false),
+            me: me.clone(),
+        })
+    }
+
+    /// This dispatcher as a weak pool source, to attach, detach and set timers.
+    pub(crate) fn as_source(&self) -> Weak<dyn Source> {
+        self.me.clone()
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<PoolShared> {
+        &self.pool
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Producers
+
+    /// Dispatches `job` on `key`, waiting for room as `wait` allows.
+    pub(crate) fn send(
+        &self,
+        mut key: K,
+        mut job: J,
+        wait: Wait,
+    ) -> Result<(), DispatchError<K, J>> {
+        loop {
+            if let Err((refused, emptied)) = self.gate.enter(self.config.capacity) {
+                if emptied {
+                    self.progressed();
+                }
+                match refused {
+                    Refused::Closed => return Err(self.refuse(DispatchError::Closed { key, job })),
+                    Refused::Full => {
+                        if self.wait_for_global_room(wait) {
+                            continue;
+                        }
+                        return Err(self.refuse(too_full(wait, key, job)));
+                    }
+                }
+            }
+            match self.route(key, job) {
+                Routed::Added => return Ok(()),
+                Routed::Schedule(mailbox) => {
+                    self.schedule(mailbox);
+                    return Ok(());
+                }
+                Routed::Halted(key, job) => {
+                    self.left(1);
+                    return Err(self.refuse(DispatchError::Closed { key, job }));
+                }
+                Routed::Full(k, j, mailbox) => {
+                    self.left(1);
+                    let capacity = self.config.key_capacity;
+                    let room = match wait {
+                        Wait::Never => false,
+                        Wait::Forever => self
+                            .counters
+                            .blocked(|| mailbox.wait_for_room(capacity, None)),
+                        Wait::Until(deadline) => self
+                            .counters
+                            .blocked(|| mailbox.wait_for_room(capacity, Some(deadline))),
+                    };
+                    if !room {
+                        return Err(self.refuse(too_full(wait, k, j)));
+                    }
+                    (key, job) = (k, j);
+                }
+            }
+        }
+    }
+
+    /// Pushes `job` into `key`'s mailbox, creating it if the key has none. The caller has
+    /// entered the gate.
+    fn route(&self, key: K, job: J) -> Routed<K, J> {
+        let capacity = self.config.key_capacity;
+        // Fast path: the key has a mailbox; push under the shard's read lock.
+        let found = self.keys.get(&key, job, |mailbox, job| {
+            match mailbox.push(job, capacity, &self.gate) {
+                Push::Added => Ok(None),
+                Push::Schedule => Ok(Some(Arc::clone(mailbox))),
+                Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
+                Push::Halted(job) => Err((job, None)),
+            }
+        });
+        let job = match found {
+            Ok(Ok(None)) => return Routed::Added,
+            Ok(Ok(Some(mailbox))) => return Routed::Schedule(mailbox),
+            Ok(Err((job, Some(mailbox)))) => return Routed::Full(key, job, mailbox),
+            Ok(Err((job, None))) => return Routed::Halted(key, job),
+            Err(job) => job,
+        };
+        // Slow path: create the mailbox under the shard's write lock, unless another producer
+        // did meanwhile.
+        let (routed, key) =
+            self.keys
+                .get_or_insert(key, job, |existing, key, job| match existing {
+                    Some(mailbox) => {
+                        let routed = match mailbox.push(job, capacity, &self.gate) {
+                            Push::Added => Ok(None),
+                            Push::Schedule => Ok(Some(Arc::clone(mailbox))),
+                            Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
+                            Push::Halted(job) => Err((job, None)),
+                        };
+                        (routed, None)
+                    }
+                    // Checked under the write lock: `close_now` sets the flag before it drains the
+                    // map, so a mailbox created here is either drained or never created.
+                    None if self.gate.is_halted() => (Err((job, None)), None),
+                    None => {
+                        log::debug!("{}: key {key:?} created", self.config.name);
+                        let mailbox = Arc::new(Mailbox::new(key.clone(), job));
+                        (Ok(Some(Arc::clone(&mailbox))), Some(mailbox))
+                    }
+                });
+        match (routed, key) {
+            (Ok(None), _) => Routed::Added,
+            (Ok(Some(mailbox)), _) => Routed::Schedule(mailbox),
+            (Err((job, Some(mailbox))), Some(key)) => Routed::Full(key, job, mailbox),
+            (Err((job, None)), Some(key)) => Routed::Halted(key, job),
+            (Err(_), None) => unreachable!("a refused job's key is handed back"),
+        }
+    }
+
+    /// Puts a key that became Queued on the ready queue, adding a token if one is needed.
+    fn schedule(&self, mailbox: Arc<Mailbox<K, J>>) {
+        let add_token = {
+            let mut sched = lock(&self.sched);
+            sched.ready.push_back(mailbox);
+            // ORDERING: Relaxed; a hint for searching token holders, who re-check under the
+            // lock.
+            self.ready_hint.store(sched.ready.len(), Ordering::Relaxed);
+            sched.needs_token(self.config.max_parallel)
+        };
+        if add_token {
+            self.submit_token();
+        }
+    }
+
+    /// Queues a token of this dispatcher in the pool (already counted in `Sched::tokens`).
+    fn submit_token(&self) {
+        if let Some(me) = self.me.upgrade() {
+            self.pool.submit(me);
+        }
+    }
+
+    /// Blocks until the gate has room or closes, as `wait` allows. Returns false if it may not
+    /// wait or timed out.
+    fn wait_for_global_room(&self, wait: Wait) -> bool {
+        let deadline = match wait {
+            Wait::Never => return false,
+            Wait::Forever => None,
+            Wait::Until(deadline) => Some(deadline),
+        };
+        let capacity = self.config.capacity;
+        self.counters.blocked(|| {
+            self.room.wait_until(deadline, || {
+                self.gate.is_closed() || self.gate.count() < capacity
+            })
+        })
+    }
+
+    fn refuse(&self, err: DispatchError<K, J>) -> DispatchError<K, J> {
+        self.counters.refused();
+        err
+    }
+
+    /// `n` jobs (or reservations) left the gate.
+    fn left(&self, n: usize) {
+        if self.gate.leave(n) {
+            self.progressed();
+        }
+        self.room.notify();
+    }
+
+    /// The gate or the idle list emptied, or the last turn ended after `close_now`: wake the
+    /// waiters, and finish a shutdown that a worker thread had to leave pending.
+    fn progressed(&self) {
+        self.idle.notify();
+        // ORDERING: SeqCst, paired with `close`, which sets the flag and then checks the gate:
+        // of the two, at least one sees the other's write.
+        if self.finish_pending.load(Ordering::SeqCst) && self.gate.count() == 0 {
+            self.finish();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Waiting and closing
+
+    /// No job accepted and unfinished, and no idle key left to sweep (keys waiting for their
+    /// idle timeout excepted).
+    fn is_idle(&self) -> bool {
+        // ORDERING: SeqCst, see `Signal`.
+        self.gate.count() == 0 && self.listed.load(Ordering::SeqCst) == 0
+    }
+
+    pub(crate) fn wait_idle(&self) -> Result<(), WaitError> {
+        if self.pool.is_current() {
+            return Err(WaitError::WouldDeadlock);
+        }
+        self.idle.wait_until(None, || self.is_idle());
+        Ok(())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.gate.is_closed()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters
+            .snapshot(self.gate.count(), self.keys.len(), self.pool.workers())
+    }
+
+    /// Stops accepting, waits for every accepted job to finish, evicts every key and leaves
+    /// the pool (joining it if this was its last user). On a worker thread it only stops
+    /// accepting; the shutdown then finishes when the last job does.
+    pub(crate) fn close(&self) -> Closed {
+        if self.gate.close() {
+            log::debug!("{}: close begun", self.config.name);
+            self.room.notify();
+        }
+        if self.pool.is_current() {
+            // ORDERING: SeqCst, see `progressed`.
+            self.finish_pending.store(true, Ordering::SeqCst);
+            if self.gate.count() == 0 {
+                self.finish();
+            }
+            return Closed {
+                stats: self.stats(),
+                drained: false,
+            };
+        }
+        self.idle.wait_until(None, || self.gate.count() == 0);
+        self.finish();
+        self.pool.join();
+        Closed {
+            stats: self.stats(),
+            drained: true,
+        }
+    }
+
+    /// Stops accepting and starting jobs, waits for the running ones, and hands back every job
+    /// that had not started, grouped by key in dispatch order.
+    pub(crate) fn close_now(&self) -> Result<Vec<(K, Vec<J>)>, WaitError> {
+        if self.pool.is_current() {
+            return Err(WaitError::WouldDeadlock);
+        }
+        if self.gate.halt() {
+            log::debug!("{}: close_now begun", self.config.name);
+        }
+        self.room.notify();
+        // Every turn puts its unstarted jobs back into its mailbox before it ends.
+        self.idle.wait_until(None, || self.counters.turns() == 0);
+        let mut left = Vec::new();
+        let mut jobs = 0;
+        self.keys.remove_where(|mailbox| {
+            let queue = mailbox.take_all();
+            if !queue.is_empty() {
+                jobs += queue.len();
+                left.push((mailbox.key.clone(), Vec::from(queue)));
+            }
+            true
+        });
+        self.clear_sched();
+        self.counters.handed_back(jobs);
+        self.left(jobs);
+        // Producers that entered the gate before it closed see the halt flag and leave.
+        self.idle.wait_until(None, || self.gate.count() == 0);
+        self.finish();
+        self.pool.join();
+        log::debug!(
+            "{}: close_now done, {jobs} jobs handed back",
+            self.config.name
+        );
+        Ok(left)
+    }
+
+    /// The last steps of a shutdown, once the gate is closed and empty: evict every key, leave
+    /// the pool. Idempotent; never joins (the caller does, where it may).
+    fn finish(&self) {
+        let mut finished = lock(&self.finished);
+        if *finished {
+            return;
+        }
+        let name = &self.config.name;
+        self.keys.remove_where(|mailbox| {
+            let evicted = mailbox.try_evict(None);
+            debug_assert!(evicted, "a key was busy after its dispatcher drained");
+            log::debug!("{name}: key {:?} evicted", mailbox.key);
+            true
+        });
+        self.clear_sched();
+        self.pool.detach(&self.as_source());
+        *finished = true;
+        drop(finished);
+        log::debug!("{name}: close done");
+        self.idle.notify();
+    }
+
+    /// Empties the ready and idle lists once every key has been taken out of the map.
+    fn clear_sched(&self) {
+        let (ready, idle) = {
+            let mut sched = lock(&self.sched);
+            (
+                std::mem::take(&mut sched.ready),
+                std::mem::take(&mut sched.idle),
+            )
+        };
+        self.ready_hint.store(0, Ordering::Relaxed);
+        drop(ready);
+        if !idle.is_empty() {
+            self.listed.fetch_sub(idle.len(), Ordering::SeqCst);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Workers
+
+    /// Runs one turn of `mailbox`, a key just popped from the ready queue.
+    fn run_turn(&self, mailbox: &Mailbox<K, J>, batch: &mut VecDeque<J>) -> EndTurn {
+        // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
+        // turn and waits for it, or this turn sees the halt flag and leaves the key alone.
+        self.counters.turn_started();
+        if self.gate.is_halted() {
+            self.turn_ended();
+            return EndTurn::Halted;
+        }
+        mailbox.begin_turn(self.config.jobs_per_turn, batch);
+        let mut done = 0;
+        let mut halted = false;
+        while let Some(job) = batch.pop_front() {
+            if self.gate.is_halted() {
+                batch.push_front(job);
+                halted = true;
+                break;
+            }
+            self.run_job(&mailbox.key, job);
+            done += 1;
+        }
+        let stamp = self.config.idle_timeout.map(|_| Instant::now());
+        let end = mailbox.end_turn(batch, halted, stamp);
+        match end {
+            // Counted before the jobs leave the gate, so that `wait_idle` cannot see both at
+            // zero while this key is still to be swept.
+            EndTurn::Idle { list: true } => {
+                self.listed.fetch_add(1, Ordering::SeqCst);
+            }
+            EndTurn::Idle { list: false } if stamp.is_some() => self.set_idle_timer(),
+            _ => {}
+        }
+        self.counters.completed(done);
+        self.turn_ended();
+        self.left(done);
+        end
+    }
+
+    fn turn_ended(&self) {
+        if self.counters.turn_ended() == 0 && self.gate.is_halted() {
+            self.idle.notify();
+        }
+    }
+
+    /// Runs one job, catching its panic.
+    fn run_job(&self, key: &K, job: J) {
+        log::trace!("{}: running a job of key {key:?}", self.config.name);
+        let handler = &*self.handler;
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            handler.run(key, job, &mut |err| self.job_failed(key, err));
+        }));
+        if let Err(payload) = ran {
+            self.job_panicked(key, payload);
+        }
+    }
+
+    /// Runs inside the job's `catch_unwind`: a panicking `on_error` counts as the job's panic.
+    fn job_failed(&self, key: &K, err: &dyn Display) {
+        self.counters.failed();
+        log::warn!("{}: job of key {key:?} failed: {err}", self.config.name);
+        if let Some(hook) = &self.on_error {
+            hook(key, err);
+        }
+    }
+
+    fn job_panicked(&self, key: &K, payload: Box<dyn Any + Send>) {
+        self.counters.panicked();
+        log::error!(
+            "{}: job of key {key:?} panicked: {}",
+            self.config.name,
+            panic_message(&*payload)
+        );
+        if let Some(hook) = &self.on_panic {
+            if catch_unwind(AssertUnwindSafe(|| hook(key, &*payload))).is_err() {
+                log::error!(
+                    "{}: on_panic hook panicked for key {key:?}",
+                    self.config.name
+                );
+            }
+        }
+        // A payload may panic in its own drop; that must not unwind into the worker.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    }
+
+    /// Files the key whose turn just ended, and pops the next ready key. With none ready, it
+    /// searches briefly, sweeps the idle keys, and releases the token (returning `None`) unless
+    /// a key arrived meanwhile.
+    fn next_key(
+        &self,
+        ended: Option<(Arc<Mailbox<K, J>>, EndTurn)>,
+        worker: &Worker<'_>,
+    ) -> Option<Arc<Mailbox<K, J>>> {
+        let mut sched = lock(&self.sched);
+        if let Some((mailbox, end)) = ended {
+            if let Some(oldest) = self.file(&mut sched, mailbox, end) {
+                drop(sched);
+                self.sweep(oldest);
+                sched = lock(&self.sched);
+            }
+        }
+        if let Some(mailbox) = self.pop(&mut sched) {
+            return Some(mailbox);
+        }
+        if SEARCH_STEPS > 0 && !worker.others_waiting() && !self.gate.is_halted() {
+            sched.searching += 1;
+            drop(sched);
+            let mut step = 0;
+            // ORDERING: Relaxed hint; the ready queue is re-checked under the lock below.
+            while step < SEARCH_STEPS
+                && self.ready_hint.load(Ordering::Relaxed) == 0
+                && !worker.others_waiting()
+            {
+                spin_once(step);
+                step += 1;
+            }
+            sched = lock(&self.sched);
+            sched.searching -= 1;
+            if let Some(mailbox) = self.pop(&mut sched) {
+                return Some(mailbox);
+            }
+        }
+        if !sched.idle.is_empty() {
+            let idle = std::mem::take(&mut sched.idle);
+            drop(sched);
+            self.sweep(idle);
+            sched = lock(&self.sched);
+            if let Some(mailbox) = self.pop(&mut sched) {
+                return Some(mailbox);
+            }
+        }
+        sched.tokens -= 1;
+        None
+    }
+
+    /// Pops a ready key; if keys remain and nobody is searching, brings in another thread.
+    fn pop(&self, sched: &mut Sched<K, J>) -> Option<Arc<Mailbox<K, J>>> {
+        let mailbox = sched.ready.pop_front()?;
+        self.ready_hint.store(sched.ready.len(), Ordering::Relaxed);
+        if sched.needs_token(self.config.max_parallel) {
+            self.submit_token();
+        }
+        Some(mailbox)
+    }
+
+    /// Evicts the keys of a swept idle list that are still Idle.
+    fn sweep(&self, idle: impl IntoIterator<Item = Arc<Mailbox<K, J>>>) {
+        let mut swept = 0;
+        for mailbox in idle {
+            swept += 1;
+            let evicted = self.keys.remove_if(&mailbox.key, |current| {
+                Arc::ptr_eq(current, &mailbox) && current.try_evict(None)
+            });
+            if evicted {
+                log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key);
+            }
+        }
+        // ORDERING: SeqCst, see `Signal`; the keys are out of the map before this is announced.
+        if swept > 0 && self.listed.fetch_sub(swept, Ordering::SeqCst) == swept {
+            self.progressed();
+        }
+    }
+
+    /// Hands this thread on to another source after a turn, if keys of this dispatcher are
+    /// ready: files the key and puts the token back at the end of the pool's queue. Returns
+    /// false, leaving `ended` to the caller, if no key is ready.
+    fn hand_on(&self, ended: &mut Option<(Arc<Mailbox<K, J>>, EndTurn)>) -> bool {
+        let mut sched = lock(&self.sched);
+        let requeue = matches!(ended, Some((_, EndTurn::Requeue)));
+        if sched.ready.is_empty() && !requeue {
+            return false;
+        }
+        let overflow = ended
+            .take()
+            .and_then(|(mailbox, end)| self.file(&mut sched, mailbox, end));
+        drop(sched);
+        self.submit_token();
+        if let Some(oldest) = overflow {
+            self.sweep(oldest);
+        }
+        true
+    }
+
+    /// Files a key whose turn ended: back on the ready queue, or into the idle list. Returns the
+    /// oldest idle keys, to be swept once the lock is released, if the list grew too long.
+    fn file(
+        &self,
+        sched: &mut Sched<K, J>,
+        mailbox: Arc<Mailbox<K, J>>,
+        end: EndTurn,
+    ) -> Option<Vec<Arc<Mailbox<K, J>>>> {
+        match end {
+            EndTurn::Requeue => {
+                sched.ready.push_back(mailbox);
+                self.ready_hint.store(sched.ready.len(), Ordering::Relaxed);
+            }
+            EndTurn::Idle { list: true } => sched.idle.push_back(mailbox),
+            EndTurn::Idle { list: false } | EndTurn::Halted => {}
+        }
+        (sched.idle.len() > IDLE_LIST_MAX).then(|| sched.idle.drain(..IDLE_LIST_MAX / 2).collect())
+    }
+
+    /// Arms the pool timer that evicts keys idle for longer than `idle_timeout`.
+    fn set_idle_timer(&self) {
+        // ORDERING: SeqCst, paired with `on_timer`'s disarm-then-recheck.
+        if !self.timer_set.swap(true, Ordering::SeqCst) {
+            if let Some(timeout) = self.config.idle_timeout {
+                self.pool
+                    .set_timer(Instant::now() + timeout, self.as_source());
+            }
+        }
+    }
+}
+
+/// The error for a dispatch that found no room and could not wait, or waited in vain.
+fn too_full<K, J>(wait: Wait, key: K, job: J) -> DispatchError<K, J> {
+    match wait {
+        Wait::Until(_) => DispatchError::Timeout { key, job },
+        Wait::Never | Wait::Forever => DispatchError::Full { key, job },
+    }
+}
+
+/// The message of a panic payload, for the log.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message
+    } else {
+        "Box<dyn Any>"
+    }
+}
+
+impl<K, J> Sched<K, J> {
+    /// Whether a token must be added for the ready keys: some are waiting, no holder is
+    /// searching for them, and fewer than `max_parallel` tokens are out. Counts the token.
+    fn needs_token(&mut self, max_parallel: usize) -> bool {
+        let needed = !self.ready.is_empty() && self.searching == 0 && self.tokens < max_parallel;
+        if needed {
+            self.tokens += 1;
+        }
+        needed
+    }
+}
+
+impl<K, J> Source for Shared<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    fn run(self: Arc<Self>, worker: &Worker<'_>) {
+        let mut batch = VecDeque::new();
+        let mut ended = None;
+        while let Some(mailbox) = self.next_key(ended.take(), worker) {
+            let end = self.run_turn(&mailbox, &mut batch);
+            ended = Some((mailbox, end));
+            if worker.others_waiting() && self.hand_on(&mut ended) {
+                return;
+            }
+        }
+    }
+
+    fn on_timer(&self, now: Instant) -> Option<Instant> {
+        let timeout = self.config.idle_timeout?;
+        let expiry = now.checked_sub(timeout)?;
+        let name = &self.config.name;
+        self.keys.remove_where(|mailbox| {
+            let evicted = mailbox.try_evict(Some(expiry));
+            if evicted {
+                log::debug!(
+                    "{name}: key {:?} evicted after {timeout:?} idle",
+                    mailbox.key
+                );
+            }
+            evicted
+        });
+        let period = (timeout / 2).max(std::time::Duration::from_millis(1));
+        if self.keys.len() > 0 {
+            return Some(now + period);
+        }
+        // Disarm, then look again: a key that went idle meanwhile saw the timer armed.
+        self.timer_set.store(false, Ordering::SeqCst);
+        if self.keys.len() > 0 && !self.timer_set.swap(true, Ordering::SeqCst) {
+            return Some(now + period);
+        }
+        None
+    }
+
+    fn close_source(&self) {
+        self.close();
+    }
+}
+
+impl<K, J> fmt::Debug for Shared<K, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,146 @@
+//! The [`Stats`] snapshot and the counters behind it.
+
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crossbeam_utils::CachePadded;
+
+/// A snapshot of a dispatcher's counters, from [`Dispatcher::stats`](crate::Dispatcher::stats).
+///
+/// The counters are read one after another while jobs may be moving, so a snapshot taken
+/// while the dispatcher is busy is approximate; once it is idle (after
+/// [`wait_idle`](crate::Dispatcher::wait_idle) or [`close`](crate::Dispatcher::close)) it is
+/// exact: `dispatched == completed + handed_back` and `queued == running == 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Jobs accepted since the dispatcher was built.
+    pub dispatched: u64,
+    /// Jobs that finished running, whatever their outcome (`failed` and `panicked` included).
+    pub completed: u64,
+    /// Jobs whose handler returned an error.
+    pub failed: u64,
+    /// Jobs whose handler panicked.
+    pub panicked: u64,
+    /// Dispatches refused (`Full`, `Timeout` or `Closed`); each handed its job back.
+    pub refused: u64,
+    /// Accepted jobs that never ran because [`close_now`](crate::Dispatcher::close_now) handed
+    /// them back.
+    pub handed_back: u64,
+    /// Jobs accepted and not yet started.
+    pub queued: usize,
+    /// Keys being run by a worker right now (at most one job each is executing).
+    pub running: usize,
+    /// Producers blocked in [`dispatch`](crate::Dispatcher::dispatch) or
+    /// [`dispatch_timeout`](crate::Dispatcher::dispatch_timeout), waiting for room.
+    pub blocked: usize,
+    /// Keys held in the routing map.
+    pub keys: usize,
+    /// Threads of the pool the dispatcher runs on.
+    pub workers: usize,
+}
+
+/// The atomic counters behind [`Stats`]. `dispatched` and `queued` are derived from the gate
+/// instead of being counted on the dispatch path.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Added once per turn, by the worker that ran it.
+    completed: CachePadded<AtomicU64>,
+    /// Workers inside a turn of this dispatcher.
+    running: CachePadded<AtomicUsize>,
+    /// Producers waiting for room.
+    blocked: AtomicUsize,
+    failed: AtomicU64,
+    panicked: AtomicU64,
+    refused: AtomicU64,
+    handed_back: AtomicU64,
+}
+
+// ORDERING: every counter but the turn count is Relaxed. They synchronize nothing; a snapshot is documented as
+// approximate while jobs move, and once the dispatcher is idle the waits that establish idleness
+// (`wait_idle`, `close`) synchronize with the workers through the gate, which is SeqCst.
+impl Counters {
+    pub(crate) fn completed(&self, n: usize) {
+        self.completed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn panicked(&self) {
+        self.panicked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a producer as blocked while `wait` runs.
+    pub(crate) fn blocked<R>(&self, wait: impl FnOnce() -> R) -> R {
+        self.blocked.fetch_add(1, Ordering::Relaxed);
+        let result = wait();
+        self.blocked.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    pub(crate) fn handed_back(&self, n: usize) {
+        self.handed_back.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    // ORDERING: the turn count is SeqCst: `close_now` sets the halt flag and then waits for it
+    // to reach zero, while a turn counts itself and then checks the flag (see `Shared::run_turn`).
+    pub(crate) fn turn_started(&self) {
+        self.running.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Returns the number of turns still running.
+    pub(crate) fn turn_ended(&self) -> usize {
+        self.running.fetch_sub(1, Ordering::SeqCst) - 1
+    }
+
+    pub(crate) fn turns(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Builds a snapshot; `pending` is the gate's count of unfinished jobs.
+    pub(crate) fn snapshot(&self, pending: usize, keys: usize, workers: usize) -> Stats {
+        let completed = self.completed.load(Ordering::Relaxed);
+        let handed_back = self.handed_back.load(Ordering::Relaxed);
+        let running = self.running.load(Ordering::Relaxed).min(pending);
+        Stats {
+            dispatched: completed + handed_back + pending as u64,
+            completed,
+            failed: self.failed.load(Ordering::Relaxed),
+            panicked: self.panicked.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            handed_back,
+            queued: pending - running,
+            running,
+            blocked: self.blocked.load(Ordering::Relaxed),
+            keys,
+            workers,
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_derives_dispatched_and_queued() {
+        let c = Counters::default();
+        c.completed(5);
+        c.handed_back(2);
+        c.failed();
+        c.panicked();
+        c.refused();
+        c.turn_started();
+        let s = c.blocked(|| c.snapshot(3, 4, 8));
+        assert_eq!(s.blocked, 1);
+        assert_eq!(s.dispatched, 10);
+        assert_eq!((s.completed, s.failed, s.panicked, s.refused), (5, 1, 1, 1));
+        assert_eq!((s.queued, s.running, s.keys, s.workers), (2, 1, 4, 8));
+        c.turn_ended();
+        assert_eq!(c.snapshot(0, 0, 8).running, 0);
+    }
+}
