@@ -1,0 +1,168 @@
+//! Capacity: a full key or dispatcher blocks `dispatch`, refuses `try_dispatch` with `Full` and
+//! `dispatch_timeout` with `Timeout`, each handing the exact job back. Dispatching from a
+//! handler into a full queue refuses instead of deadlocking.
+
+mod common;
+
+use common::{wait_for, Latch, Watchdog, HANG};
+use keyed_dispatch::{DispatchError, Dispatcher};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex, Weak,
+    },
+    time::Duration,
+};
+
+/// A dispatcher whose handler holds every job until `latch` opens, reporting each start.
+fn held(
+    latch: &Arc<Latch>,
+    builder: keyed_dispatch::Builder<u32, u32>,
+) -> (Dispatcher<u32, u32>, mpsc::Receiver<(u32, u32)>) {
+    let (started, starts) = mpsc::channel();
+    let started = Mutex::new(started);
+    let latch = Arc::clone(latch);
+    let d = builder
+        .build(move |key: &u32, job: u32| {
+            started.lock().unwrap().send((*key, job)).unwrap();
+            latch.wait();
+        })
+        .unwrap();
+    (d, starts)
+}
+
+#[test]
+fn full_key_blocks_dispatch_until_its_job_finishes() {
+    let _watchdog = Watchdog::new("blocks", HANG);
+    let latch = Latch::new();
+    let (d, starts) = held(&latch, Dispatcher::builder().workers(2).key_capacity(1));
+    d.dispatch(7, 0).unwrap();
+    assert_eq!(starts.recv().unwrap(), (7, 0));
+    let returned = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            d.dispatch(7, 1).unwrap();
+            returned.store(true, Ordering::SeqCst);
+        });
+        wait_for(|| d.stats().blocked == 1);
+        assert!(
+            !returned.load(Ordering::SeqCst),
+            "dispatch returned on a full key"
+        );
+        // Other keys are not held back by the full one.
+        d.try_dispatch(8, 0).unwrap();
+        assert_eq!(starts.recv().unwrap(), (8, 0));
+        latch.open();
+    });
+    assert!(returned.load(Ordering::SeqCst));
+    assert_eq!(d.close().stats.completed, 3);
+}
+
+#[test]
+fn try_dispatch_on_a_full_key_hands_the_job_back() {
+    let _watchdog = Watchdog::new("try full", HANG);
+    let latch = Latch::new();
+    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).key_capacity(1));
+    d.dispatch(1, 10).unwrap();
+    starts.recv().unwrap();
+    match d.try_dispatch(1, 11) {
+        Err(DispatchError::Full { key: 1, job: 11 }) => {}
+        other => panic!("expected Full(1, 11), got {other:?}"),
+    }
+    let stats = d.stats();
+    assert_eq!((stats.refused, stats.dispatched), (1, 1));
+    latch.open();
+    d.close();
+}
+
+#[test]
+fn dispatch_timeout_on_a_full_key_times_out_with_the_job() {
+    let _watchdog = Watchdog::new("timeout", HANG);
+    let latch = Latch::new();
+    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).key_capacity(1));
+    d.dispatch(1, 10).unwrap();
+    starts.recv().unwrap();
+    let err = d
+        .dispatch_timeout(1, 11, Duration::from_millis(20))
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.into_inner(), (1, 11));
+    latch.open();
+    // With room, the same call succeeds.
+    d.dispatch_timeout(1, 12, Duration::from_secs(30)).unwrap();
+    assert_eq!(d.close().stats.completed, 2);
+}
+
+#[test]
+fn full_dispatcher_refuses_other_keys_too() {
+    let _watchdog = Watchdog::new("global full", HANG);
+    let latch = Latch::new();
+    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).capacity(2));
+    d.dispatch(1, 0).unwrap();
+    starts.recv().unwrap();
+    d.dispatch(2, 0).unwrap();
+    assert!(d.try_dispatch(3, 0).unwrap_err().is_full());
+    let err = d
+        .dispatch_timeout(3, 0, Duration::from_millis(10))
+        .unwrap_err();
+    assert!(err.is_timeout());
+    std::thread::scope(|s| {
+        let blocked = s.spawn(|| d.dispatch(3, 1));
+        wait_for(|| d.stats().blocked == 1);
+        latch.open();
+        blocked.join().unwrap().unwrap();
+    });
+    assert_eq!(d.close().stats.completed, 3);
+}
+
+#[test]
+fn close_wakes_producers_blocked_on_a_full_dispatcher() {
+    let _watchdog = Watchdog::new("close wakes", HANG);
+    let latch = Latch::new();
+    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).capacity(1));
+    d.dispatch(1, 0).unwrap();
+    starts.recv().unwrap();
+    let d = &d;
+    std::thread::scope(|s| {
+        let blocked: Vec<_> = (0..4)
+            .map(|i| s.spawn(move || (i, d.dispatch(2, i))))
+            .collect();
+        wait_for(|| d.stats().blocked == 4);
+        let closer = s.spawn(|| d.close());
+        for handle in blocked {
+            let (i, result) = handle.join().unwrap();
+            let err = result.expect_err("dispatched after close began");
+            assert!(err.is_closed());
+            assert_eq!(err.into_inner(), (2, i));
+        }
+        latch.open();
+        assert_eq!(closer.join().unwrap().stats.completed, 1);
+    });
+}
+
+#[test]
+fn dispatch_from_a_handler_into_its_own_full_key_refuses_instead_of_deadlocking() {
+    let _watchdog = Watchdog::new("re-entrant full", HANG);
+    let (results, outcomes) = mpsc::channel();
+    let results = Mutex::new(results);
+    let me: Arc<Mutex<Weak<Dispatcher<u8, u32>>>> = Arc::default();
+    let handle = Arc::clone(&me);
+    let d = Arc::new(
+        Dispatcher::builder()
+            .workers(1)
+            .key_capacity(1)
+            .build(move |key: &u8, job: u32| {
+                if job == 0 {
+                    let d = handle.lock().unwrap().upgrade().unwrap();
+                    // The running job fills the key's only slot.
+                    let refused = d.dispatch(*key, 1).unwrap_err();
+                    results.lock().unwrap().send(refused.into_inner()).unwrap();
+                }
+            })
+            .unwrap(),
+    );
+    *me.lock().unwrap() = Arc::downgrade(&d);
+    d.dispatch(5, 0).unwrap();
+    assert_eq!(outcomes.recv().unwrap(), (5, 1));
+    assert_eq!(d.close().stats.refused, 1);
+}
