@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{threads_named, wait_for, Latch, Watchdog, HANG};
+use common::{threads_named, wait_for, wait_threads_gone, Latch, Watchdog, HANG};
 use keyed_dispatch::{Dispatcher, WaitError};
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -37,7 +37,7 @@ fn close_runs_every_accepted_job_then_refuses_with_the_job() {
     assert!(report.drained);
     assert_eq!(ran.load(Ordering::SeqCst), jobs);
     assert_eq!((report.stats.completed, report.stats.keys), (jobs, 0));
-    assert_eq!(threads_named("drain-"), 0, "close returned before joining");
+    wait_threads_gone("drain-");
     let err = d.dispatch(3, 42).unwrap_err();
     assert!(err.is_closed());
     assert_eq!(err.into_inner(), (3, 42));
@@ -72,7 +72,7 @@ fn concurrent_closes_all_wait_for_the_same_drain() {
         assert!(report.drained);
         assert_eq!(report.stats.completed, 100);
     }
-    assert_eq!(threads_named("twice-"), 0);
+    wait_threads_gone("twice-");
     assert_eq!(
         d.close().stats.completed,
         100,
@@ -121,7 +121,7 @@ fn close_from_a_handler_stops_accepting_without_deadlock() {
     assert!(report.drained);
     assert_eq!(ran.load(Ordering::SeqCst), accepted);
     assert_eq!(report.stats.completed, accepted);
-    assert_eq!(threads_named("selfclose-"), 0);
+    wait_threads_gone("selfclose-");
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn dropping_without_close_runs_every_accepted_job_and_joins() {
     }
     drop(d);
     assert_eq!(ran.load(Ordering::SeqCst), jobs);
-    assert_eq!(threads_named("dropped-"), 0);
+    wait_threads_gone("dropped-");
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn close_now_hands_back_unstarted_jobs_per_key_in_order() {
         (stats.handed_back, stats.completed, stats.keys),
         (1000, 2, 0)
     );
-    assert_eq!(threads_named("closenow-"), 0);
+    wait_threads_gone("closenow-");
     assert!(d.dispatch(0, 1).unwrap_err().is_closed());
     assert_eq!(
         d.close_now().unwrap(),

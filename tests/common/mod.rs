@@ -211,6 +211,13 @@ pub fn threads_named(prefix: &str) -> usize {
         .count()
 }
 
+/// Waits until no thread named `prefix...` is left. A joined thread's `/proc` entry can outlive
+/// its join by a moment while the kernel reaps it, so a count taken right after `close` may
+/// still see it; the watchdog bounds the wait if the thread really lives on.
+pub fn wait_threads_gone(prefix: &str) {
+    wait_for(|| threads_named(prefix) == 0);
+}
+
 /// Spins (yielding) until `condition` holds: for conditions that another thread will make true
 /// without telling us, such as a producer becoming blocked. A watchdog bounds it.
 pub fn wait_for(mut condition: impl FnMut() -> bool) {
