@@ -28,6 +28,7 @@ impl<K: Hash + Eq, V> KeyMap<K, V> {
 
     /// Runs `f` with `key`'s value under the shard's read lock; hands `arg` back if the key is
     /// absent.
+    #[cfg_attr(loom, allow(clippy::needless_borrow))] // loom's map hands out plain references
     pub(crate) fn get<T, R>(&self, key: &K, arg: T, f: impl FnOnce(&V, T) -> R) -> Result<R, T> {
         #[cfg(not(loom))]
         let value = self.map.get(key);

@@ -46,9 +46,15 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn close_source(&self);
 }
 
+#[cfg(not(loom))]
 thread_local! {
     /// The id of the pool this thread works for; 0 on threads that are not workers.
     static CURRENT_POOL: Cell<usize> = const { Cell::new(0) };
+}
+// Loom runs its threads as coroutines on one OS thread, so they need loom's thread locals.
+#[cfg(loom)]
+loom::thread_local! {
+    static CURRENT_POOL: Cell<usize> = Cell::new(0);
 }
 
 static NEXT_POOL_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
@@ -115,7 +121,8 @@ struct AbortOnPanic;
 
 impl Drop for AbortOnPanic {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // Not under loom, which unwinds every modeled thread when a model fails.
+        if std::thread::panicking() && !cfg!(loom) {
             log::error!("keyed-dispatch: internal panic on a worker thread; aborting");
             std::process::abort();
         }
@@ -389,6 +396,13 @@ impl fmt::Debug for PoolShared {
 /// pool, which drains each one, then stops and joins the threads. A dispatcher closed earlier
 /// simply leaves the pool; the others keep running.
 ///
+/// Closing the pool while dispatchers are open is safe: each is closed exactly as by its own
+/// [`Dispatcher::close`](crate::Dispatcher::close), so every job it accepted runs (and every
+/// [`Group`](crate::Group) waiting on them completes), and from then on its dispatches return
+/// `Closed`; its handle stays usable for `stats`, `close` (which returns at once with the same
+/// counts) and the like. No dispatcher can be built on a closed pool
+/// ([`BuildError::PoolClosed`]).
+///
 /// [`max_parallel`]: crate::Builder::max_parallel
 ///
 /// # Examples
@@ -438,8 +452,10 @@ impl WorkerPool {
         self.shared.workers
     }
 
-    /// Closes every dispatcher still on the pool (each drains its accepted jobs), then stops
-    /// and joins the threads. Idempotent.
+    /// Closes every dispatcher still on the pool, one after the other, each draining its
+    /// accepted jobs as [`Dispatcher::close`](crate::Dispatcher::close) does; then stops and
+    /// joins the threads. Idempotent. Dispatches on those dispatchers return `Closed` from then
+    /// on.
     ///
     /// Called from one of the pool's own threads (inside a handler), it closes the dispatchers
     /// without waiting for them and does not join: the threads drain the work and exit by

@@ -1,6 +1,6 @@
 //! [`Signal`]: threads block until a condition holds; others announce that it may hold now.
 
-use crate::sync::{lock, wait, wait_timeout, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{dekker_fence, lock, wait, wait_timeout, AtomicUsize, Condvar, Mutex, Ordering};
 use std::time::Instant;
 
 /// A condition variable with a count of its waiters, so that announcing a change costs one
@@ -30,6 +30,7 @@ impl Signal {
         }
         // ORDERING: SeqCst, see the type's docs.
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        dekker_fence();
         let mut guard = lock(&self.lock);
         let result = loop {
             if ready() {
@@ -54,6 +55,7 @@ impl Signal {
     /// Wakes every waiter to re-check its condition.
     pub(crate) fn notify(&self) {
         // ORDERING: SeqCst, see the type's docs.
+        dekker_fence();
         if self.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = lock(&self.lock);
             self.condvar.notify_all();

@@ -25,6 +25,16 @@ pub(crate) use loom::{
     thread,
 };
 
+/// Under loom, a `SeqCst` fence for one side of a Dekker pair (see `signal::Signal`); nothing
+/// otherwise. Loom does not model the single total order of `SeqCst` accesses (it treats them as
+/// acquire/release), which such a pair relies on, but it does model `SeqCst` fences; outside
+/// loom the `SeqCst` accesses themselves give that order.
+#[inline(always)]
+pub(crate) fn dekker_fence() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+}
+
 /// Locks `mutex`, ignoring poison.
 ///
 /// No user code runs while one of this crate's locks is held, so a poisoned lock can only come
@@ -62,5 +72,53 @@ pub(crate) fn spin_once(step: u32) {
         for _ in 0..(1u32 << step) {
             std::hint::spin_loop();
         }
+    }
+}
+
+/// A fault that the loom models (`src/models.rs`) inject into the protocol, each at the one line
+/// it breaks, to show that the model written against it catches it. Only a loom build can arm
+/// one; elsewhere [`Fault::on`] is a constant `false` and every check folds away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// `Mailbox::end_turn` makes the key Idle without looking at jobs pushed during the turn.
+    IdleWithJobsLeft,
+    /// `Shared::close` reads the gate's count before it sets the closed flag, and waits only if
+    /// that count was not zero.
+    CountBeforeClose,
+    /// `Shared::sweep` marks a key Evicted before it takes the map's lock, so that the Idle check
+    /// and the removal are two critical sections.
+    EvictBeforeMapLock,
+    /// `Mailbox::end_turn` does not wake the producers waiting for room in the key.
+    NoRoomWake,
+    /// `Shared::close` returns without waiting for the drain when another close set the flag.
+    LateCloseSkipsDrain,
+}
+
+#[cfg(loom)]
+std::thread_local! {
+    /// The armed fault. A std thread local: loom runs a model's threads as coroutines on the
+    /// thread that calls the model, so all of them see what that test armed, and no other test
+    /// does.
+    static ARMED: std::cell::Cell<Option<Fault>> = const { std::cell::Cell::new(None) };
+}
+
+impl Fault {
+    /// Whether this fault is armed.
+    #[cfg(loom)]
+    pub(crate) fn on(self) -> bool {
+        ARMED.with(|armed| armed.get() == Some(self))
+    }
+
+    /// Whether this fault is armed: never, outside loom.
+    #[cfg(not(loom))]
+    #[inline(always)]
+    pub(crate) const fn on(self) -> bool {
+        false
+    }
+
+    /// Arms `fault` (or none) for the models run next on this thread.
+    #[cfg(all(test, loom))]
+    pub(crate) fn arm(fault: Option<Fault>) {
+        ARMED.with(|armed| armed.set(fault));
     }
 }
