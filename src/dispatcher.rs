@@ -16,7 +16,9 @@
 //! [`Dispatcher::close_now`] differs in step 3: it also sets the halt flag, so that workers
 //! start no new job; it waits until every running turn has ended (each puts the jobs it had not
 //! started back at the front of its key's queue), takes every key's queue out of the map, and
-//! hands them back.
+//! hands them back. Each handed-back job of a [`Group`] completes it as `handed_back`, and each
+//! pending [`flush_key`](Dispatcher::flush_key) barrier is released, so that no wait hangs on
+//! a job that will never run.
 //!
 //! The races these steps must win, and how:
 //!
@@ -37,8 +39,9 @@
 use crate::{
     builder::Builder,
     error::{DispatchError, WaitError},
+    group::Group,
     pool::Source,
-    shared::{Shared, Wait},
+    shared::{Item, Shared, Wait},
     stats::Stats,
     sync::Arc,
 };
@@ -63,9 +66,10 @@ pub type BoxedJob = Box<dyn FnOnce() + Send + 'static>;
 ///
 /// A handler may use the dispatcher it runs on (through a `Weak` or an `Arc`): dispatching never
 /// blocks on a worker thread of the dispatcher's own pool (where waiting for room could
-/// deadlock, a full queue refuses with `Full`); `wait_idle` and `close_now` return
-/// [`WaitError::WouldDeadlock`] there; `close` stops accepting but does not wait. Dropping the
-/// last handle inside a handler behaves like that `close`.
+/// deadlock, a full queue refuses with `Full`); `wait_idle`, `flush_key`, `close_now` and a
+/// [`Group`]'s waits return [`WaitError::WouldDeadlock`] there (in a handler of any dispatcher
+/// on the same pool); `close` stops accepting but does not wait. Dropping the last handle
+/// inside a handler behaves like that `close`.
 pub struct Dispatcher<K, J> {
     shared: Arc<Shared<K, J>>,
     /// The same state, erased so that `Drop` (which cannot require `K`'s bounds) can close it.
@@ -134,12 +138,8 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
-        let wait = if self.shared.pool().is_current() {
-            Wait::Never
-        } else {
-            Wait::Forever
-        };
-        self.shared.send(key, job, wait)
+        self.shared
+            .send(key, Item { job, group: None }, self.shared.blocking())
     }
 
     /// Dispatches `job` on `key` if there is room right now; never blocks.
@@ -172,7 +172,8 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
-        self.shared.send(key, job, Wait::Never)
+        self.shared
+            .send(key, Item { job, group: None }, Wait::Never)
     }
 
     /// Dispatches `job` on `key`, waiting at most `timeout` for room. Unlike
@@ -189,10 +190,83 @@ where
         job: J,
         timeout: Duration,
     ) -> Result<(), DispatchError<K, J>> {
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            .map_or(Wait::Forever, Wait::Until);
-        self.shared.send(key, job, deadline)
+        let item = Item { job, group: None };
+        self.shared.send(key, item, Wait::within(timeout))
+    }
+
+    /// A new, empty [`Group`] on this dispatcher: jobs dispatched through it are counted, so
+    /// that they can be waited for together, across keys. See [`Group`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u32| {})?;
+    /// let batch = d.group();
+    /// for n in 0..10 {
+    ///     batch.dispatch((n % 3) as u8, n)?;
+    /// }
+    /// let report = batch.wait()?;
+    /// assert_eq!(report.completed, 10);
+    /// assert!(report.all_succeeded());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn group(&self) -> Group<K, J> {
+        Group::new(Arc::clone(&self.shared))
+    }
+
+    /// Blocks until every job of `key` dispatched before this call has finished; returns at
+    /// once if none is queued or running (the key is idle or absent). Jobs of `key` dispatched
+    /// after the call are not waited for, and other keys, and further dispatches on `key`, go on
+    /// meanwhile. A job that [`close_now`](Dispatcher::close_now) hands back counts as
+    /// finished here: the flush returns, since it will never run.
+    ///
+    /// It registers a barrier at the end of the key's queue, which the worker completes as soon
+    /// as the job before it has finished, even if later jobs of the key follow in the same turn.
+    /// The barrier takes no room from the key's capacity and is shared by flushes made at the
+    /// same point. A barrier rather than per-key counters of jobs pushed and finished, which
+    /// would cost every job of every key an update and a wake-up check so that a few could be
+    /// flushed: here a key that is never flushed pays nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::WouldDeadlock`] at once on a worker thread of the dispatcher's pool (in a
+    /// handler of any dispatcher on it): flushing the handler's own key would wait for the
+    /// calling job itself, and flushing another key could wait for a thread that every
+    /// handler holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let balance = Arc::new(Mutex::new(0i64));
+    /// let b = Arc::clone(&balance);
+    /// let d = Dispatcher::builder().build(move |_: &&str, amount: i64| {
+    ///     *b.lock().unwrap() += amount;
+    /// })?;
+    /// d.dispatch("acct-1", 100)?;
+    /// d.dispatch("acct-1", -30)?;
+    /// d.flush_key(&"acct-1")?; // both have run
+    /// assert_eq!(*balance.lock().unwrap(), 70);
+    /// d.flush_key(&"acct-2")?; // no job: returns at once
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flush_key(&self, key: &K) -> Result<(), WaitError> {
+        self.shared.flush_key(key, None)
+    }
+
+    /// As [`flush_key`](Dispatcher::flush_key), waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Timeout`] if jobs of `key` dispatched before the call were still queued
+    /// or running after `timeout`; [`WaitError::WouldDeadlock`] as for `flush_key`.
+    pub fn flush_key_timeout(&self, key: &K, timeout: Duration) -> Result<(), WaitError> {
+        self.shared
+            .flush_key(key, Instant::now().checked_add(timeout))
     }
 
     /// Blocks until no job is queued or running and, with the default eviction, every idle key
@@ -354,5 +428,53 @@ impl<K, J> Debug for Dispatcher<K, J> {
         f.debug_struct("Dispatcher")
             .field("shared", &self.shared)
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::{mpsc, Mutex};
+
+    /// A flush waits for the jobs before it, not for a later job of the same key, even when
+    /// both are taken in one turn: the barrier completes between them.
+    #[test]
+    fn flush_barrier_completes_between_jobs_of_one_turn() {
+        let (started, starts) = mpsc::channel();
+        let (release, held) = mpsc::channel::<()>();
+        let (started, held) = (Mutex::new(started), Mutex::new(held));
+        let d = Dispatcher::builder()
+            .workers(1)
+            .build(move |_: &u8, n: u32| {
+                started.lock().unwrap().send(n).unwrap();
+                if n != 1 {
+                    held.lock().unwrap().recv().unwrap();
+                }
+            })
+            .unwrap();
+        d.dispatch(7, 0).unwrap();
+        assert_eq!(starts.recv().unwrap(), 0);
+        d.dispatch(7, 1).unwrap();
+        // Registered behind jobs 0 and 1; job 2 comes after it.
+        let barrier = d.shared.flush_barrier(&7).expect("jobs are pending");
+        d.dispatch(7, 2).unwrap();
+        assert_eq!(barrier.pending(), 1);
+        release.send(()).unwrap(); // job 0 finishes; jobs 1 and 2 run in the next turn
+        assert_eq!(starts.recv().unwrap(), 1);
+        assert_eq!(starts.recv().unwrap(), 2);
+        // Job 2 is running and held, yet the barrier behind job 1 is complete.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert!(
+            barrier.wait(Some(deadline)),
+            "the flush waited for a later job"
+        );
+        assert_eq!(
+            d.flush_key_timeout(&7, Duration::ZERO),
+            Err(WaitError::Timeout)
+        );
+        release.send(()).unwrap();
+        d.flush_key(&7).unwrap();
+        assert!(d.shared.flush_barrier(&7).is_none());
+        assert_eq!(d.close().stats.completed, 3);
     }
 }

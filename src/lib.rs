@@ -54,14 +54,56 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Groups and barriers
+//!
+//! - A [`Group`], from [`Dispatcher::group`], counts the jobs dispatched through it, across any
+//!   keys; [`Group::wait`] blocks until all of them have finished and returns a
+//!   [`GroupReport`] of how they ended. A job that fails or panics still completes its group
+//!   and is counted as such; a refused dispatch is not counted. Waiting does not stop anyone
+//!   from dispatching, through the group or not. Jobs outside any group pay nothing for groups.
+//! - [`Dispatcher::flush_key`] blocks until every job of one key dispatched before the call
+//!   has finished, without holding up other keys or new dispatches; a key with no job queued
+//!   or running returns at once.
+//! - [`Dispatcher::wait_idle`] waits for everything, jobs dispatched meanwhile included.
+//!
+//! ```
+//! use keyed_dispatch::Dispatcher;
+//!
+//! let d = Dispatcher::builder().build(|user: &u32, n: u32| -> Result<(), String> {
+//!     if n == 13 { Err(format!("user {user}: unlucky")) } else { Ok(()) }
+//! })?;
+//! let import = d.group();
+//! for n in 0..100 {
+//!     import.dispatch(n % 10, n)?;
+//! }
+//! let report = import.wait()?; // a barrier: all 100 have finished
+//! assert_eq!((report.completed, report.failed), (100, 1));
+//! d.dispatch(3, 1)?;
+//! d.flush_key(&3)?; // user 3's jobs so far have finished
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Shared pools
+//!
+//! Several dispatchers, each with its own key type, job type and handler, can share the threads
+//! of one [`WorkerPool`] ([`Builder::pool`]): turns are handed out fairly between dispatchers as
+//! between keys, so a busy dispatcher cannot starve the others, and
+//! [`max_parallel`](Builder::max_parallel) caps how many threads one of them uses at once.
+//! Closing a dispatcher leaves the pool serving the others; [`WorkerPool::close`] (or dropping
+//! the pool) closes, and so drains, every dispatcher still on it, then joins the threads.
+//! `examples/pipeline.rs` chains two dispatchers on one pool with a group barrier between them.
+//!
 //! # Shutdown
 //!
 //! [`Dispatcher::close`] is idempotent and takes `&self`: producers on other threads get
 //! `Closed` errors from then on. `Drop` calls it, so a dispatcher that goes out of scope drains
 //! and joins before the drop returns. [`Dispatcher::close_now`] stops after the running jobs and
-//! hands back the rest, grouped by key in dispatch order. Called from inside a handler, where
-//! waiting could deadlock, `close` stops accepting without waiting, and the waits
-//! ([`wait_idle`](Dispatcher::wait_idle), `close_now`) return [`WaitError::WouldDeadlock`].
+//! hands back the rest, grouped by key in dispatch order; each group counts them as
+//! [`handed_back`](GroupReport::handed_back), so no wait hangs on them. Called from inside a
+//! handler (of any dispatcher on the same pool), where waiting could deadlock, `close` stops
+//! accepting without waiting, and the waits ([`wait_idle`](Dispatcher::wait_idle),
+//! [`flush_key`](Dispatcher::flush_key), [`Group::wait`], `close_now`) return
+//! [`WaitError::WouldDeadlock`].
 //! Closing from several threads at once is safe: all wait for the same drain.
 //!
 //! # Logging
@@ -73,23 +115,34 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+// Under loom the spin counts are zero, so their loop bounds compare against zero.
+#![cfg_attr(loom, allow(clippy::absurd_extreme_comparisons))]
 
 mod builder;
 mod dispatcher;
 mod error;
 mod gate;
+mod group;
 mod handler;
 mod keymap;
 mod mailbox;
+#[cfg(all(test, loom))]
+mod models;
 mod pool;
 mod shared;
 mod signal;
 mod stats;
 mod sync;
 
+/// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use builder::{Builder, DEFAULT_CAPACITY, DEFAULT_JOBS_PER_TURN};
 pub use dispatcher::{BoxedJob, CloseReport, Dispatcher};
 pub use error::{BuildError, DispatchError, WaitError};
+pub use group::{Group, GroupReport};
 pub use handler::{Handler, HandlerOutput, Never};
 pub use pool::{PoolBuilder, WorkerPool};
 pub use stats::Stats;

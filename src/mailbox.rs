@@ -39,15 +39,54 @@
 //! went into the same mailbox behind `a`, or `a`'s mailbox was evicted first, after `a` had
 //! finished.
 //!
+//! # Marks: group jobs and flush barriers
+//!
+//! Every job of a key has an absolute index, counted from the mailbox's first job; `taken` is
+//! the index of the queue's first job (jobs moved into turns so far, less any put back). A
+//! *mark* at position `p` is a group state to complete once the key's first `p` jobs have
+//! finished:
+//!
+//! - a job pushed with a group, at index `i`, gets a mark at `i + 1`: its group is completed,
+//!   with the job's outcome, right after it runs;
+//! - [`Mailbox::flush`] puts a barrier at the key's current end, `taken + queue.len()`: it
+//!   completes once every job pushed before the flush has finished, and waits for none pushed
+//!   after. Flushes at the same position share one barrier, so a key holds at most
+//!   `key_capacity + 1` of them.
+//!
+//! Marks are kept beside the queue (`Inner::marks`, sorted by position), not in it: the queue
+//! holds exactly the jobs, so a job outside any group costs no wider queue slot and no atomic
+//! operation, and barriers take no room from the key's capacity. A turn takes the marks that fall within its batch and completes
+//! each as soon as the job before it has finished, so a later job of the same turn that runs
+//! long holds neither an earlier job's group nor a flush. Barriers registered during a turn wait
+//! in the mailbox and are handed out by the turn's end; `take_all` hands back the marks of a key
+//! that `close_now` empties (each group mark stands for one handed-back job). An Idle mailbox
+//! has no mark left, since all its jobs have finished.
+//!
 //! # Locks
 //!
 //! The order is: map shard, then mailbox. No lock is held while user code runs.
 
 use crate::{
     gate::Gate,
-    sync::{lock, wait, wait_timeout, Condvar, Mutex},
+    group::GroupState,
+    sync::{lock, wait, wait_timeout, Arc, Condvar, Mutex},
 };
 use std::{collections::VecDeque, time::Instant};
+
+/// A group's job, or a flush barrier, beside the queue (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Mark {
+    /// How many of the key's jobs must have finished before `state` is completed: counted from
+    /// the mailbox's first job in `Inner::marks`, from the turn's first job in a turn's `due`.
+    pub(crate) position: u64,
+    /// The group (or barrier) to complete.
+    pub(crate) state: Arc<GroupState>,
+    /// A flush barrier, which later flushes at the same position may share.
+    flush: bool,
+}
+
+/// Marks in position order.
+pub(crate) type Marks = VecDeque<Mark>;
 
 /// One key's mailbox; shared between the map, the ready queue and the worker running it.
 #[derive(Debug)]
@@ -66,6 +105,12 @@ struct Inner<J> {
     /// Jobs the running worker took for its turn and has not finished. They still count
     /// against the key's capacity.
     in_turn: usize,
+    /// The absolute index of `queue[0]`: jobs moved into turns since the mailbox was made, less
+    /// those a halted turn put back. The running turn's jobs are `taken - in_turn..taken`.
+    taken: u64,
+    /// Marks not yet handed to a worker, sorted by position. Each position is above
+    /// `taken - in_turn`: the jobs before the running turn have all finished.
+    marks: Marks,
     state: State,
     /// True while the mailbox has an entry in its dispatcher's idle list, so that it has at
     /// most one there.
@@ -74,6 +119,22 @@ struct Inner<J> {
     waiters: usize,
     /// When the key last became Idle; kept only when an idle timeout is set.
     idle_since: Option<Instant>,
+}
+
+impl<J> Inner<J> {
+    /// Marks the job just pushed as one of `group`'s; kept out of line, off the path of jobs
+    /// without a group.
+    #[cold]
+    fn mark_last(&mut self, group: &mut Option<Arc<GroupState>>) {
+        if let Some(state) = group.take() {
+            let position = self.taken + self.queue.len() as u64;
+            self.marks.push_back(Mark {
+                position,
+                state,
+                flush: false,
+            });
+        }
+    }
 }
 
 /// See the module docs.
@@ -110,15 +171,26 @@ pub(crate) enum EndTurn {
 }
 
 impl<K, J> Mailbox<K, J> {
-    /// A mailbox holding `job`, Queued: its creator must put it in the ready queue.
-    pub(crate) fn new(key: K, job: J) -> Self {
+    /// A mailbox holding `job` (counted in `group`, if any), Queued: its creator must put it in
+    /// the ready queue.
+    pub(crate) fn new(key: K, job: J, group: Option<Arc<GroupState>>) -> Self {
         let mut queue = VecDeque::with_capacity(1);
         queue.push_back(job);
+        let marks = group
+            .map(|state| Mark {
+                position: 1,
+                state,
+                flush: false,
+            })
+            .into_iter()
+            .collect();
         Mailbox {
             key,
             inner: Mutex::new(Inner {
                 queue,
                 in_turn: 0,
+                taken: 0,
+                marks,
                 state: State::Queued,
                 listed: false,
                 waiters: 0,
@@ -128,11 +200,19 @@ impl<K, J> Mailbox<K, J> {
         }
     }
 
-    /// Producer: queues `job` unless the key is full or `close_now` has begun.
+    /// Producer: queues `job` unless the key is full or `close_now` has begun. If `group` is
+    /// set, the job counts in it: the mailbox takes the group (marking the job) only when it
+    /// takes the job, and leaves it to the caller otherwise.
     ///
     /// The caller holds the map shard's lock (read or write) that found this mailbox, so the
     /// mailbox cannot be Evicted here.
-    pub(crate) fn push(&self, job: J, capacity: usize, gate: &Gate) -> Push<J> {
+    pub(crate) fn push(
+        &self,
+        job: J,
+        group: &mut Option<Arc<GroupState>>,
+        capacity: usize,
+        gate: &Gate,
+    ) -> Push<J> {
         let mut inner = lock(&self.inner);
         debug_assert_ne!(
             inner.state,
@@ -148,6 +228,9 @@ impl<K, J> Mailbox<K, J> {
             return Push::Full(job);
         }
         inner.queue.push_back(job);
+        if group.is_some() {
+            inner.mark_last(group);
+        }
         if inner.state == State::Idle {
             inner.state = State::Queued;
             Push::Schedule
@@ -178,10 +261,37 @@ impl<K, J> Mailbox<K, J> {
         true
     }
 
+    /// Producer: registers a flush barrier behind every job pushed so far (see the module
+    /// docs), or returns `None` if the key has no job queued or running.
+    pub(crate) fn flush(&self) -> Option<Arc<GroupState>> {
+        let mut inner = lock(&self.inner);
+        if inner.queue.is_empty() && inner.in_turn == 0 {
+            // Idle or Evicted: every job pushed here has finished (or was handed back).
+            return None;
+        }
+        let position = inner.taken + inner.queue.len() as u64;
+        if let Some(last) = inner.marks.back() {
+            debug_assert!(last.position <= position, "marks out of order");
+            if last.flush && last.position == position {
+                return Some(Arc::clone(&last.state));
+            }
+        }
+        let barrier = Arc::new(GroupState::new(1));
+        inner.marks.push_back(Mark {
+            position,
+            state: Arc::clone(&barrier),
+            flush: true,
+        });
+        Some(barrier)
+    }
+
     /// Worker: starts a turn of the key it popped from the ready queue, moving up to `max`
     /// jobs into `batch` (which must be empty). Returns how many.
-    pub(crate) fn begin_turn(&self, max: usize, batch: &mut VecDeque<J>) -> usize {
-        debug_assert!(batch.is_empty());
+    ///
+    /// The marks that fall within the batch move into `due` (which must be empty), each with
+    /// the number of the batch's jobs that must finish before it is completed.
+    pub(crate) fn begin_turn(&self, max: usize, batch: &mut VecDeque<J>, due: &mut Marks) -> usize {
+        debug_assert!(batch.is_empty() && due.is_empty());
         let mut inner = lock(&self.inner);
         debug_assert_eq!(
             inner.state,
@@ -196,11 +306,26 @@ impl<K, J> Mailbox<K, J> {
             batch.extend(inner.queue.drain(..max));
         }
         inner.in_turn = batch.len();
+        let start = inner.taken;
+        inner.taken += batch.len() as u64;
+        while inner
+            .marks
+            .front()
+            .is_some_and(|mark| mark.position <= inner.taken)
+        {
+            let mut mark = inner.marks.pop_front().expect("checked");
+            debug_assert!(mark.position > start, "a mark outlived its jobs");
+            mark.position = mark.position.saturating_sub(start);
+            due.push_back(mark);
+        }
         inner.in_turn
     }
 
     /// Worker: ends the turn. `leftovers` are the jobs of the turn that did not start (only
-    /// when `close_now` stopped it); they go back to the front of the queue, in order.
+    /// when `close_now` stopped it); they go back to the front of the queue, in order. `due`
+    /// holds the turn's marks not yet completed (as [`Mailbox::begin_turn`] left them); they go
+    /// back too, and `due` is refilled with every mark whose jobs have now all finished (flush
+    /// barriers registered during the turn), for the worker to complete.
     ///
     /// With `halted`, the key is left Queued but out of the ready queue: `close_now` will take
     /// its jobs. Otherwise the key is requeued or made Idle: stamped with `now` if given (an
@@ -208,22 +333,38 @@ impl<K, J> Mailbox<K, J> {
     pub(crate) fn end_turn(
         &self,
         leftovers: &mut VecDeque<J>,
+        due: &mut Marks,
         halted: bool,
         now: Option<Instant>,
     ) -> EndTurn {
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.state, State::Running);
+        let start = inner.taken - inner.in_turn as u64;
+        while let Some(mut mark) = due.pop_back() {
+            mark.position += start;
+            inner.marks.push_front(mark);
+        }
         while let Some(job) = leftovers.pop_back() {
             inner.queue.push_front(job);
+            inner.taken -= 1;
         }
         inner.in_turn = 0;
-        if inner.waiters > 0 {
+        while inner
+            .marks
+            .front()
+            .is_some_and(|mark| mark.position <= inner.taken)
+        {
+            let mark = inner.marks.pop_front().expect("checked");
+            debug_assert!(mark.flush, "a job's mark outlived its turn");
+            due.push_back(mark);
+        }
+        if inner.waiters > 0 && !crate::sync::Fault::NoRoomWake.on() {
             self.room.notify_all();
         }
         if halted {
             inner.state = State::Queued;
             EndTurn::Halted
-        } else if !inner.queue.is_empty() {
+        } else if !inner.queue.is_empty() && !crate::sync::Fault::IdleWithJobsLeft.on() {
             inner.state = State::Queued;
             EndTurn::Requeue
         } else {
@@ -249,6 +390,7 @@ impl<K, J> Mailbox<K, J> {
         };
         if inner.state == State::Idle && expired {
             debug_assert!(inner.queue.is_empty() && inner.in_turn == 0);
+            debug_assert!(inner.marks.is_empty(), "an idle key kept a mark");
             inner.state = State::Evicted;
             true
         } else {
@@ -256,24 +398,26 @@ impl<K, J> Mailbox<K, J> {
         }
     }
 
-    /// `close_now`: takes every queued job and marks the mailbox Evicted. Called under the map
+    /// `close_now`: takes every queued job and every mark (one per grouped job among them, and
+    /// the flush barriers behind them), and marks the mailbox Evicted. Called under the map
     /// shard's write lock, after every turn has ended.
-    pub(crate) fn take_all(&self) -> VecDeque<J> {
+    pub(crate) fn take_all(&self) -> (VecDeque<J>, Marks) {
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.in_turn, 0, "close_now took a key during its turn");
         inner.state = State::Evicted;
         if inner.waiters > 0 {
             self.room.notify_all();
         }
-        std::mem::take(&mut inner.queue)
+        let marks = std::mem::take(&mut inner.marks);
+        (std::mem::take(&mut inner.queue), marks)
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn state(&self) -> State {
         lock(&self.inner).state
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {
         let inner = lock(&self.inner);
         inner.queue.len() + inner.in_turn
@@ -286,13 +430,20 @@ mod tests {
 
     fn turn(mb: &Mailbox<u8, u32>, max: usize) -> Vec<u32> {
         let mut batch = VecDeque::new();
-        mb.begin_turn(max, &mut batch);
+        mb.begin_turn(max, &mut batch, &mut Marks::new());
         batch.into_iter().collect()
+    }
+
+    fn end(mb: &Mailbox<u8, u32>, leftovers: &mut VecDeque<u32>, halted: bool) -> EndTurn {
+        let mut due = Marks::new();
+        let end = mb.end_turn(leftovers, &mut due, halted, None);
+        assert!(due.is_empty());
+        end
     }
 
     #[test]
     fn new_mailbox_is_queued_with_its_job() {
-        let mb = Mailbox::new(1u8, 10u32);
+        let mb = Mailbox::new(1u8, 10u32, None);
         assert_eq!(mb.state(), State::Queued);
         assert_eq!(mb.len(), 1);
     }
@@ -300,42 +451,36 @@ mod tests {
     #[test]
     fn pushes_behind_a_queued_key_do_not_schedule() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 10u32);
-        assert_eq!(mb.push(11, 8, &gate), Push::Added);
+        let mb = Mailbox::new(1u8, 10u32, None);
+        assert_eq!(mb.push(11, &mut None, 8, &gate), Push::Added);
         let mut batch = VecDeque::new();
-        assert_eq!(mb.begin_turn(8, &mut batch), 2);
+        assert_eq!(mb.begin_turn(8, &mut batch, &mut Marks::new()), 2);
         assert_eq!(mb.state(), State::Running);
-        assert_eq!(mb.push(12, 8, &gate), Push::Added);
+        assert_eq!(mb.push(12, &mut None, 8, &gate), Push::Added);
         assert_eq!(batch, [10, 11]);
     }
 
     #[test]
     fn capacity_counts_jobs_in_the_running_turn() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 10u32);
+        let mb = Mailbox::new(1u8, 10u32, None);
         let mut batch = VecDeque::new();
-        mb.begin_turn(8, &mut batch);
-        assert_eq!(mb.push(11, 1, &gate), Push::Full(11));
+        mb.begin_turn(8, &mut batch, &mut Marks::new());
+        assert_eq!(mb.push(11, &mut None, 1, &gate), Push::Full(11));
         batch.clear();
-        assert_eq!(
-            mb.end_turn(&mut batch, false, None),
-            EndTurn::Idle { list: true }
-        );
-        assert_eq!(mb.push(11, 1, &gate), Push::Schedule);
+        assert_eq!(end(&mb, &mut batch, false), EndTurn::Idle { list: true });
+        assert_eq!(mb.push(11, &mut None, 1, &gate), Push::Schedule);
     }
 
     #[test]
     fn turn_takes_at_most_max_and_requeues_the_rest() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32);
+        let mb = Mailbox::new(1u8, 0u32, None);
         for job in 1..5 {
-            mb.push(job, 100, &gate);
+            mb.push(job, &mut None, 100, &gate);
         }
         assert_eq!(turn(&mb, 3), [0, 1, 2]);
-        assert_eq!(
-            mb.end_turn(&mut VecDeque::new(), false, None),
-            EndTurn::Requeue
-        );
+        assert_eq!(end(&mb, &mut VecDeque::new(), false), EndTurn::Requeue);
         assert_eq!(mb.state(), State::Queued);
         assert_eq!(turn(&mb, 3), [3, 4]);
     }
@@ -343,29 +488,23 @@ mod tests {
     #[test]
     fn idle_key_is_listed_once() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32);
+        let mb = Mailbox::new(1u8, 0u32, None);
         turn(&mb, 8);
         let mut none = VecDeque::new();
-        assert_eq!(
-            mb.end_turn(&mut none, false, None),
-            EndTurn::Idle { list: true }
-        );
-        assert_eq!(mb.push(1, 8, &gate), Push::Schedule);
+        assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: true });
+        assert_eq!(mb.push(1, &mut None, 8, &gate), Push::Schedule);
         turn(&mb, 8);
-        assert_eq!(
-            mb.end_turn(&mut none, false, None),
-            EndTurn::Idle { list: false }
-        );
+        assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: false });
     }
 
     #[test]
     fn only_an_idle_key_is_evicted() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32);
+        let mb = Mailbox::new(1u8, 0u32, None);
         assert!(!mb.try_evict(None), "queued");
         turn(&mb, 8);
         assert!(!mb.try_evict(None), "running");
-        mb.end_turn(&mut VecDeque::new(), false, None);
+        end(&mb, &mut VecDeque::new(), false);
         assert!(mb.try_evict(None));
         assert_eq!(mb.state(), State::Evicted);
         let _ = gate;
@@ -373,10 +512,15 @@ mod tests {
 
     #[test]
     fn eviction_with_expiry_waits_for_the_idle_timeout() {
-        let mb = Mailbox::new(1u8, 0u32);
+        let mb = Mailbox::new(1u8, 0u32, None);
         turn(&mb, 8);
         let idle_at = Instant::now();
-        mb.end_turn(&mut VecDeque::new(), false, Some(idle_at));
+        mb.end_turn(
+            &mut VecDeque::new(),
+            &mut Marks::new(),
+            false,
+            Some(idle_at),
+        );
         let before = idle_at - std::time::Duration::from_millis(1);
         assert!(!mb.try_evict(Some(before)));
         assert!(mb.try_evict(Some(idle_at)));
@@ -385,24 +529,145 @@ mod tests {
     #[test]
     fn halted_turn_puts_leftovers_back_in_order() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32);
+        let mb = Mailbox::new(1u8, 0u32, None);
         for job in 1..4 {
-            mb.push(job, 100, &gate);
+            mb.push(job, &mut None, 100, &gate);
         }
         let mut batch = VecDeque::new();
-        mb.begin_turn(8, &mut batch);
-        mb.push(4, 100, &gate);
+        mb.begin_turn(8, &mut batch, &mut Marks::new());
+        mb.push(4, &mut None, 100, &gate);
         batch.pop_front(); // job 0 ran
-        assert_eq!(mb.end_turn(&mut batch, true, None), EndTurn::Halted);
+        assert_eq!(end(&mb, &mut batch, true), EndTurn::Halted);
         gate.halt();
-        assert!(matches!(mb.push(5, 100, &gate), Push::Halted(5)));
-        assert_eq!(mb.take_all(), [1, 2, 3, 4]);
+        assert!(matches!(mb.push(5, &mut None, 100, &gate), Push::Halted(5)));
+        let (left, flushes) = mb.take_all();
+        assert_eq!(left, [1, 2, 3, 4]);
+        assert!(flushes.is_empty());
         assert_eq!(mb.state(), State::Evicted);
     }
 
     #[test]
+    fn flush_of_an_idle_key_has_nothing_to_wait_for() {
+        let mb = Mailbox::new(1u8, 0u32, None);
+        turn(&mb, 8);
+        end(&mb, &mut VecDeque::new(), false);
+        assert!(mb.flush().is_none());
+    }
+
+    #[test]
+    fn flush_barrier_is_due_after_the_jobs_pushed_before_it() {
+        let gate = Gate::new();
+        let mb = Mailbox::new(1u8, 0u32, None);
+        mb.push(1, &mut None, 100, &gate);
+        let first = mb.flush().expect("jobs are queued");
+        let again = mb.flush().expect("jobs are queued");
+        assert!(Arc::ptr_eq(&first, &again), "same position, same barrier");
+        mb.push(2, &mut None, 100, &gate);
+        let second = mb.flush().expect("jobs are queued");
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        assert_eq!(mb.begin_turn(8, &mut batch, &mut due), 3);
+        // The first barrier is due once two jobs of the batch have finished, the second after
+        // three.
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].position, 2);
+        assert!(Arc::ptr_eq(&due[0].state, &first));
+        assert_eq!(due[1].position, 3);
+        assert!(Arc::ptr_eq(&due[1].state, &second));
+    }
+
+    #[test]
+    fn flush_during_a_turn_is_handed_out_when_the_turn_ends() {
+        let gate = Gate::new();
+        let mb = Mailbox::new(1u8, 0u32, None);
+        mb.push(1, &mut None, 100, &gate);
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        mb.begin_turn(8, &mut batch, &mut due);
+        assert!(due.is_empty());
+        let during = mb.flush().expect("the turn is running");
+        mb.push(2, &mut None, 100, &gate);
+        let behind = mb.flush().expect("a job is queued");
+        batch.clear();
+        assert_eq!(
+            mb.end_turn(&mut batch, &mut due, false, None),
+            EndTurn::Requeue
+        );
+        assert_eq!(due.len(), 1, "only the barrier behind the turn's jobs");
+        assert!(Arc::ptr_eq(&due[0].state, &during));
+        due.clear();
+        mb.begin_turn(8, &mut batch, &mut due);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].position, 1, "due after the one job of this turn");
+        assert!(Arc::ptr_eq(&due[0].state, &behind));
+    }
+
+    #[test]
+    fn halted_turn_keeps_its_unreached_barriers_for_take_all() {
+        let gate = Gate::new();
+        let mb = Mailbox::new(1u8, 0u32, None);
+        mb.push(1, &mut None, 100, &gate);
+        let first = mb.flush().expect("jobs are queued");
+        mb.push(2, &mut None, 100, &gate);
+        let second = mb.flush().expect("jobs are queued");
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        mb.begin_turn(8, &mut batch, &mut due);
+        // Jobs 0 and 1 ran, so the first barrier was completed in the turn; job 2 did not.
+        batch.drain(..2);
+        due.pop_front();
+        gate.halt();
+        assert_eq!(
+            mb.end_turn(&mut batch, &mut due, true, None),
+            EndTurn::Halted
+        );
+        assert!(due.is_empty());
+        let (left, flushes) = mb.take_all();
+        assert_eq!(left, [2]);
+        assert_eq!(flushes.len(), 1);
+        assert!(Arc::ptr_eq(&flushes[0].state, &second));
+        drop(first);
+    }
+
+    #[test]
+    fn grouped_jobs_get_a_mark_and_plain_jobs_none() {
+        let gate = Gate::new();
+        let group = Arc::new(GroupState::new(0));
+        let mb = Mailbox::new(1u8, 0u32, Some(Arc::clone(&group)));
+        mb.push(1, &mut None, 100, &gate);
+        let mut member = Some(Arc::clone(&group));
+        assert_eq!(mb.push(2, &mut member, 100, &gate), Push::Added);
+        assert!(member.is_none(), "the mailbox took the group with the job");
+        // A flush behind job 2 shares no state with job 2's group.
+        let barrier = mb.flush().expect("jobs are queued");
+        assert!(!Arc::ptr_eq(&barrier, &group));
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        mb.begin_turn(8, &mut batch, &mut due);
+        let positions: Vec<u64> = due.iter().map(|mark| mark.position).collect();
+        assert_eq!(
+            positions,
+            [1, 3, 3],
+            "after jobs 0 and 2, and the barrier after job 2"
+        );
+        assert!(Arc::ptr_eq(&due[2].state, &barrier));
+    }
+
+    #[test]
+    fn refused_push_leaves_the_group_with_the_caller() {
+        let gate = Gate::new();
+        let group = Arc::new(GroupState::new(0));
+        let mb = Mailbox::new(1u8, 0u32, None);
+        let mut member = Some(Arc::clone(&group));
+        assert_eq!(mb.push(1, &mut member, 1, &gate), Push::Full(1));
+        assert!(member.is_some());
+        gate.halt();
+        assert_eq!(mb.push(1, &mut member, 10, &gate), Push::Halted(1));
+        assert!(member.is_some());
+        let (left, marks) = mb.take_all();
+        assert_eq!(left, [0]);
+        assert!(marks.is_empty());
+    }
+
+    #[test]
     fn room_wait_times_out_on_a_full_key() {
-        let mb = Mailbox::new(1u8, 0u32);
+        let mb = Mailbox::new(1u8, 0u32, None);
         assert!(!mb.wait_for_room(1, Some(Instant::now())));
         assert!(mb.wait_for_room(2, None));
     }

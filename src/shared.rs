@@ -20,14 +20,24 @@
 //! dispatcher streams jobs are thus not evicted and re-created for every job, and memory stays
 //! bounded by the live keys plus the list. With `idle_timeout`, keys are stamped instead and a
 //! pool timer evicts those idle for longer than the timeout.
+//!
+//! # Groups and flushes
+//!
+//! A producer routes an [`Item`]: a job and its group, if any. The mailbox queues the job and
+//! keeps the group beside the queue as a *mark* (see `mailbox`), as it keeps flush barriers.
+//! After each job of a turn the worker completes the marks due behind it: the job's group
+//! (see `group`), with the job's outcome whatever it was, and the flush barriers behind it;
+//! after the turn, the barriers registered during it. `close_now` completes the groups of the
+//! jobs it hands back, and releases the barriers of the keys it empties.
 
 use crate::{
     builder::Config,
     error::{DispatchError, WaitError},
     gate::{Gate, Refused},
+    group::{GroupState, Outcome},
     handler::ErasedHandler,
     keymap::KeyMap,
-    mailbox::{EndTurn, Mailbox, Push},
+    mailbox::{EndTurn, Mailbox, Marks, Push},
     pool::{PoolShared, Source, Worker},
     signal::Signal,
     stats::{Counters, Stats},
@@ -39,7 +49,7 @@ use std::{
     fmt::{self, Debug, Display},
     hash::Hash,
     panic::{catch_unwind, AssertUnwindSafe},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// Idle keys kept in the idle list before the oldest half is evicted even though the dispatcher
@@ -63,6 +73,26 @@ pub(crate) enum Wait {
     Forever,
     /// `dispatch_timeout`: refuse with `Timeout` after the instant.
     Until(Instant),
+}
+
+impl Wait {
+    /// `dispatch_timeout`'s wait: until `timeout` from now (forever if that overflows).
+    pub(crate) fn within(timeout: Duration) -> Wait {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Wait::Forever, Wait::Until)
+    }
+}
+
+/// A job on its way to its key's mailbox, with the group it counts in (see `group`).
+///
+/// Only the job is queued; the mailbox keeps the group in a mark beside the queue, so a job
+/// outside any group is queued exactly as it came. A grouped job's `Arc` was cloned by its
+/// group's dispatch.
+#[derive(Debug)]
+pub(crate) struct Item<J> {
+    pub(crate) job: J,
+    pub(crate) group: Option<Arc<GroupState>>,
 }
 
 /// The result of [`Shared::close`].
@@ -122,9 +152,9 @@ enum Routed<K, J> {
     /// Queued on an Idle or new key, which must be scheduled.
     Schedule(Arc<Mailbox<K, J>>),
     /// The key is full; wait on its mailbox for room.
-    Full(K, J, Arc<Mailbox<K, J>>),
+    Full(K, Item<J>, Arc<Mailbox<K, J>>),
     /// `close_now` has begun.
-    Halted(K, J),
+    Halted(K, Item<J>),
 }
 
 impl<K, J> Shared<K, J>
@@ -181,11 +211,22 @@ where
     // ---------------------------------------------------------------------------------------
     // Producers
 
-    /// Dispatches `job` on `key`, waiting for room as `wait` allows.
+    /// `dispatch`'s wait: forever, except on a worker thread of this dispatcher's pool, where
+    /// waiting for room could deadlock.
+    pub(crate) fn blocking(&self) -> Wait {
+        if self.pool.is_current() {
+            Wait::Never
+        } else {
+            Wait::Forever
+        }
+    }
+
+    /// Dispatches `item` on `key`, waiting for room as `wait` allows. A refused item's group
+    /// reference is dropped; the caller undoes its count.
     pub(crate) fn send(
         &self,
         mut key: K,
-        mut job: J,
+        mut item: Item<J>,
         wait: Wait,
     ) -> Result<(), DispatchError<K, J>> {
         loop {
@@ -194,26 +235,30 @@ where
                     self.progressed();
                 }
                 match refused {
-                    Refused::Closed => return Err(self.refuse(DispatchError::Closed { key, job })),
+                    Refused::Closed => {
+                        let job = item.job;
+                        return Err(self.refuse(DispatchError::Closed { key, job }));
+                    }
                     Refused::Full => {
                         if self.wait_for_global_room(wait) {
                             continue;
                         }
-                        return Err(self.refuse(too_full(wait, key, job)));
+                        return Err(self.refuse(too_full(wait, key, item.job)));
                     }
                 }
             }
-            match self.route(key, job) {
+            match self.route(key, item) {
                 Routed::Added => return Ok(()),
                 Routed::Schedule(mailbox) => {
                     self.schedule(mailbox);
                     return Ok(());
                 }
-                Routed::Halted(key, job) => {
+                Routed::Halted(key, refused) => {
                     self.left(1);
+                    let job = refused.job;
                     return Err(self.refuse(DispatchError::Closed { key, job }));
                 }
-                Routed::Full(k, j, mailbox) => {
+                Routed::Full(k, i, mailbox) => {
                     self.left(1);
                     let capacity = self.config.key_capacity;
                     let room = match wait {
@@ -226,21 +271,23 @@ where
                             .blocked(|| mailbox.wait_for_room(capacity, Some(deadline))),
                     };
                     if !room {
-                        return Err(self.refuse(too_full(wait, k, j)));
+                        return Err(self.refuse(too_full(wait, k, i.job)));
                     }
-                    (key, job) = (k, j);
+                    (key, item) = (k, i);
                 }
             }
         }
     }
 
-    /// Pushes `job` into `key`'s mailbox, creating it if the key has none. The caller has
+    /// Pushes `item` into `key`'s mailbox, creating it if the key has none. The caller has
     /// entered the gate.
-    fn route(&self, key: K, job: J) -> Routed<K, J> {
+    fn route(&self, key: K, item: Item<J>) -> Routed<K, J> {
         let capacity = self.config.key_capacity;
+        // The mailbox takes the group only with the job; a refused job gets it back here.
+        let Item { job, mut group } = item;
         // Fast path: the key has a mailbox; push under the shard's read lock.
         let found = self.keys.get(&key, job, |mailbox, job| {
-            match mailbox.push(job, capacity, &self.gate) {
+            match mailbox.push(job, &mut group, capacity, &self.gate) {
                 Push::Added => Ok(None),
                 Push::Schedule => Ok(Some(Arc::clone(mailbox))),
                 Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
@@ -250,8 +297,10 @@ where
         let job = match found {
             Ok(Ok(None)) => return Routed::Added,
             Ok(Ok(Some(mailbox))) => return Routed::Schedule(mailbox),
-            Ok(Err((job, Some(mailbox)))) => return Routed::Full(key, job, mailbox),
-            Ok(Err((job, None))) => return Routed::Halted(key, job),
+            Ok(Err((job, Some(mailbox)))) => {
+                return Routed::Full(key, Item { job, group }, mailbox);
+            }
+            Ok(Err((job, None))) => return Routed::Halted(key, Item { job, group }),
             Err(job) => job,
         };
         // Slow path: create the mailbox under the shard's write lock, unless another producer
@@ -260,7 +309,7 @@ where
             self.keys
                 .get_or_insert(key, job, |existing, key, job| match existing {
                     Some(mailbox) => {
-                        let routed = match mailbox.push(job, capacity, &self.gate) {
+                        let routed = match mailbox.push(job, &mut group, capacity, &self.gate) {
                             Push::Added => Ok(None),
                             Push::Schedule => Ok(Some(Arc::clone(mailbox))),
                             Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
@@ -273,15 +322,17 @@ where
                     None if self.gate.is_halted() => (Err((job, None)), None),
                     None => {
                         log::debug!("{}: key {key:?} created", self.config.name);
-                        let mailbox = Arc::new(Mailbox::new(key.clone(), job));
+                        let mailbox = Arc::new(Mailbox::new(key.clone(), job, group.take()));
                         (Ok(Some(Arc::clone(&mailbox))), Some(mailbox))
                     }
                 });
         match (routed, key) {
             (Ok(None), _) => Routed::Added,
             (Ok(Some(mailbox)), _) => Routed::Schedule(mailbox),
-            (Err((job, Some(mailbox))), Some(key)) => Routed::Full(key, job, mailbox),
-            (Err((job, None)), Some(key)) => Routed::Halted(key, job),
+            (Err((job, Some(mailbox))), Some(key)) => {
+                Routed::Full(key, Item { job, group }, mailbox)
+            }
+            (Err((job, None)), Some(key)) => Routed::Halted(key, Item { job, group }),
             (Err(_), None) => unreachable!("a refused job's key is handed back"),
         }
     }
@@ -366,6 +417,28 @@ where
         Ok(())
     }
 
+    /// Blocks until every job of `key` pushed before the call has finished (or was handed
+    /// back), or `deadline` passes. See `mailbox` for the barrier it waits on.
+    pub(crate) fn flush_key(&self, key: &K, deadline: Option<Instant>) -> Result<(), WaitError> {
+        if self.pool.is_current() {
+            return Err(WaitError::WouldDeadlock);
+        }
+        match self.flush_barrier(key) {
+            Some(barrier) if !barrier.wait(deadline) => Err(WaitError::Timeout),
+            _ => Ok(()),
+        }
+    }
+
+    /// Registers a flush barrier behind `key`'s jobs; `None` if it has none queued or running.
+    pub(crate) fn flush_barrier(&self, key: &K) -> Option<Arc<GroupState>> {
+        // Under the shard's read lock, so the mailbox found is the key's current one; one that
+        // was evicted had finished every job pushed into it.
+        self.keys
+            .get(key, (), |mailbox, ()| mailbox.flush())
+            .ok()
+            .flatten()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.gate.is_closed()
     }
@@ -379,6 +452,8 @@ where
     /// the pool (joining it if this was its last user). On a worker thread it only stops
     /// accepting; the shutdown then finishes when the last job does.
     pub(crate) fn close(&self) -> Closed {
+        let skip_drain = (crate::sync::Fault::CountBeforeClose.on() && self.gate.count() == 0)
+            || (crate::sync::Fault::LateCloseSkipsDrain.on() && self.gate.is_closed());
         if self.gate.close() {
             log::debug!("{}: close begun", self.config.name);
             self.room.notify();
@@ -394,7 +469,8 @@ where
                 drained: false,
             };
         }
-        self.idle.wait_until(None, || self.gate.count() == 0);
+        self.idle
+            .wait_until(None, || skip_drain || self.gate.count() == 0);
         self.finish();
         self.pool.join();
         Closed {
@@ -417,14 +493,21 @@ where
         self.idle.wait_until(None, || self.counters.turns() == 0);
         let mut left = Vec::new();
         let mut jobs = 0;
+        let mut released = Marks::new();
         self.keys.remove_where(|mailbox| {
-            let queue = mailbox.take_all();
+            let (queue, marks) = mailbox.take_all();
+            released.extend(marks);
             if !queue.is_empty() {
                 jobs += queue.len();
                 left.push((mailbox.key.clone(), Vec::from(queue)));
             }
             true
         });
+        // Outside the map's locks: one mark per handed-back job of a group, and the flush
+        // barriers behind them. Each wakes its waiters, who see the jobs handed back.
+        for mark in released {
+            mark.state.handed_back();
+        }
         self.clear_sched();
         self.counters.handed_back(jobs);
         self.left(jobs);
@@ -480,8 +563,14 @@ where
     // ---------------------------------------------------------------------------------------
     // Workers
 
-    /// Runs one turn of `mailbox`, a key just popped from the ready queue.
-    fn run_turn(&self, mailbox: &Mailbox<K, J>, batch: &mut VecDeque<J>) -> EndTurn {
+    /// Runs one turn of `mailbox`, a key just popped from the ready queue. `batch` and `due`
+    /// are the worker's buffers, empty between turns.
+    fn run_turn(
+        &self,
+        mailbox: &Mailbox<K, J>,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+    ) -> EndTurn {
         // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
         // turn and waits for it, or this turn sees the halt flag and leaves the key alone.
         self.counters.turn_started();
@@ -489,7 +578,10 @@ where
             self.turn_ended();
             return EndTurn::Halted;
         }
-        mailbox.begin_turn(self.config.jobs_per_turn, batch);
+        mailbox.begin_turn(self.config.jobs_per_turn, batch, due);
+        // Marks are only ever due within the turn if `begin_turn` handed some out: a turn of
+        // jobs without groups or flushes skips looking for them.
+        let marked = !due.is_empty();
         let mut done = 0;
         let mut halted = false;
         while let Some(job) = batch.pop_front() {
@@ -498,11 +590,20 @@ where
                 halted = true;
                 break;
             }
-            self.run_job(&mailbox.key, job);
+            let outcome = self.run_job(&mailbox.key, job);
             done += 1;
+            // The marks behind the job that just finished: its group, flush barriers. A barrier
+            // gets the outcome too, and ignores it.
+            while marked && due.front().is_some_and(|mark| mark.position <= done as u64) {
+                due.pop_front().expect("checked").state.ran(outcome);
+            }
         }
         let stamp = self.config.idle_timeout.map(|_| Instant::now());
-        let end = mailbox.end_turn(batch, halted, stamp);
+        let end = mailbox.end_turn(batch, due, halted, stamp);
+        // Barriers registered during the turn, behind its last job.
+        for mark in due.drain(..) {
+            mark.state.ran(Outcome::default());
+        }
         match end {
             // Counted before the jobs leave the gate, so that `wait_idle` cannot see both at
             // zero while this key is still to be swept.
@@ -524,16 +625,22 @@ where
         }
     }
 
-    /// Runs one job, catching its panic.
-    fn run_job(&self, key: &K, job: J) {
+    /// Runs one job, catching its panic, and says how it ended.
+    fn run_job(&self, key: &K, job: J) -> Outcome {
         log::trace!("{}: running a job of key {key:?}", self.config.name);
         let handler = &*self.handler;
+        let mut outcome = Outcome::default();
         let ran = catch_unwind(AssertUnwindSafe(|| {
-            handler.run(key, job, &mut |err| self.job_failed(key, err));
+            handler.run(key, job, &mut |err| {
+                outcome.failed = true;
+                self.job_failed(key, err);
+            });
         }));
         if let Err(payload) = ran {
+            outcome.panicked = true;
             self.job_panicked(key, payload);
         }
+        outcome
     }
 
     /// Runs inside the job's `catch_unwind`: a panicking `on_error` counts as the job's panic.
@@ -629,8 +736,9 @@ where
         let mut swept = 0;
         for mailbox in idle {
             swept += 1;
+            let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict(None);
             let evicted = self.keys.remove_if(&mailbox.key, |current| {
-                Arc::ptr_eq(current, &mailbox) && current.try_evict(None)
+                Arc::ptr_eq(current, &mailbox) && (early || current.try_evict(None))
             });
             if evicted {
                 log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key);
@@ -731,9 +839,10 @@ where
 {
     fn run(self: Arc<Self>, worker: &Worker<'_>) {
         let mut batch = VecDeque::new();
+        let mut due = Marks::new();
         let mut ended = None;
         while let Some(mailbox) = self.next_key(ended.take(), worker) {
-            let end = self.run_turn(&mailbox, &mut batch);
+            let end = self.run_turn(&mailbox, &mut batch, &mut due);
             ended = Some((mailbox, end));
             if worker.others_waiting() && self.hand_on(&mut ended) {
                 return;

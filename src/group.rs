@@ -1,0 +1,474 @@
+//! [`Group`]: a count of a set of jobs across keys, to wait for all of them at once.
+//!
+//! # Protocol
+//!
+//! A group is a shared [`GroupState`]: `pending`, the group's jobs accepted and not yet
+//! finished; tallies of how the finished ones ended; and a [`Signal`] its waiters block on.
+//!
+//! 1. [`Group::dispatch`] counts the job (`pending += 1`) *before* routing it, so that a worker
+//!    that runs it at once cannot take the count below zero. If the dispatch is refused (`Full`,
+//!    `Timeout`, `Closed`) the count is undone, waking the waiters if that emptied the group: a
+//!    refused job never counts.
+//! 2. The key's mailbox queues the job as any other, and keeps a clone of the group's `Arc`
+//!    beside the queue, as a *mark* at the job's position (see `mailbox`). Jobs outside any
+//!    group have no mark: no allocation, no atomic operation and no wider queue slot for them.
+//! 3. The worker that runs the job tallies its outcome (`completed`, and `failed` or `panicked`)
+//!    and then decrements `pending`, right after the job and whatever the outcome: a failing or
+//!    panicking job still completes its group.
+//! 4. [`close_now`](crate::Dispatcher::close_now) tallies each job it hands back as
+//!    `handed_back` and decrements `pending`, so a waiter never hangs on a job that will not run.
+//! 5. A waiter returns once it sees `pending == 0`. Jobs may be added at any time, also while
+//!    others wait: a wait covers the jobs counted before it returned, like a `WaitGroup` that
+//!    can be reused.
+//!
+//! No wake-up is lost: `pending` changes with `SeqCst` before [`Signal::notify`], and waiters
+//! read it with `SeqCst` (see `Signal`).
+//!
+//! The same state, counting one "job", is the barrier behind
+//! [`Dispatcher::flush_key`](crate::Dispatcher::flush_key) (see `mailbox`).
+
+use crate::{
+    dispatcher::BoxedJob,
+    error::{DispatchError, WaitError},
+    shared::{Item, Shared, Wait},
+    signal::Signal,
+    sync::{Arc, AtomicU64, AtomicUsize, Ordering},
+};
+use std::{
+    fmt::{self, Debug},
+    hash::Hash,
+    time::{Duration, Instant},
+};
+
+/// How one job ended, as the worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Outcome {
+    /// The handler returned an error.
+    pub(crate) failed: bool,
+    /// The handler (or the `on_error` hook it called) panicked.
+    pub(crate) panicked: bool,
+}
+
+/// The counts a [`Group`] shares between its handles, the workers and `close_now`.
+#[derive(Debug)]
+pub(crate) struct GroupState {
+    /// Jobs counted and not yet finished or handed back, plus dispatches in flight that may
+    /// still be refused (step 1 of the module docs).
+    pending: AtomicUsize,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    panicked: AtomicU64,
+    handed_back: AtomicU64,
+    /// Announced when `pending` falls to zero.
+    done: Signal,
+}
+
+impl GroupState {
+    /// A state counting `pending` jobs: zero for a new group, one for a flush barrier.
+    pub(crate) fn new(pending: usize) -> Self {
+        GroupState {
+            pending: AtomicUsize::new(pending),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            handed_back: AtomicU64::new(0),
+            done: Signal::default(),
+        }
+    }
+
+    /// Counts a job about to be routed.
+    // ORDERING: SeqCst, see the module docs.
+    fn add(&self) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Undoes [`GroupState::add`] for a refused dispatch.
+    fn refused(&self) {
+        self.leave();
+    }
+
+    /// A worker finished one of the group's jobs (or reached a flush barrier).
+    pub(crate) fn ran(&self, outcome: Outcome) {
+        // ORDERING: the tallies are Relaxed; the SeqCst decrement in `leave` publishes them
+        // (and the job's own effects) to a waiter that reads `pending` after it.
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if outcome.failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.panicked {
+            self.panicked.fetch_add(1, Ordering::Relaxed);
+        }
+        self.leave();
+    }
+
+    /// `close_now` handed one of the group's jobs back (or released a flush barrier).
+    pub(crate) fn handed_back(&self) {
+        // ORDERING: Relaxed, published by `leave` as in `ran`.
+        self.handed_back.fetch_add(1, Ordering::Relaxed);
+        self.leave();
+    }
+
+    fn leave(&self) {
+        // ORDERING: SeqCst, see the module docs.
+        let prev = self.pending.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(prev > 0, "group count underflow");
+        if prev == 1 {
+            self.done.notify();
+        }
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        // ORDERING: SeqCst, see the module docs.
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until `pending` is zero or `deadline` passes; false on timeout.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
+        self.done.wait_until(deadline, || self.pending() == 0)
+    }
+
+    fn report(&self) -> GroupReport {
+        let pending = self.pending() as u64;
+        let completed = self.completed.load(Ordering::Relaxed);
+        let handed_back = self.handed_back.load(Ordering::Relaxed);
+        GroupReport {
+            dispatched: completed + handed_back + pending,
+            completed,
+            failed: self.failed.load(Ordering::Relaxed),
+            panicked: self.panicked.load(Ordering::Relaxed),
+            handed_back,
+        }
+    }
+}
+
+/// How a [`Group`]'s jobs ended: from [`Group::wait`], [`Group::wait_timeout`] and
+/// [`Group::report`].
+///
+/// The counts cover every job of the group since it was made, not only those of the last wait.
+/// Read by `wait`, which returns once no job of the group is pending, they are exact:
+/// `dispatched == completed + handed_back`. A snapshot taken while jobs move is approximate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct GroupReport {
+    /// Jobs the group's dispatches got accepted (refused dispatches are not counted).
+    pub dispatched: u64,
+    /// Jobs that finished running, whatever their outcome (`failed` and `panicked` included).
+    pub completed: u64,
+    /// Jobs whose handler returned an error.
+    pub failed: u64,
+    /// Jobs whose handler panicked.
+    pub panicked: u64,
+    /// Jobs that never ran because [`close_now`](crate::Dispatcher::close_now) handed them back.
+    pub handed_back: u64,
+}
+
+impl GroupReport {
+    /// True when every job of the group ran and none failed or panicked.
+    pub fn all_succeeded(&self) -> bool {
+        self.failed == 0 && self.panicked == 0 && self.handed_back == 0
+    }
+}
+
+/// A set of jobs, across any keys, that can be waited for together.
+///
+/// Made by [`Dispatcher::group`](crate::Dispatcher::group). Jobs dispatched through the group
+/// go to the same per-key queues as any other job, with the same order and backpressure; the
+/// group only counts them. [`wait`](Group::wait) blocks until every job dispatched through the
+/// group so far has finished, and reports how they ended ([`GroupReport`]).
+///
+/// - A job that fails or panics still completes the group; the report counts it.
+/// - A refused dispatch (`Full`, `Timeout`, `Closed`) hands its job back and is not counted.
+/// - A job handed back by [`close_now`](crate::Dispatcher::close_now) completes the group as
+///   [`handed_back`](GroupReport::handed_back): it will not run, so nothing waits for it.
+/// - Waiting does not stop anyone from dispatching, through the group or not, nor from waiting
+///   too: clones of a group share its count, and jobs dispatched while others wait are waited
+///   for by waits that have not yet returned. A group with no pending job is done.
+///
+/// The group keeps its dispatcher's state alive, not the dispatcher: once every
+/// [`Dispatcher`](crate::Dispatcher) handle is dropped (which closes it), dispatching through
+/// the group returns `Closed`. A group stored in its own dispatcher's handler makes a reference
+/// cycle; store it in another dispatcher's handler, or pass it along with the job.
+///
+/// # Re-entrancy
+///
+/// [`wait`](Group::wait) and [`wait_timeout`](Group::wait_timeout) return
+/// [`WaitError::WouldDeadlock`] at once on a worker thread of the dispatcher's pool (in a
+/// handler of any dispatcher on that pool): the group's jobs may need that very thread, and if
+/// every thread waited, none would be left to run them. Dispatching through a group from a
+/// handler follows [`Dispatcher::dispatch`](crate::Dispatcher::dispatch): it never blocks there.
+/// [`is_done`](Group::is_done) and [`report`](Group::report) never block.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{Dispatcher, WaitError};
+///
+/// let d = Dispatcher::builder().workers(2).build(|_: &u32, n: i64| -> Result<(), String> {
+///     if n < 0 {
+///         return Err(format!("negative: {n}"));
+///     }
+///     Ok(())
+/// })?;
+/// let batch = d.group();
+/// for (key, n) in [(1, 10), (2, -5), (1, 7), (3, 0)] {
+///     batch.dispatch(key, n)?;
+/// }
+/// d.dispatch(4, 1)?; // not in the group
+/// let report = batch.wait()?;
+/// assert!(batch.is_done());
+/// assert_eq!((report.dispatched, report.completed, report.failed), (4, 4, 1));
+/// assert!(!report.all_succeeded());
+/// # d.close();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Group<K, J> {
+    shared: Arc<Shared<K, J>>,
+    state: Arc<GroupState>,
+}
+
+impl<K, J> Group<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    pub(crate) fn new(shared: Arc<Shared<K, J>>) -> Self {
+        Group {
+            shared,
+            state: Arc::new(GroupState::new(0)),
+        }
+    }
+
+    /// Dispatches `job` on `key` as [`Dispatcher::dispatch`](crate::Dispatcher::dispatch) does,
+    /// and counts it in the group.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dispatcher::dispatch`](crate::Dispatcher::dispatch): `Closed`, or `Full` from a
+    /// handler. The error holds the key and job, and the job is not counted.
+    pub fn dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
+        self.send(key, job, self.shared.blocking())
+    }
+
+    /// Dispatches `job` on `key` if there is room right now, counting it in the group; never
+    /// blocks.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dispatcher::try_dispatch`](crate::Dispatcher::try_dispatch): `Full` or `Closed`.
+    /// The error holds the key and job, and the job is not counted.
+    pub fn try_dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
+        self.send(key, job, Wait::Never)
+    }
+
+    /// Dispatches `job` on `key`, waiting at most `timeout` for room, counting it in the group.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dispatcher::dispatch_timeout`](crate::Dispatcher::dispatch_timeout): `Timeout` or
+    /// `Closed`. The error holds the key and job, and the job is not counted.
+    pub fn dispatch_timeout(
+        &self,
+        key: K,
+        job: J,
+        timeout: Duration,
+    ) -> Result<(), DispatchError<K, J>> {
+        self.send(key, job, Wait::within(timeout))
+    }
+
+    fn send(&self, key: K, job: J, wait: Wait) -> Result<(), DispatchError<K, J>> {
+        self.state.add();
+        let item = Item {
+            job,
+            group: Some(Arc::clone(&self.state)),
+        };
+        let sent = self.shared.send(key, item, wait);
+        if sent.is_err() {
+            self.state.refused();
+        }
+        sent
+    }
+
+    /// Blocks until every job dispatched through the group so far has finished (or was handed
+    /// back by `close_now`), and reports how they ended. Returns at once if none is pending.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::WouldDeadlock`] at once on a worker thread of the dispatcher's pool (see
+    /// the type's docs).
+    pub fn wait(&self) -> Result<GroupReport, WaitError> {
+        self.wait_until(None)
+    }
+
+    /// As [`wait`](Group::wait), waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Timeout`] if jobs of the group were still pending after `timeout`;
+    /// [`WaitError::WouldDeadlock`] as for [`wait`](Group::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<GroupReport, WaitError> {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<GroupReport, WaitError> {
+        if self.shared.pool().is_current() {
+            return Err(WaitError::WouldDeadlock);
+        }
+        if self.state.wait(deadline) {
+            Ok(self.state.report())
+        } else {
+            Err(WaitError::Timeout)
+        }
+    }
+
+    /// Whether no job of the group is pending right now; never blocks. True for a group that
+    /// has no job yet.
+    pub fn is_done(&self) -> bool {
+        self.state.pending() == 0
+    }
+
+    /// The group's jobs accepted and not yet finished, right now.
+    pub fn pending(&self) -> usize {
+        self.state.pending()
+    }
+
+    /// A snapshot of the counts, without waiting; approximate while jobs move (see
+    /// [`GroupReport`]).
+    pub fn report(&self) -> GroupReport {
+        self.state.report()
+    }
+}
+
+impl<K> Group<K, BoxedJob>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+{
+    /// Dispatches a closure on `key`, counting it in the group; see
+    /// [`Dispatcher::spawn`](crate::Dispatcher::spawn).
+    ///
+    /// # Errors
+    ///
+    /// As [`dispatch`](Group::dispatch); the error holds the boxed closure.
+    pub fn spawn(
+        &self,
+        key: K,
+        job: impl FnOnce() + Send + 'static,
+    ) -> Result<(), DispatchError<K, BoxedJob>> {
+        self.dispatch(key, Box::new(job))
+    }
+}
+
+impl<K, J> Clone for Group<K, J> {
+    /// Another handle on the same group: both count the same jobs.
+    fn clone(&self) -> Self {
+        Group {
+            shared: Arc::clone(&self.shared),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<K, J> Debug for Group<K, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("dispatcher", &self.shared)
+            .field("pending", &self.state.pending())
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_counts_outcomes_and_reports_done() {
+        let state = GroupState::new(0);
+        for _ in 0..4 {
+            state.add();
+        }
+        state.refused();
+        state.ran(Outcome::default());
+        state.ran(Outcome {
+            failed: true,
+            panicked: false,
+        });
+        assert_eq!(state.pending(), 1);
+        assert!(!state.wait(Some(Instant::now())), "one job still pending");
+        state.handed_back();
+        assert!(state.wait(None));
+        let report = state.report();
+        assert_eq!(
+            (report.dispatched, report.completed, report.failed),
+            (3, 2, 1)
+        );
+        assert_eq!((report.panicked, report.handed_back), (0, 1));
+        assert!(!report.all_succeeded());
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::thread;
+
+    /// A waiter never misses the last job of its group, whether it ran or was handed back, and
+    /// sees the tallies of both.
+    #[test]
+    fn loom_group_wait_sees_the_last_job() {
+        loom::model(|| {
+            let state = Arc::new(GroupState::new(0));
+            state.add();
+            state.add();
+            let ran = Arc::clone(&state);
+            let runner = thread::spawn(move || ran.ran(Outcome::default()));
+            let closer = Arc::clone(&state);
+            let handing_back = thread::spawn(move || closer.handed_back());
+            assert!(state.wait(None));
+            let report = state.report();
+            assert_eq!((report.completed, report.handed_back), (1, 1));
+            runner.join().unwrap();
+            handing_back.join().unwrap();
+        });
+    }
+
+    /// Through a dispatcher on one loom worker: a group's wait, then a flush of the group job's
+    /// key, each return after the job ran. Bounded to two preemptions, as in `models`.
+    #[test]
+    fn loom_group_and_flush_wait_for_the_worker() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(|| {
+            let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let count = Arc::clone(&ran);
+            let d = crate::Dispatcher::builder()
+                .workers(1)
+                .build(move |_: &u8, _: u8| {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+                .unwrap();
+            let group = d.group();
+            group.dispatch(1, 1).unwrap();
+            d.dispatch(1, 2).unwrap();
+            let report = group.wait().unwrap();
+            assert_eq!(report.completed, 1);
+            assert!(ran.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+            d.flush_key(&1).unwrap();
+            assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2);
+            d.close();
+        });
+    }
+
+    /// A refused dispatch racing a waiter: the waiter returns once the count is undone.
+    #[test]
+    fn loom_refused_dispatch_wakes_the_waiter() {
+        loom::model(|| {
+            let state = Arc::new(GroupState::new(0));
+            state.add();
+            let refused = Arc::clone(&state);
+            let producer = thread::spawn(move || refused.refused());
+            assert!(state.wait(None));
+            assert_eq!(state.report().dispatched, 0);
+            producer.join().unwrap();
+        });
+    }
+}

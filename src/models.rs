@@ -1,0 +1,415 @@
+//! Loom models of the key protocol, run through the real [`Dispatcher`]: its pool threads,
+//! gate, key map (a locked `HashMap` under loom), mailboxes and signals all come from
+//! `crate::sync`, so loom explores their interleavings. Run them with
+//! `RUSTFLAGS="--cfg loom" cargo test --lib --release --target-dir target/loom models`.
+//!
+//! Every model records each job's start and end in a plain (not modeled) log, and checks that
+//! every accepted job ran exactly once, that each refused job came back whole in its error,
+//! and, where one job was dispatched before another on the same key, that the first finished
+//! before the second started. A job lost in a mailbox nobody will run shows up as a deadlock:
+//! `close` waits for it forever, and loom reports that no thread can make progress.
+//!
+//! 1. [`key_going_idle_runs_a_job_pushed_meanwhile`]: a key's turn ends with its queue empty
+//!    while a producer pushes a job to it; the job runs, after the first. Twin: end of turn
+//!    makes the key Idle without looking at its queue again ([`Fault::IdleWithJobsLeft`]), so
+//!    a job pushed during the turn is stranded in an Idle mailbox.
+//! 2. [`close_racing_one_dispatch`] and [`close_racing_two_dispatches`]: each dispatch is either
+//!    accepted and has run by the time `close` returns, or is refused with its own key and job.
+//!    Twin: close reads the gate's count before it sets the closed flag
+//!    ([`Fault::CountBeforeClose`]), so a dispatch that enters in between is accepted but not
+//!    waited for.
+//! 3. [`eviction_racing_dispatch_keeps_order`]: a key is swept as Idle while the next job of
+//!    the key is dispatched, with two workers; nothing is lost and the first job finishes before
+//!    the second starts. Twin: the sweep marks the key Evicted before it takes the map's lock
+//!    ([`Fault::EvictBeforeMapLock`]), so a producer can push into a mailbox that is leaving the
+//!    map.
+//! 4. [`blocked_producer_returns_when_close_runs`]: with `key_capacity(1)`, a producer blocked
+//!    on the full key while `close` runs returns, its job either run or handed back as
+//!    `Closed`. Twin: end of turn does not wake the producers waiting for room
+//!    ([`Fault::NoRoomWake`]).
+//! 5. [`concurrent_closes_both_wait_for_the_drain`]: two closes at once both return, each after
+//!    every accepted job ran exactly once and every key was evicted. Twin: a close that finds
+//!    the flag already set returns without waiting ([`Fault::LateCloseSkipsDrain`]).
+//!
+//! Each twin is the same model with its fault armed (see [`Fault`]), marked `#[should_panic]`
+//! with the failure it must produce in a release build. With debug assertions, the crate's own
+//! `debug_assert!`s (an evicted key still busy, an Idle key with jobs) may catch the fault
+//! first, so there any panic passes.
+//!
+//! Models are bounded to 2 to 4 preemptions per execution, which reaches every race above and
+//! keeps each model within seconds; `LOOM_MAX_PREEMPTIONS` raises the bound for a longer run.
+//! Two things make the real code checkable: the spin loops of the pool and of searching token
+//! holders take zero steps under loom, and each side of the Dekker pairs in `signal` adds a
+//! `SeqCst` fence under loom (`sync::dekker_fence`), since loom does not model the total order
+//! of `SeqCst` accesses that those pairs rely on.
+
+use crate::{
+    sync::{thread, Fault},
+    DispatchError, Dispatcher,
+};
+use std::sync::{Arc, Mutex};
+
+/// A job starting or ending, as the handler saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Start(u32),
+    End(u32),
+}
+
+/// Every job's start and end, in the order they happened. A std lock, outside the model: loom
+/// runs its threads one at a time and no loom operation happens while it is held, so the log is
+/// exact without adding interleavings.
+#[derive(Debug, Clone, Default)]
+struct Log(Arc<Mutex<Vec<Event>>>);
+
+impl Log {
+    /// A dispatcher on `workers` private loom threads whose handler records into this log,
+    /// yielding between start and end so that another worker may run meanwhile.
+    fn dispatcher(&self, workers: usize, key_capacity: usize) -> Handle {
+        let log = self.clone();
+        let dispatcher = Dispatcher::builder()
+            .workers(workers)
+            .key_capacity(key_capacity)
+            .build(move |_: &u8, job: u32| {
+                log.push(Event::Start(job));
+                if workers > 1 {
+                    thread::yield_now();
+                }
+                log.push(Event::End(job));
+            })
+            .expect("valid configuration");
+        Handle(Some(Arc::new(dispatcher)))
+    }
+
+    fn push(&self, event: Event) {
+        self.0.lock().unwrap().push(event);
+    }
+
+    /// The jobs that have started, in order.
+    fn started(&self) -> Vec<u32> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|event| match event {
+                Event::Start(job) => Some(*job),
+                Event::End(_) => None,
+            })
+            .collect()
+    }
+
+    /// Asserts that exactly the `accepted` jobs have run, each once and to its end.
+    fn assert_ran(&self, accepted: &[u32]) {
+        let events = self.0.lock().unwrap().clone();
+        for &job in accepted {
+            let starts = events.iter().filter(|e| **e == Event::Start(job)).count();
+            let ends = events.iter().filter(|e| **e == Event::End(job)).count();
+            assert_eq!(
+                (starts, ends),
+                (1, 1),
+                "job {job} ran {starts} times: {events:?}"
+            );
+        }
+        let mut started = self.started();
+        started.sort_unstable();
+        let mut expected = accepted.to_vec();
+        expected.sort_unstable();
+        assert_eq!(
+            started, expected,
+            "jobs run, other than accepted: {events:?}"
+        );
+    }
+
+    /// Asserts that `first` finished before `second` started.
+    fn assert_before(&self, first: u32, second: u32) {
+        let events = self.0.lock().unwrap().clone();
+        let end = events.iter().position(|e| *e == Event::End(first));
+        let start = events.iter().position(|e| *e == Event::Start(second));
+        assert!(
+            matches!((end, start), (Some(end), Some(start)) if end < start),
+            "job {first} did not finish before job {second} started: {events:?}"
+        );
+    }
+}
+
+/// A model's dispatcher, shared with the threads it spawns.
+///
+/// Dropped normally, the last reference closes the dispatcher as usual. Dropped while a failed
+/// model unwinds, it is leaked instead: closing would call into loom after the execution has
+/// ended, and that second panic would abort the whole test binary.
+struct Handle(Option<Arc<Dispatcher<u8, u32>>>);
+
+impl Handle {
+    fn share(&self) -> Arc<Dispatcher<u8, u32>> {
+        Arc::clone(self)
+    }
+}
+
+impl std::ops::Deref for Handle {
+    type Target = Arc<Dispatcher<u8, u32>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::mem::forget(self.0.take());
+        }
+    }
+}
+
+/// Explores `model` with at most `preemptions` preemptions per execution (unless
+/// `LOOM_MAX_PREEMPTIONS` sets another bound), with `fault` armed.
+fn explore(preemptions: usize, fault: Option<Fault>, model: impl Fn() + Sync + Send + 'static) {
+    /// Disarms the fault however the model ends.
+    struct Disarm;
+    impl Drop for Disarm {
+        fn drop(&mut self) {
+            Fault::arm(None);
+        }
+    }
+    Fault::arm(fault);
+    let _disarm = Disarm;
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = builder.preemption_bound.or(Some(preemptions));
+    builder.check(model);
+}
+
+/// What a dispatch that raced `close` returned, checked against the jobs that ran before close
+/// returned: accepted and run, or refused as `Closed` with exactly its key and job. Returns the
+/// job if it was accepted.
+fn settle(
+    result: Result<(), DispatchError<u8, u32>>,
+    key: u8,
+    job: u32,
+    ran: &[u32],
+) -> Option<u32> {
+    match result {
+        Ok(()) => {
+            assert!(
+                ran.contains(&job),
+                "accepted job {job} had not run when close returned"
+            );
+            Some(job)
+        }
+        Err(err) => {
+            assert!(err.is_closed(), "only Closed can refuse here");
+            assert_eq!(
+                err.into_inner(),
+                (key, job),
+                "the refused job came back changed"
+            );
+            assert!(!ran.contains(&job), "refused job {job} ran");
+            None
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// 1. A key going idle while a producer pushes to it.
+
+fn idle_push_model(fault: Option<Fault>) {
+    explore(4, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(1, 8);
+        d.dispatch(0, 0).unwrap();
+        // Races the end of job 0's turn: pushed behind the running turn (which must requeue
+        // the key), or into the Idle key (which the push schedules), or into a new mailbox
+        // after the sweep evicted the key.
+        d.dispatch(0, 1).unwrap();
+        assert!(d.close().drained);
+        log.assert_ran(&[0, 1]);
+        log.assert_before(0, 1);
+    });
+}
+
+#[test]
+fn key_going_idle_runs_a_job_pushed_meanwhile() {
+    idle_push_model(None);
+}
+
+#[test]
+#[cfg_attr(not(debug_assertions), should_panic(expected = "deadlock"))]
+#[cfg_attr(debug_assertions, should_panic)]
+fn key_going_idle_without_recheck_strands_the_job() {
+    idle_push_model(Some(Fault::IdleWithJobsLeft));
+}
+
+// -------------------------------------------------------------------------------------------
+// 2. Close racing dispatch.
+
+fn close_one_model(fault: Option<Fault>) {
+    explore(4, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(1, 8);
+        let producer = {
+            let d = d.share();
+            thread::spawn(move || d.dispatch(0, 1))
+        };
+        assert!(d.close().drained);
+        let ran = log.started();
+        let accepted: Vec<u32> = settle(producer.join().unwrap(), 0, 1, &ran)
+            .into_iter()
+            .collect();
+        log.assert_ran(&accepted);
+    });
+}
+
+#[test]
+fn close_racing_one_dispatch() {
+    close_one_model(None);
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "had not run when close returned")
+)]
+#[cfg_attr(debug_assertions, should_panic)]
+fn close_reading_count_before_flag_loses_a_dispatch() {
+    close_one_model(Some(Fault::CountBeforeClose));
+}
+
+fn close_two_model(fault: Option<Fault>) {
+    explore(2, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(1, 8);
+        let producers: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|job| {
+                let d = d.share();
+                (job, thread::spawn(move || d.dispatch(0, job)))
+            })
+            .collect();
+        assert!(d.close().drained);
+        let ran = log.started();
+        let accepted: Vec<u32> = producers
+            .into_iter()
+            .filter_map(|(job, producer)| settle(producer.join().unwrap(), 0, job, &ran))
+            .collect();
+        log.assert_ran(&accepted);
+    });
+}
+
+#[test]
+fn close_racing_two_dispatches() {
+    close_two_model(None);
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "had not run when close returned")
+)]
+#[cfg_attr(debug_assertions, should_panic)]
+fn close_reading_count_before_flag_loses_one_of_two_dispatches() {
+    close_two_model(Some(Fault::CountBeforeClose));
+}
+
+// -------------------------------------------------------------------------------------------
+// 3. Eviction racing dispatch on the same key.
+
+fn evict_model(fault: Option<Fault>) {
+    explore(3, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(2, 8);
+        d.dispatch(0, 0).unwrap();
+        // Races the sweep that follows job 0's turn: pushed before the key is evicted (the
+        // sweep must then leave it), or into a new mailbox after, which the second worker may
+        // run at once.
+        d.dispatch(0, 1).unwrap();
+        assert!(d.close().drained);
+        log.assert_ran(&[0, 1]);
+        log.assert_before(0, 1);
+    });
+}
+
+#[test]
+fn eviction_racing_dispatch_keeps_order() {
+    evict_model(None);
+}
+
+#[test]
+#[cfg_attr(not(debug_assertions), should_panic(expected = "deadlock"))]
+#[cfg_attr(debug_assertions, should_panic)]
+fn eviction_outside_the_map_lock_loses_a_job() {
+    evict_model(Some(Fault::EvictBeforeMapLock));
+}
+
+// -------------------------------------------------------------------------------------------
+// 4. A producer blocked on a full key while close runs.
+
+fn blocked_model(fault: Option<Fault>) {
+    explore(2, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(1, 1);
+        d.dispatch(0, 0).unwrap();
+        // Job 0 holds the key's one slot until its turn ends, so this blocks unless the turn
+        // has ended already.
+        let producer = {
+            let d = d.share();
+            thread::spawn(move || d.dispatch(0, 1))
+        };
+        assert!(d.close().drained);
+        let ran = log.started();
+        let mut accepted = vec![0];
+        accepted.extend(settle(producer.join().unwrap(), 0, 1, &ran));
+        log.assert_ran(&accepted);
+        if accepted.len() == 2 {
+            log.assert_before(0, 1);
+        }
+    });
+}
+
+#[test]
+fn blocked_producer_returns_when_close_runs() {
+    blocked_model(None);
+}
+
+#[test]
+#[cfg_attr(not(debug_assertions), should_panic(expected = "deadlock"))]
+#[cfg_attr(debug_assertions, should_panic)]
+fn blocked_producer_never_woken_hangs() {
+    blocked_model(Some(Fault::NoRoomWake));
+}
+
+// -------------------------------------------------------------------------------------------
+// 5. Two concurrent closes.
+
+fn two_closes_model(fault: Option<Fault>) {
+    explore(2, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(1, 8);
+        d.dispatch(0, 0).unwrap();
+        d.dispatch(1, 1).unwrap();
+        let check = |log: &Log, report: crate::CloseReport| {
+            assert!(report.drained);
+            assert_eq!(report.stats.completed, 2, "close returned before the drain");
+            assert_eq!(report.stats.keys, 0, "close returned before the eviction");
+            log.assert_ran(&[0, 1]);
+        };
+        let closer = {
+            let (d, log) = (d.share(), log.clone());
+            thread::spawn(move || check(&log, d.close()))
+        };
+        check(&log, d.close());
+        closer.join().unwrap();
+    });
+}
+
+#[test]
+fn concurrent_closes_both_wait_for_the_drain() {
+    two_closes_model(None);
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "close returned before")
+)]
+#[cfg_attr(debug_assertions, should_panic)]
+fn late_close_returning_early_misses_the_drain() {
+    two_closes_model(Some(Fault::LateCloseSkipsDrain));
+}
