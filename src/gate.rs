@@ -7,7 +7,7 @@
 //! [`CLOSED`] is counted, and `close` waits until the count falls to zero, so it drains exactly
 //! the jobs that were accepted.
 
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Set once `close` or `close_now` has begun: no dispatch enters any more.
@@ -33,12 +33,17 @@ pub(crate) struct Gate {
     /// `CLOSED | HALTED | count`, where `count` is the number of jobs accepted and not yet
     /// finished, plus reservations of producers that are between entering and pushing their job.
     word: CachePadded<AtomicUsize>,
+    /// [`HALTED`] again, on a line of its own: workers check it before every job, and reading
+    /// `word` there would pull that line away from the producers that write it on every
+    /// dispatch.
+    halted: CachePadded<AtomicBool>,
 }
 
 impl Gate {
     pub(crate) fn new() -> Self {
         Gate {
             word: CachePadded::new(AtomicUsize::new(0)),
+            halted: CachePadded::new(AtomicBool::new(false)),
         }
     }
 
@@ -79,6 +84,7 @@ impl Gate {
 
     /// Sets [`CLOSED`] and [`HALTED`]; returns true for the call that set `CLOSED`.
     pub(crate) fn halt(&self) -> bool {
+        self.halted.store(true, Ordering::SeqCst);
         self.word.fetch_or(CLOSED | HALTED, Ordering::SeqCst) & CLOSED == 0
     }
 
@@ -86,11 +92,10 @@ impl Gate {
         self.word.load(Ordering::SeqCst) & CLOSED != 0
     }
 
-    // ORDERING: Relaxed is enough for the worker's per-job check: a job that starts after
-    // `close_now` set the flag is a lost race either way, and the jobs a worker puts back are
-    // collected under the mailbox lock, which orders them.
+    // ORDERING: SeqCst, paired with the SeqCst turn count (see `Shared::run_turn`); a plain
+    // load on x86, and the line is written once.
     pub(crate) fn is_halted(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & HALTED != 0
+        self.halted.load(Ordering::SeqCst)
     }
 
     /// Jobs accepted and not yet finished (plus in-flight reservations).

@@ -33,6 +33,7 @@ use crate::{
     stats::{Counters, Stats},
     sync::{lock, spin_once, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
 };
+use crossbeam_utils::CachePadded;
 use std::{
     any::Any,
     collections::VecDeque,
@@ -48,6 +49,10 @@ pub(crate) const IDLE_LIST_MAX: usize = 4096;
 
 /// How many spin steps a token holder waits for a ready key before it gives the token back.
 const SEARCH_STEPS: u32 = if cfg!(loom) { 0 } else { 8 };
+
+/// How many finished jobs a worker may hold back from the counters and the gate while it keeps
+/// finding ready keys. They are accounted for as soon as it runs out of them.
+const FLUSH_AFTER: usize = 128;
 
 /// The hook called with the payload of a panicking job.
 pub(crate) type PanicHook<K> = Box<dyn Fn(&K, &(dyn Any + Send)) + Send + Sync>;
@@ -76,11 +81,13 @@ pub(crate) struct Closed {
 pub(crate) struct Shared<K, J> {
     keys: KeyMap<K, Arc<Mailbox<K, J>>>,
     gate: Gate,
-    sched: Mutex<Sched<K, J>>,
+    /// Padded, as the other fields written while jobs flow, so that their writes do not evict
+    /// the read-mostly fields (map, handler, config) from the other threads' caches.
+    sched: CachePadded<Mutex<Sched<K, J>>>,
     /// `sched.ready.len()`, read without the lock by searching token holders.
-    ready_hint: AtomicUsize,
+    ready_hint: CachePadded<AtomicUsize>,
     /// Entries in `sched.idle`: keys that may still be in the map although idle.
-    listed: AtomicUsize,
+    listed: CachePadded<AtomicUsize>,
     counters: Counters,
     handler: Box<dyn ErasedHandler<K, J>>,
     on_panic: Option<PanicHook<K>>,
@@ -142,14 +149,14 @@ where
         Arc::new_cyclic(|me| Shared {
             keys: KeyMap::new(),
             gate: Gate::new(),
-            sched: Mutex::new(Sched {
+            sched: CachePadded::new(Mutex::new(Sched {
                 ready: VecDeque::new(),
                 idle: VecDeque::new(),
                 tokens: 0,
                 searching: 0,
-            }),
-            ready_hint: AtomicUsize::new(0),
-            listed: AtomicUsize::new(0),
+            })),
+            ready_hint: CachePadded::new(AtomicUsize::new(0)),
+            listed: CachePadded::new(AtomicUsize::new(0)),
             counters: Counters::default(),
             handler,
             on_panic,
@@ -481,7 +488,12 @@ where
     // Workers
 
     /// Runs one turn of `mailbox`, a key just popped from the ready queue.
-    fn run_turn(&self, mailbox: &Mailbox<K, J>, batch: &mut VecDeque<J>) -> EndTurn {
+    fn run_turn(
+        &self,
+        mailbox: &Mailbox<K, J>,
+        batch: &mut VecDeque<J>,
+        finished: &mut usize,
+    ) -> EndTurn {
         // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
         // turn and waits for it, or this turn sees the halt flag and leaves the key alone.
         self.counters.turn_started();
@@ -512,10 +524,19 @@ where
             EndTurn::Idle { list: false } if stamp.is_some() => self.set_idle_timer(),
             _ => {}
         }
-        self.counters.completed(done);
         self.turn_ended();
-        self.left(done);
+        *finished += done;
         end
+    }
+
+    /// Counts `finished` jobs as completed and lets them leave the gate. Workers batch this
+    /// over turns (see [`FLUSH_AFTER`]): two contended read-modify-writes per flush instead of
+    /// per turn.
+    fn flush(&self, finished: &mut usize) {
+        if *finished > 0 {
+            self.counters.completed(*finished);
+            self.left(std::mem::take(finished));
+        }
     }
 
     fn turn_ended(&self) {
@@ -571,6 +592,7 @@ where
         &self,
         ended: Option<(Arc<Mailbox<K, J>>, EndTurn)>,
         worker: &Worker<'_>,
+        finished: &mut usize,
     ) -> Option<Arc<Mailbox<K, J>>> {
         let mut sched = lock(&self.sched);
         if let Some((mailbox, end)) = ended {
@@ -580,6 +602,14 @@ where
                 sched = lock(&self.sched);
             }
         }
+        if let Some(mailbox) = self.pop(&mut sched) {
+            return Some(mailbox);
+        }
+        // Out of work for now: account for the finished jobs before searching or leaving, so
+        // that waiters see them.
+        drop(sched);
+        self.flush(finished);
+        sched = lock(&self.sched);
         if let Some(mailbox) = self.pop(&mut sched) {
             return Some(mailbox);
         }
@@ -732,13 +762,18 @@ where
     fn run(self: Arc<Self>, worker: &Worker<'_>) {
         let mut batch = VecDeque::new();
         let mut ended = None;
-        while let Some(mailbox) = self.next_key(ended.take(), worker) {
-            let end = self.run_turn(&mailbox, &mut batch);
+        let mut finished = 0;
+        while let Some(mailbox) = self.next_key(ended.take(), worker, &mut finished) {
+            let end = self.run_turn(&mailbox, &mut batch, &mut finished);
             ended = Some((mailbox, end));
+            if finished >= FLUSH_AFTER {
+                self.flush(&mut finished);
+            }
             if worker.others_waiting() && self.hand_on(&mut ended) {
-                return;
+                break;
             }
         }
+        self.flush(&mut finished);
     }
 
     fn on_timer(&self, now: Instant) -> Option<Instant> {
