@@ -41,8 +41,9 @@ use crate::{
     pool::{PoolShared, Source, Worker},
     signal::Signal,
     stats::{Counters, Stats},
-    sync::{lock, spin_once, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
+    sync::{dekker_fence, lock, spin_once, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
 };
+use crossbeam_utils::CachePadded;
 use std::{
     any::Any,
     collections::VecDeque,
@@ -106,11 +107,13 @@ pub(crate) struct Closed {
 pub(crate) struct Shared<K, J> {
     keys: KeyMap<K, Arc<Mailbox<K, J>>>,
     gate: Gate,
-    sched: Mutex<Sched<K, J>>,
+    /// Padded, as the other fields written while jobs flow, so that their writes do not evict
+    /// the read-mostly fields (map, handler, config) from the other threads' caches.
+    sched: CachePadded<Mutex<Sched<K, J>>>,
     /// `sched.ready.len()`, read without the lock by searching token holders.
-    ready_hint: AtomicUsize,
+    ready_hint: CachePadded<AtomicUsize>,
     /// Entries in `sched.idle`: keys that may still be in the map although idle.
-    listed: AtomicUsize,
+    listed: CachePadded<AtomicUsize>,
     counters: Counters,
     handler: Box<dyn ErasedHandler<K, J>>,
     on_panic: Option<PanicHook<K>>,
@@ -172,14 +175,14 @@ where
         Arc::new_cyclic(|me| Shared {
             keys: KeyMap::new(),
             gate: Gate::new(),
-            sched: Mutex::new(Sched {
+            sched: CachePadded::new(Mutex::new(Sched {
                 ready: VecDeque::new(),
                 idle: VecDeque::new(),
                 tokens: 0,
                 searching: 0,
-            }),
-            ready_hint: AtomicUsize::new(0),
-            listed: AtomicUsize::new(0),
+            })),
+            ready_hint: CachePadded::new(AtomicUsize::new(0)),
+            listed: CachePadded::new(AtomicUsize::new(0)),
             counters: Counters::default(),
             handler,
             on_panic,
@@ -444,8 +447,15 @@ where
     }
 
     pub(crate) fn stats(&self) -> Stats {
+        // Once the shutdown has finished no job is pending: what the gate still counts are the
+        // transient reservations of dispatches on their way to being refused.
+        let pending = if *lock(&self.finished) {
+            0
+        } else {
+            self.gate.count()
+        };
         self.counters
-            .snapshot(self.gate.count(), self.keys.len(), self.pool.workers())
+            .snapshot(pending, self.keys.len(), self.pool.workers())
     }
 
     /// Stops accepting, waits for every accepted job to finish, evicts every key and leaves
@@ -488,6 +498,8 @@ where
         if self.gate.halt() {
             log::debug!("{}: close_now begun", self.config.name);
         }
+        // The halt flag, then the turn count (see `run_turn`).
+        dekker_fence();
         self.room.notify();
         // Every turn puts its unstarted jobs back into its mailbox before it ends.
         self.idle.wait_until(None, || self.counters.turns() == 0);
@@ -574,6 +586,7 @@ where
         // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
         // turn and waits for it, or this turn sees the halt flag and leaves the key alone.
         self.counters.turn_started();
+        dekker_fence();
         if self.gate.is_halted() {
             self.turn_ended();
             return EndTurn::Halted;
@@ -620,7 +633,10 @@ where
     }
 
     fn turn_ended(&self) {
-        if self.counters.turn_ended() == 0 && self.gate.is_halted() {
+        let running = self.counters.turn_ended();
+        // The turn count, then the halt flag (see `close_now`).
+        dekker_fence();
+        if running == 0 && self.gate.is_halted() {
             self.idle.notify();
         }
     }

@@ -159,6 +159,9 @@ impl Latch {
 
 /// Aborts the whole test process with a message if it is still alive after `limit`, so that a
 /// deadlock fails in seconds instead of hanging CI. Disarmed on drop.
+///
+/// Under miri the limit is a hundred times longer: with isolation on, miri's clock advances by
+/// a fixed step per basic block interpreted, so a minute passes after some seconds of work.
 #[derive(Debug)]
 pub struct Watchdog {
     done: Arc<(Mutex<bool>, Condvar)>,
@@ -166,6 +169,7 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn new(name: &str, limit: Duration) -> Self {
+        let limit = if cfg!(miri) { limit * 100 } else { limit };
         let done = Arc::new((Mutex::new(false), Condvar::new()));
         let watched = Arc::clone(&done);
         let name = name.to_owned();
