@@ -1,5 +1,8 @@
 //! The routing table from keys to mailboxes: a `DashMap`, or a plain locked `HashMap` under
-//! `cfg(loom)`, where the model checker must see every lock the protocol takes.
+//! `cfg(loom)`, where the model checker must see every lock the protocol takes. Under the
+//! `shuttle` feature the `DashMap` path runs unchanged on `shuttle_dashmap::DashMap`, which has
+//! `DashMap`'s API over one shuttle `RwLock` (read-locked lookups, write-locked entries), so that
+//! shuttle sees every lock it takes.
 //!
 //! The protocol needs exactly four things of it, each a closure run under a shard lock:
 //! a read-locked lookup (the dispatch fast path), a write-locked lookup-or-insert (a key's first
@@ -8,8 +11,10 @@
 
 use std::hash::Hash;
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, feature = "shuttle")))]
 use dashmap::{mapref::entry::Entry, DashMap};
+#[cfg(all(feature = "shuttle", not(loom)))]
+use shuttle_dashmap::{DashMap, Entry};
 
 /// See the module docs.
 pub(crate) struct KeyMap<K, V> {
@@ -19,7 +24,8 @@ pub(crate) struct KeyMap<K, V> {
     map: crate::sync::Mutex<std::collections::HashMap<K, V>>,
 }
 
-impl<K: Hash + Eq, V> KeyMap<K, V> {
+// `Clone`: `shuttle_dashmap` clones keys into its guards; every key type here is `Clone` anyway.
+impl<K: Hash + Eq + Clone, V> KeyMap<K, V> {
     pub(crate) fn new() -> Self {
         KeyMap {
             map: Default::default(),

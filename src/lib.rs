@@ -115,8 +115,11 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
-// Under loom the spin counts are zero, so their loop bounds compare against zero.
-#![cfg_attr(loom, allow(clippy::absurd_extreme_comparisons))]
+// Under loom or shuttle the spin counts are zero, so their loop bounds compare against zero.
+#![cfg_attr(
+    any(loom, feature = "shuttle"),
+    allow(clippy::absurd_extreme_comparisons)
+)]
 
 mod builder;
 mod dispatcher;
@@ -130,6 +133,8 @@ mod mailbox;
 mod models;
 mod pool;
 mod shared;
+#[cfg(all(test, feature = "shuttle", not(loom)))]
+mod shuttle_tests;
 mod signal;
 mod stats;
 mod sync;

@@ -25,13 +25,13 @@ use crate::{
     error::BuildError,
     sync::{
         lock, spin_once, thread, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering,
-        Weak,
+        Weak, CHECKED,
     },
 };
 use std::{cell::Cell, collections::VecDeque, fmt, time::Instant};
 
 /// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps.
-const SPIN_STEPS: u32 = if cfg!(loom) { 0 } else { 10 };
+const SPIN_STEPS: u32 = if CHECKED { 0 } else { 10 };
 
 /// Something that gives a pool work: a dispatcher.
 pub(crate) trait Source: Send + Sync + 'static {
@@ -46,7 +46,7 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn close_source(&self);
 }
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, feature = "shuttle")))]
 thread_local! {
     /// The id of the pool this thread works for; 0 on threads that are not workers.
     static CURRENT_POOL: Cell<usize> = const { Cell::new(0) };
@@ -54,6 +54,11 @@ thread_local! {
 // Loom runs its threads as coroutines on one OS thread, so they need loom's thread locals.
 #[cfg(loom)]
 loom::thread_local! {
+    static CURRENT_POOL: Cell<usize> = Cell::new(0);
+}
+// Shuttle too: its threads are coroutines on the thread that runs the test.
+#[cfg(all(feature = "shuttle", not(loom)))]
+shuttle::thread_local! {
     static CURRENT_POOL: Cell<usize> = Cell::new(0);
 }
 
@@ -121,8 +126,8 @@ struct AbortOnPanic;
 
 impl Drop for AbortOnPanic {
     fn drop(&mut self) {
-        // Not under loom, which unwinds every modeled thread when a model fails.
-        if std::thread::panicking() && !cfg!(loom) {
+        // Not under loom or shuttle, which unwind every modeled thread when a model fails.
+        if std::thread::panicking() && !CHECKED {
             log::error!("keyed-dispatch: internal panic on a worker thread; aborting");
             std::process::abort();
         }

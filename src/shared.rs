@@ -58,7 +58,7 @@ use std::{
 pub(crate) const IDLE_LIST_MAX: usize = 4096;
 
 /// How many spin steps a token holder waits for a ready key before it gives the token back.
-const SEARCH_STEPS: u32 = if cfg!(loom) { 0 } else { 8 };
+const SEARCH_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 8 };
 
 /// The hook called with the payload of a panicking job.
 pub(crate) type PanicHook<K> = Box<dyn Fn(&K, &(dyn Any + Send)) + Send + Sync>;

@@ -1,13 +1,19 @@
-//! The synchronization primitives the protocol runs on: `std`'s, or `loom`'s under `cfg(loom)`.
+//! The synchronization primitives the protocol runs on: `std`'s, `loom`'s under `cfg(loom)`, or
+//! `shuttle`'s under the `shuttle` feature (when not under loom).
 //!
 //! Every lock, condition variable, atomic and thread that takes part in the key protocol comes
-//! from here, so that `RUSTFLAGS="--cfg loom"` puts the whole protocol under the model checker.
-//! `Arc` stays `std`'s in both builds: loom's `Arc` cannot be coerced to `Arc<dyn Trait>`, and
-//! reference counts are not part of the protocol being checked.
+//! from here, so that `RUSTFLAGS="--cfg loom"` or `--features shuttle` puts the whole protocol
+//! under a schedule checker. `Arc` stays `std`'s in every build: loom's `Arc` cannot be coerced
+//! to `Arc<dyn Trait>` (shuttle's is `std`'s), and reference counts are not part of the protocol
+//! being checked.
 
 pub(crate) use std::sync::{Arc, Weak};
 
-#[cfg(not(loom))]
+/// Whether a schedule checker (loom or shuttle) runs the protocol: spin loops then take zero
+/// steps, since a checker cannot explore unbounded spinning and gains nothing from bounded spins.
+pub(crate) const CHECKED: bool = cfg!(any(loom, feature = "shuttle"));
+
+#[cfg(not(any(loom, feature = "shuttle")))]
 pub(crate) use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -25,10 +31,20 @@ pub(crate) use loom::{
     thread,
 };
 
+#[cfg(all(feature = "shuttle", not(loom)))]
+pub(crate) use shuttle::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Condvar, Mutex, MutexGuard,
+    },
+    thread,
+};
+
 /// Under loom, a `SeqCst` fence for one side of a Dekker pair (see `signal::Signal`); nothing
 /// otherwise. Loom does not model the single total order of `SeqCst` accesses (it treats them as
 /// acquire/release), which such a pair relies on, but it does model `SeqCst` fences; outside
-/// loom the `SeqCst` accesses themselves give that order.
+/// loom the `SeqCst` accesses themselves give that order. Shuttle runs one thread at a time and
+/// makes every atomic access sequentially consistent, so it needs no fence either.
 #[inline(always)]
 pub(crate) fn dekker_fence() {
     #[cfg(loom)]
@@ -52,6 +68,9 @@ pub(crate) fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexG
 }
 
 /// Blocks on `condvar` until notified or `timeout` passes, ignoring poison (see [`lock`]).
+///
+/// Under loom and shuttle, which do not model time, it never times out: it waits for a
+/// notification like [`wait`].
 pub(crate) fn wait_timeout<'a, T>(
     condvar: &Condvar,
     guard: MutexGuard<'a, T>,
@@ -63,10 +82,10 @@ pub(crate) fn wait_timeout<'a, T>(
     }
 }
 
-/// Spins or yields once while waiting for another thread; a plain yield under loom, which
-/// cannot explore unbounded spinning.
+/// Spins or yields once while waiting for another thread; a plain yield under a schedule
+/// checker (see [`CHECKED`]), where spinning is only more steps to explore.
 pub(crate) fn spin_once(step: u32) {
-    if cfg!(loom) || step > 6 {
+    if CHECKED || step > 6 {
         thread::yield_now();
     } else {
         for _ in 0..(1u32 << step) {
@@ -75,9 +94,10 @@ pub(crate) fn spin_once(step: u32) {
     }
 }
 
-/// A fault that the loom models (`src/models.rs`) inject into the protocol, each at the one line
-/// it breaks, to show that the model written against it catches it. Only a loom build can arm
-/// one; elsewhere [`Fault::on`] is a constant `false` and every check folds away.
+/// A fault that the loom models (`src/models.rs`) and the shuttle tests (`src/shuttle_tests.rs`)
+/// inject into the protocol, each at the one line it breaks, to show that the model written
+/// against it catches it. Only a loom or shuttle build can arm one; elsewhere [`Fault::on`] is a
+/// constant `false` and every check folds away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
     /// `Mailbox::end_turn` makes the key Idle without looking at jobs pushed during the turn.
@@ -94,30 +114,30 @@ pub(crate) enum Fault {
     LateCloseSkipsDrain,
 }
 
-#[cfg(loom)]
+#[cfg(any(loom, feature = "shuttle"))]
 std::thread_local! {
-    /// The armed fault. A std thread local: loom runs a model's threads as coroutines on the
-    /// thread that calls the model, so all of them see what that test armed, and no other test
-    /// does.
+    /// The armed fault. A std thread local: loom and shuttle run a model's threads as coroutines
+    /// on the thread that calls the model, so all of them see what that test armed, and no other
+    /// test does.
     static ARMED: std::cell::Cell<Option<Fault>> = const { std::cell::Cell::new(None) };
 }
 
 impl Fault {
     /// Whether this fault is armed.
-    #[cfg(loom)]
+    #[cfg(any(loom, feature = "shuttle"))]
     pub(crate) fn on(self) -> bool {
         ARMED.with(|armed| armed.get() == Some(self))
     }
 
-    /// Whether this fault is armed: never, outside loom.
-    #[cfg(not(loom))]
+    /// Whether this fault is armed: never, outside loom and shuttle.
+    #[cfg(not(any(loom, feature = "shuttle")))]
     #[inline(always)]
     pub(crate) const fn on(self) -> bool {
         false
     }
 
     /// Arms `fault` (or none) for the models run next on this thread.
-    #[cfg(all(test, loom))]
+    #[cfg(all(test, any(loom, feature = "shuttle")))]
     pub(crate) fn arm(fault: Option<Fault>) {
         ARMED.with(|armed| armed.set(fault));
     }
