@@ -1,7 +1,7 @@
 //! Compares keyed-dispatch with three reference designs and a floor, on five workloads.
 //!
 //! ```text
-//! cargo bench --bench compare                       # full: 5 rounds, ~11 min on 2 cores
+//! cargo bench --bench compare                       # full: 5 rounds, ~7 min on 2 cores
 //! cargo bench --bench compare -- --quick            # 1 small round: proves it works
 //! cargo bench --bench compare -- --filter tiny      # only workloads whose id or label match
 //! cargo bench --bench compare -- --rounds 3         # another number of rounds
