@@ -142,8 +142,9 @@ fn dropping_the_last_handle_inside_a_handler_still_runs_every_job() {
     let _watchdog = Watchdog::new("drop in handler", HANG);
     type Slot = Mutex<Option<Arc<Dispatcher<u64, u64>>>>;
     let me: Arc<Slot> = Arc::default();
+    let handed_over = Latch::new();
     let ran = Arc::new(AtomicU64::new(0));
-    let (handle, r) = (Arc::clone(&me), Arc::clone(&ran));
+    let (handle, over, r) = (Arc::clone(&me), Arc::clone(&handed_over), Arc::clone(&ran));
     let d = Arc::new(
         Dispatcher::builder()
             .workers(2)
@@ -151,8 +152,17 @@ fn dropping_the_last_handle_inside_a_handler_still_runs_every_job() {
             .build(move |_: &u64, n: u64| {
                 r.fetch_add(1, Ordering::SeqCst);
                 if n == 10 {
-                    // Takes the only other handle and drops it here, on a worker thread.
-                    drop(handle.lock().unwrap().take());
+                    // Job 10 may start before the test has let go of its handle: wait for
+                    // that, then take the only handle left and drop it here, on a worker
+                    // thread.
+                    over.wait();
+                    drop(
+                        handle
+                            .lock()
+                            .unwrap()
+                            .take()
+                            .expect("the handle was handed over"),
+                    );
                 }
             })
             .unwrap(),
@@ -161,6 +171,7 @@ fn dropping_the_last_handle_inside_a_handler_still_runs_every_job() {
         d.dispatch(n % 5, n).unwrap();
     }
     *me.lock().unwrap() = Some(d);
+    handed_over.open();
     // The handler drops the last handle; every accepted job still runs and the threads exit.
     wait_for(|| ran.load(Ordering::SeqCst) == 100 && threads_named("lastdrop-") == 0);
 }
