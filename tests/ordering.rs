@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Job, Latch, Recorder, Watchdog, HANG};
+use common::{wait_for, Job, Latch, Recorder, Watchdog, HANG};
 use keyed_dispatch::Dispatcher;
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 
@@ -119,6 +119,9 @@ fn a_slow_key_does_not_hold_up_other_keys() {
     let mut finished: Vec<u64> = (0..others).map(|_| done_rx.recv().unwrap()).collect();
     finished.sort_unstable();
     assert_eq!(finished, (0..others).collect::<Vec<_>>());
+    // Each job reported from inside its handler; `completed` counts a turn's jobs once the
+    // turn ends.
+    wait_for(|| d.stats().completed >= others);
     assert_eq!(d.stats().completed, others);
     latch.open();
     assert_eq!(d.close().stats.completed, others + 2);

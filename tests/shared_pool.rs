@@ -139,7 +139,9 @@ fn max_parallel_caps_a_dispatchers_concurrent_handlers() {
 #[test]
 fn a_busy_dispatcher_cannot_starve_another_on_the_same_pool() {
     let _watchdog = Watchdog::new("shared pool starvation", HANG);
-    let pool = pool("sp-starve", 2);
+    // One thread, so that the bound below depends on the order in which the pool hands the
+    // thread out, not on how promptly the OS schedules a second thread.
+    let pool = pool("sp-starve", 1);
     let latch = Latch::new();
     let busy_done = Arc::new(AtomicU64::new(0));
     let (held, done) = (Arc::clone(&latch), Arc::clone(&busy_done));
@@ -162,22 +164,21 @@ fn a_busy_dispatcher_cannot_starve_another_on_the_same_pool() {
                 .unwrap();
         })
         .unwrap();
-    // Both threads are held by the busy dispatcher, which queues 20,000 jobs on 2,000 keys
-    // behind them; only then does the other dispatcher get a job.
+    // The thread is held by the busy dispatcher, which queues 20,000 jobs on 2,000 keys
+    // behind it; only then does the other dispatcher get a job.
     let busy_jobs = 20_000;
     for n in 0..busy_jobs {
         busy.dispatch(n % 2_000, n).unwrap();
     }
-    wait_for(|| busy.stats().running == 2);
+    wait_for(|| busy.stats().running == 1);
     other.dispatch("cold", ()).unwrap();
     latch.open();
     let busy_before_other = other_ran.recv().unwrap();
-    // Each thread finished at most the turn it was in before handing over: a key has 10 jobs.
+    // The thread finished at most the turn it was in before handing over: a key has 10 jobs.
     assert!(
-        busy_before_other <= 2 * 10 + 2,
+        busy_before_other <= 10,
         "the other dispatcher waited for {busy_before_other} busy jobs"
     );
-    assert!(busy_jobs - busy_before_other > 19_000);
     busy.wait_idle().unwrap();
     assert_eq!(busy.stats().completed, busy_jobs);
     pool.close();
