@@ -129,6 +129,8 @@ mod group;
 mod handler;
 mod keymap;
 mod mailbox;
+#[cfg(all(test, any(loom, feature = "shuttle")))]
+mod model_handle;
 #[cfg(all(test, loom))]
 mod models;
 mod pool;

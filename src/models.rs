@@ -44,6 +44,7 @@
 //! of `SeqCst` accesses that those pairs rely on.
 
 use crate::{
+    model_handle::Handle,
     sync::{thread, Fault},
     DispatchError, Dispatcher,
 };
@@ -78,7 +79,7 @@ impl Log {
                 log.push(Event::End(job));
             })
             .expect("valid configuration");
-        Handle(Some(Arc::new(dispatcher)))
+        Handle::new(dispatcher)
     }
 
     fn push(&self, event: Event) {
@@ -128,35 +129,6 @@ impl Log {
             matches!((end, start), (Some(end), Some(start)) if end < start),
             "job {first} did not finish before job {second} started: {events:?}"
         );
-    }
-}
-
-/// A model's dispatcher, shared with the threads it spawns.
-///
-/// Dropped normally, the last reference closes the dispatcher as usual. Dropped while a failed
-/// model unwinds, it is leaked instead: closing would call into loom after the execution has
-/// ended, and that second panic would abort the whole test binary.
-struct Handle(Option<Arc<Dispatcher<u8, u32>>>);
-
-impl Handle {
-    fn share(&self) -> Arc<Dispatcher<u8, u32>> {
-        Arc::clone(self)
-    }
-}
-
-impl std::ops::Deref for Handle {
-    type Target = Arc<Dispatcher<u8, u32>>;
-
-    fn deref(&self) -> &Self::Target {
-        self.0.as_ref().expect("taken only on drop")
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            std::mem::forget(self.0.take());
-        }
     }
 }
 
@@ -210,19 +182,25 @@ fn settle(
 // -------------------------------------------------------------------------------------------
 // 1. A key going idle while a producer pushes to it.
 
-fn idle_push_model(fault: Option<Fault>) {
-    explore(4, fault, || {
+/// Two jobs on one key, the second dispatched while the first one's turn ends, on `workers`
+/// threads. Models 1 and 3 are this one race, seen from each side.
+fn second_job_model(workers: usize, preemptions: usize, fault: Option<Fault>) {
+    explore(preemptions, fault, move || {
         let log = Log::default();
-        let d = log.dispatcher(1, 8);
+        let d = log.dispatcher(workers, 8);
         d.dispatch(0, 0).unwrap();
-        // Races the end of job 0's turn: pushed behind the running turn (which must requeue
-        // the key), or into the Idle key (which the push schedules), or into a new mailbox
-        // after the sweep evicted the key.
         d.dispatch(0, 1).unwrap();
         assert!(d.close().drained);
         log.assert_ran(&[0, 1]);
         log.assert_before(0, 1);
     });
+}
+
+/// Model 1: job 1 is pushed behind the running turn (which must requeue the key), or into
+/// the Idle key (which the push schedules), or into a new mailbox after the sweep evicted the
+/// key.
+fn idle_push_model(fault: Option<Fault>) {
+    second_job_model(1, 4, fault);
 }
 
 #[test]
@@ -311,19 +289,11 @@ fn close_reading_count_before_flag_loses_one_of_two_dispatches() {
 // -------------------------------------------------------------------------------------------
 // 3. Eviction racing dispatch on the same key.
 
+/// Model 3: job 1 races the sweep that follows job 0's turn: pushed before the key is evicted
+/// (the sweep must then leave it), or into a new mailbox after, which the second worker may
+/// run at once.
 fn evict_model(fault: Option<Fault>) {
-    explore(3, fault, || {
-        let log = Log::default();
-        let d = log.dispatcher(2, 8);
-        d.dispatch(0, 0).unwrap();
-        // Races the sweep that follows job 0's turn: pushed before the key is evicted (the
-        // sweep must then leave it), or into a new mailbox after, which the second worker may
-        // run at once.
-        d.dispatch(0, 1).unwrap();
-        assert!(d.close().drained);
-        log.assert_ran(&[0, 1]);
-        log.assert_before(0, 1);
-    });
+    second_job_model(2, 3, fault);
 }
 
 #[test]

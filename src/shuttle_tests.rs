@@ -45,6 +45,7 @@
 //! exists to close, and must fail.
 
 use crate::{
+    model_handle::Handle,
     sync::{lock, thread, wait, Condvar, Fault, Mutex as ModelMutex},
     DispatchError, Dispatcher,
 };
@@ -129,35 +130,6 @@ impl Accepted {
     }
 }
 
-/// The model's dispatcher, shared with the threads it spawns.
-///
-/// Dropped normally, the last reference closes the dispatcher as usual. Dropped while a failed
-/// execution unwinds, it is leaked instead: closing would call into shuttle after the execution
-/// has ended, and that second panic would abort the whole test binary.
-struct Handle(Option<Arc<Dispatcher<u8, u32>>>);
-
-impl Handle {
-    fn share(&self) -> Handle {
-        Handle(self.0.clone())
-    }
-}
-
-impl std::ops::Deref for Handle {
-    type Target = Dispatcher<u8, u32>;
-
-    fn deref(&self) -> &Self::Target {
-        self.0.as_ref().expect("taken only on drop")
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            std::mem::forget(self.0.take());
-        }
-    }
-}
-
 /// One execution of the model (see the module docs).
 fn model() {
     let log = Log::default();
@@ -175,7 +147,7 @@ fn model() {
                 log.push(Event::End(job));
             })
             .expect("valid configuration");
-        Handle(Some(Arc::new(dispatcher)))
+        Handle::new(dispatcher)
     };
 
     let accepted = Arc::new(Accepted::default());
