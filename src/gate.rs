@@ -7,7 +7,7 @@
 //! [`CLOSED`] is counted, and `close` waits until the count falls to zero, so it drains exactly
 //! the jobs that were accepted.
 
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Set once `close` or `close_now` has begun: no dispatch enters any more.
@@ -33,12 +33,17 @@ pub(crate) struct Gate {
     /// `CLOSED | HALTED | count`, where `count` is the number of jobs accepted and not yet
     /// finished, plus reservations of producers that are between entering and pushing their job.
     word: CachePadded<AtomicUsize>,
+    /// A copy of [`HALTED`] on a line of its own, for the check before each job of a turn:
+    /// every dispatch writes `word`, so reading that per job would bounce its line between the
+    /// producers and the workers.
+    halted: CachePadded<AtomicBool>,
 }
 
 impl Gate {
     pub(crate) fn new() -> Self {
         Gate {
             word: CachePadded::new(AtomicUsize::new(0)),
+            halted: CachePadded::new(AtomicBool::new(false)),
         }
     }
 
@@ -84,6 +89,8 @@ impl Gate {
 
     /// Sets [`CLOSED`] and [`HALTED`]; returns true for the call that set `CLOSED`.
     pub(crate) fn halt(&self) -> bool {
+        // ORDERING: Relaxed; see `halt_seen`.
+        self.halted.store(true, Ordering::Relaxed);
         self.word.fetch_or(CLOSED | HALTED, Ordering::SeqCst) & CLOSED == 0
     }
 
@@ -95,6 +102,13 @@ impl Gate {
     // load on x86, and the line is written once.
     pub(crate) fn is_halted(&self) -> bool {
         self.word.load(Ordering::SeqCst) & HALTED != 0
+    }
+
+    /// Whether `close_now` has begun, as a hint that may come late: a turn stops early when it
+    /// sees it, and one that does not is simply waited for (see `Shared::run_turn`).
+    // ORDERING: Relaxed; nothing is read on the strength of it.
+    pub(crate) fn halt_seen(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
     }
 
     /// Jobs accepted and not yet finished (plus in-flight reservations).
@@ -143,7 +157,7 @@ mod tests {
     fn halt_closes_too() {
         let gate = Gate::new();
         assert!(gate.halt());
-        assert!(gate.is_closed() && gate.is_halted());
+        assert!(gate.is_closed() && gate.is_halted() && gate.halt_seen());
         assert!(!gate.close());
     }
 }
