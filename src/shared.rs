@@ -29,19 +29,24 @@
 //! (see `group`), with the job's outcome whatever it was, and the flush barriers behind it;
 //! after the turn, the barriers registered during it. `close_now` completes the groups of the
 //! jobs it hands back, and releases the barriers of the keys it empties.
+//!
+//! This module holds the shared state, the producers' side and the shutdown; `turns` holds the
+//! workers' side.
+
+mod turns;
 
 use crate::{
     builder::Config,
     error::{DispatchError, WaitError},
     gate::{Gate, Refused},
-    group::{GroupState, Outcome},
+    group::GroupState,
     handler::ErasedHandler,
     keymap::KeyMap,
-    mailbox::{EndTurn, Mailbox, Marks, Push},
-    pool::{PoolShared, Source, Worker},
+    mailbox::{Mailbox, Marks, Push},
+    pool::{PoolShared, Source},
     signal::Signal,
     stats::{Counters, Stats},
-    sync::{dekker_fence, lock, spin_once, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
+    sync::{dekker_fence, lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
 };
 use crossbeam_utils::CachePadded;
 use std::{
@@ -49,16 +54,12 @@ use std::{
     collections::VecDeque,
     fmt::{self, Debug, Display},
     hash::Hash,
-    panic::{catch_unwind, AssertUnwindSafe},
     time::{Duration, Instant},
 };
 
 /// Idle keys kept in the idle list before the oldest half is evicted even though the dispatcher
 /// is busy.
 pub(crate) const IDLE_LIST_MAX: usize = 4096;
-
-/// How many spin steps a token holder waits for a ready key before it gives the token back.
-const SEARCH_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 8 };
 
 /// The hook called with the payload of a panicking job.
 pub(crate) type PanicHook<K> = Box<dyn Fn(&K, &(dyn Any + Send)) + Send + Sync>;
@@ -571,251 +572,6 @@ where
             self.listed.fetch_sub(idle.len(), Ordering::SeqCst);
         }
     }
-
-    // ---------------------------------------------------------------------------------------
-    // Workers
-
-    /// Runs one turn of `mailbox`, a key just popped from the ready queue. `batch` and `due`
-    /// are the worker's buffers, empty between turns.
-    fn run_turn(
-        &self,
-        mailbox: &Mailbox<K, J>,
-        batch: &mut VecDeque<J>,
-        due: &mut Marks,
-    ) -> EndTurn {
-        // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
-        // turn and waits for it, or this turn sees the halt flag and leaves the key alone.
-        self.counters.turn_started();
-        dekker_fence();
-        if self.gate.is_halted() {
-            self.turn_ended();
-            return EndTurn::Halted;
-        }
-        mailbox.begin_turn(self.config.jobs_per_turn, batch, due);
-        // Marks are only ever due within the turn if `begin_turn` handed some out: a turn of
-        // jobs without groups or flushes skips looking for them.
-        let marked = !due.is_empty();
-        let mut done = 0;
-        let mut halted = false;
-        while let Some(job) = batch.pop_front() {
-            // A hint: a turn that misses it runs its batch to the end, and `close_now` waits.
-            if self.gate.halt_seen() {
-                batch.push_front(job);
-                halted = true;
-                break;
-            }
-            let outcome = self.run_job(&mailbox.key, job);
-            done += 1;
-            // The marks behind the job that just finished: its group, flush barriers. A barrier
-            // gets the outcome too, and ignores it.
-            while marked && due.front().is_some_and(|mark| mark.position <= done as u64) {
-                due.pop_front().expect("checked").state.ran(outcome);
-            }
-        }
-        let stamp = self.config.idle_timeout.map(|_| Instant::now());
-        let end = mailbox.end_turn(batch, due, halted, stamp);
-        // Barriers registered during the turn, behind its last job.
-        for mark in due.drain(..) {
-            mark.state.ran(Outcome::default());
-        }
-        match end {
-            // Counted before the jobs leave the gate, so that `wait_idle` cannot see both at
-            // zero while this key is still to be swept.
-            EndTurn::Idle { list: true } => {
-                self.listed.fetch_add(1, Ordering::SeqCst);
-            }
-            EndTurn::Idle { list: false } if stamp.is_some() => self.set_idle_timer(),
-            _ => {}
-        }
-        self.counters.completed(done);
-        self.turn_ended();
-        self.left(done);
-        end
-    }
-
-    fn turn_ended(&self) {
-        let running = self.counters.turn_ended();
-        // The turn count, then the halt flag (see `close_now`).
-        dekker_fence();
-        if running == 0 && self.gate.is_halted() {
-            self.idle.notify();
-        }
-    }
-
-    /// Runs one job, catching its panic, and says how it ended.
-    fn run_job(&self, key: &K, job: J) -> Outcome {
-        log::trace!("{}: running a job of key {key:?}", self.config.name);
-        let handler = &*self.handler;
-        let mut outcome = Outcome::default();
-        let ran = catch_unwind(AssertUnwindSafe(|| {
-            handler.run(key, job, &mut |err| {
-                outcome.failed = true;
-                self.job_failed(key, err);
-            });
-        }));
-        if let Err(payload) = ran {
-            outcome.panicked = true;
-            self.job_panicked(key, payload);
-        }
-        outcome
-    }
-
-    /// Runs inside the job's `catch_unwind`: a panicking `on_error` counts as the job's panic.
-    fn job_failed(&self, key: &K, err: &dyn Display) {
-        self.counters.failed();
-        log::warn!("{}: job of key {key:?} failed: {err}", self.config.name);
-        if let Some(hook) = &self.on_error {
-            hook(key, err);
-        }
-    }
-
-    fn job_panicked(&self, key: &K, payload: Box<dyn Any + Send>) {
-        self.counters.panicked();
-        log::error!(
-            "{}: job of key {key:?} panicked: {}",
-            self.config.name,
-            panic_message(&*payload)
-        );
-        if let Some(hook) = &self.on_panic {
-            if catch_unwind(AssertUnwindSafe(|| hook(key, &*payload))).is_err() {
-                log::error!(
-                    "{}: on_panic hook panicked for key {key:?}",
-                    self.config.name
-                );
-            }
-        }
-        // A payload may panic in its own drop; that must not unwind into the worker.
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-    }
-
-    /// Files the key whose turn just ended, and pops the next ready key. With none ready, it
-    /// searches briefly, sweeps the idle keys, and releases the token (returning `None`) unless
-    /// a key arrived meanwhile.
-    fn next_key(
-        &self,
-        ended: Option<(Arc<Mailbox<K, J>>, EndTurn)>,
-        worker: &Worker<'_>,
-    ) -> Option<Arc<Mailbox<K, J>>> {
-        let mut sched = lock(&self.sched);
-        if let Some((mailbox, end)) = ended {
-            if let Some(oldest) = self.file(&mut sched, mailbox, end) {
-                drop(sched);
-                self.sweep(oldest);
-                sched = lock(&self.sched);
-            }
-        }
-        if let Some(mailbox) = self.pop(&mut sched) {
-            return Some(mailbox);
-        }
-        if SEARCH_STEPS > 0 && !worker.others_waiting() && !self.gate.is_halted() {
-            sched.searching += 1;
-            drop(sched);
-            let mut step = 0;
-            // ORDERING: Relaxed hint; the ready queue is re-checked under the lock below.
-            while step < SEARCH_STEPS
-                && self.ready_hint.load(Ordering::Relaxed) == 0
-                && !worker.others_waiting()
-            {
-                spin_once(step);
-                step += 1;
-            }
-            sched = lock(&self.sched);
-            sched.searching -= 1;
-            if let Some(mailbox) = self.pop(&mut sched) {
-                return Some(mailbox);
-            }
-        }
-        if !sched.idle.is_empty() {
-            let idle = std::mem::take(&mut sched.idle);
-            drop(sched);
-            self.sweep(idle);
-            sched = lock(&self.sched);
-            if let Some(mailbox) = self.pop(&mut sched) {
-                return Some(mailbox);
-            }
-        }
-        sched.tokens -= 1;
-        None
-    }
-
-    /// Pops a ready key; if keys remain and nobody is searching, brings in another thread.
-    fn pop(&self, sched: &mut Sched<K, J>) -> Option<Arc<Mailbox<K, J>>> {
-        let mailbox = sched.ready.pop_front()?;
-        self.ready_hint.store(sched.ready.len(), Ordering::Relaxed);
-        if sched.needs_token(self.config.max_parallel) {
-            self.submit_token();
-        }
-        Some(mailbox)
-    }
-
-    /// Evicts the keys of a swept idle list that are still Idle.
-    fn sweep(&self, idle: impl IntoIterator<Item = Arc<Mailbox<K, J>>>) {
-        let mut swept = 0;
-        for mailbox in idle {
-            swept += 1;
-            let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict(None);
-            let evicted = self.keys.remove_if(&mailbox.key, |current| {
-                Arc::ptr_eq(current, &mailbox) && (early || current.try_evict(None))
-            });
-            if evicted {
-                log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key);
-            }
-        }
-        // ORDERING: SeqCst, see `Signal`; the keys are out of the map before this is announced.
-        if swept > 0 && self.listed.fetch_sub(swept, Ordering::SeqCst) == swept {
-            self.progressed();
-        }
-    }
-
-    /// Hands this thread on to another source after a turn, if keys of this dispatcher are
-    /// ready: files the key and puts the token back at the end of the pool's queue. Returns
-    /// false, leaving `ended` to the caller, if no key is ready.
-    fn hand_on(&self, ended: &mut Option<(Arc<Mailbox<K, J>>, EndTurn)>) -> bool {
-        let mut sched = lock(&self.sched);
-        let requeue = matches!(ended, Some((_, EndTurn::Requeue)));
-        if sched.ready.is_empty() && !requeue {
-            return false;
-        }
-        let overflow = ended
-            .take()
-            .and_then(|(mailbox, end)| self.file(&mut sched, mailbox, end));
-        drop(sched);
-        self.submit_token();
-        if let Some(oldest) = overflow {
-            self.sweep(oldest);
-        }
-        true
-    }
-
-    /// Files a key whose turn ended: back on the ready queue, or into the idle list. Returns the
-    /// oldest idle keys, to be swept once the lock is released, if the list grew too long.
-    fn file(
-        &self,
-        sched: &mut Sched<K, J>,
-        mailbox: Arc<Mailbox<K, J>>,
-        end: EndTurn,
-    ) -> Option<Vec<Arc<Mailbox<K, J>>>> {
-        match end {
-            EndTurn::Requeue => {
-                sched.ready.push_back(mailbox);
-                self.ready_hint.store(sched.ready.len(), Ordering::Relaxed);
-            }
-            EndTurn::Idle { list: true } => sched.idle.push_back(mailbox),
-            EndTurn::Idle { list: false } | EndTurn::Halted => {}
-        }
-        (sched.idle.len() > IDLE_LIST_MAX).then(|| sched.idle.drain(..IDLE_LIST_MAX / 2).collect())
-    }
-
-    /// Arms the pool timer that evicts keys idle for longer than `idle_timeout`.
-    fn set_idle_timer(&self) {
-        // ORDERING: SeqCst, paired with `on_timer`'s disarm-then-recheck.
-        if !self.timer_set.swap(true, Ordering::SeqCst) {
-            if let Some(timeout) = self.config.idle_timeout {
-                self.pool
-                    .set_timer(Instant::now() + timeout, self.as_source());
-            }
-        }
-    }
 }
 
 /// The error for a dispatch that found no room and could not wait, or waited in vain.
@@ -823,17 +579,6 @@ fn too_full<K, J>(wait: Wait, key: K, job: J) -> DispatchError<K, J> {
     match wait {
         Wait::Until(_) => DispatchError::Timeout { key, job },
         Wait::Never | Wait::Forever => DispatchError::Full { key, job },
-    }
-}
-
-/// The message of a panic payload, for the log.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        message
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message
-    } else {
-        "Box<dyn Any>"
     }
 }
 
@@ -846,55 +591,6 @@ impl<K, J> Sched<K, J> {
             self.tokens += 1;
         }
         needed
-    }
-}
-
-impl<K, J> Source for Shared<K, J>
-where
-    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
-    J: Send + 'static,
-{
-    fn run(self: Arc<Self>, worker: &Worker<'_>) {
-        let mut batch = VecDeque::new();
-        let mut due = Marks::new();
-        let mut ended = None;
-        while let Some(mailbox) = self.next_key(ended.take(), worker) {
-            let end = self.run_turn(&mailbox, &mut batch, &mut due);
-            ended = Some((mailbox, end));
-            if worker.others_waiting() && self.hand_on(&mut ended) {
-                return;
-            }
-        }
-    }
-
-    fn on_timer(&self, now: Instant) -> Option<Instant> {
-        let timeout = self.config.idle_timeout?;
-        let expiry = now.checked_sub(timeout)?;
-        let name = &self.config.name;
-        self.keys.remove_where(|mailbox| {
-            let evicted = mailbox.try_evict(Some(expiry));
-            if evicted {
-                log::debug!(
-                    "{name}: key {:?} evicted after {timeout:?} idle",
-                    mailbox.key
-                );
-            }
-            evicted
-        });
-        let period = (timeout / 2).max(std::time::Duration::from_millis(1));
-        if self.keys.len() > 0 {
-            return Some(now + period);
-        }
-        // Disarm, then look again: a key that went idle meanwhile saw the timer armed.
-        self.timer_set.store(false, Ordering::SeqCst);
-        if self.keys.len() > 0 && !self.timer_set.swap(true, Ordering::SeqCst) {
-            return Some(now + period);
-        }
-        None
-    }
-
-    fn close_source(&self) {
-        self.close();
     }
 }
 
