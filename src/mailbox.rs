@@ -69,7 +69,7 @@
 use crate::{
     gate::Gate,
     group::GroupState,
-    sync::{lock, wait, wait_timeout, Arc, Condvar, Mutex},
+    sync::{lock, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering},
 };
 use std::{collections::VecDeque, time::Instant};
 
@@ -93,6 +93,9 @@ pub(crate) type Marks = VecDeque<Mark>;
 pub(crate) struct Mailbox<K, J> {
     pub(crate) key: K,
     inner: Mutex<Inner<J>>,
+    /// `inner.queue.len()`, for the worker running the key to see without the lock whether
+    /// jobs arrived behind its batch.
+    queued: AtomicUsize,
     /// Producers waiting for room in this key's queue; notified when a turn ends or the queue
     /// is taken by `close_now`.
     room: Condvar,
@@ -174,30 +177,64 @@ impl<K, J> Mailbox<K, J> {
     /// A mailbox holding `job` (counted in `group`, if any), Queued: its creator must put it in
     /// the ready queue.
     pub(crate) fn new(key: K, job: J, group: Option<Arc<GroupState>>) -> Self {
-        let mut queue = VecDeque::with_capacity(1);
-        queue.push_back(job);
-        let marks = group
-            .map(|state| Mark {
-                position: 1,
-                state,
-                flush: false,
-            })
-            .into_iter()
-            .collect();
-        Mailbox {
+        let mut mailbox = Mailbox {
             key,
             inner: Mutex::new(Inner {
-                queue,
+                queue: VecDeque::with_capacity(1),
                 in_turn: 0,
                 taken: 0,
-                marks,
-                state: State::Queued,
+                marks: Marks::new(),
+                state: State::Evicted,
                 listed: false,
                 waiters: 0,
                 idle_since: None,
             }),
+            queued: AtomicUsize::new(0),
             room: Condvar::new(),
+        };
+        mailbox.refill(job, group);
+        mailbox
+    }
+
+    /// Makes an evicted mailbox that nothing else refers to any more the mailbox of `key`,
+    /// holding `job`, as [`Mailbox::new`] would, but keeping its allocations. Returns the key
+    /// it had, for the caller to drop outside the map's lock.
+    pub(crate) fn reuse(&mut self, key: K, job: J, group: Option<Arc<GroupState>>) -> K {
+        self.refill(job, group);
+        std::mem::replace(&mut self.key, key)
+    }
+
+    /// Whether this mailbox, which nothing else refers to any more, may be reused: evicted
+    /// and empty, as eviction leaves it.
+    pub(crate) fn is_spare(&mut self) -> bool {
+        let inner = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner());
+        inner.state == State::Evicted && inner.queue.is_empty() && inner.marks.is_empty()
+    }
+
+    fn refill(&mut self, job: J, group: Option<Arc<GroupState>>) {
+        let inner = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner());
+        debug_assert_eq!(inner.state, State::Evicted, "reusing a live mailbox");
+        debug_assert!(inner.queue.is_empty() && inner.marks.is_empty() && inner.waiters == 0);
+        inner.queue.push_back(job);
+        inner.in_turn = 0;
+        inner.taken = 0;
+        if let Some(state) = group {
+            inner.marks.push_back(Mark {
+                position: 1,
+                state,
+                flush: false,
+            });
         }
+        inner.state = State::Queued;
+        inner.listed = false;
+        inner.idle_since = None;
+        self.queued.store(1, Ordering::Relaxed);
     }
 
     /// Producer: queues `job` unless the key is full or `close_now` has begun. If `group` is
@@ -233,10 +270,13 @@ impl<K, J> Mailbox<K, J> {
         }
         if inner.state == State::Idle {
             inner.state = State::Queued;
-            Push::Schedule
-        } else {
-            Push::Added
+            return Push::Schedule;
         }
+        drop(inner);
+        // After the unlock, so that a worker lingering for this job does not try the lock while
+        // it is still held here.
+        self.queued.store(1, Ordering::Relaxed);
+        Push::Added
     }
 
     /// Producer: blocks until the key has room, the mailbox is evicted (the caller retries
@@ -299,12 +339,62 @@ impl<K, J> Mailbox<K, J> {
             "a turn of a key that was not queued"
         );
         inner.state = State::Running;
+        self.take_batch(&mut inner, max, batch, due)
+    }
+
+    /// Worker: the turn's batch has run to its end and jobs wait behind it; goes on with the
+    /// next batch of up to `max`, in the same turn, as [`Mailbox::end_turn`] followed by
+    /// [`Mailbox::begin_turn`] would under one lock, without the key leaving the worker. Returns
+    /// how many jobs it took (none if the queue was empty: the caller then ends the turn).
+    ///
+    /// `due` (empty, as the batch left it) is refilled with the flush barriers registered
+    /// during the batch, at position 0 (due before the next job), then with the next batch's
+    /// marks.
+    pub(crate) fn continue_turn(
+        &self,
+        max: usize,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+    ) -> usize {
+        debug_assert!(batch.is_empty() && due.is_empty());
+        let mut inner = lock(&self.inner);
+        debug_assert_eq!(inner.state, State::Running);
+        if inner.queue.is_empty() {
+            return 0;
+        }
+        inner.in_turn = 0;
+        while inner
+            .marks
+            .front()
+            .is_some_and(|mark| mark.position <= inner.taken)
+        {
+            let mut mark = inner.marks.pop_front().expect("checked");
+            debug_assert!(mark.flush, "a job's mark outlived its batch");
+            mark.position = 0;
+            due.push_back(mark);
+        }
+        if inner.waiters > 0 && !crate::sync::Fault::NoRoomWake.on() {
+            self.room.notify_all();
+        }
+        self.take_batch(&mut inner, max, batch, due)
+    }
+
+    /// Moves up to `max` queued jobs into `batch`, and the marks that fall within it into
+    /// `due`, each with the number of the batch's jobs that must finish before it is due.
+    fn take_batch(
+        &self,
+        inner: &mut Inner<J>,
+        max: usize,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+    ) -> usize {
         if inner.queue.len() <= max {
             // Swapping keeps both buffers' allocations alive for reuse.
             std::mem::swap(&mut inner.queue, batch);
         } else {
             batch.extend(inner.queue.drain(..max));
         }
+        self.queued.store(inner.queue.len(), Ordering::Relaxed);
         inner.in_turn = batch.len();
         let start = inner.taken;
         inner.taken += batch.len() as u64;
@@ -319,6 +409,13 @@ impl<K, J> Mailbox<K, J> {
             due.push_back(mark);
         }
         inner.in_turn
+    }
+
+    /// Worker: whether jobs wait in the queue, as a hint read without the lock: it may lag a
+    /// push, or still be set by a push whose job a batch already took.
+    pub(crate) fn has_queued(&self) -> bool {
+        // ORDERING: Relaxed; `continue_turn` and `end_turn` look again under the lock.
+        self.queued.load(Ordering::Relaxed) > 0
     }
 
     /// Worker: ends the turn. `leftovers` are the jobs of the turn that did not start (only
@@ -348,6 +445,7 @@ impl<K, J> Mailbox<K, J> {
             inner.queue.push_front(job);
             inner.taken -= 1;
         }
+        self.queued.store(inner.queue.len(), Ordering::Relaxed);
         inner.in_turn = 0;
         while inner
             .marks
@@ -409,6 +507,7 @@ impl<K, J> Mailbox<K, J> {
             self.room.notify_all();
         }
         let marks = std::mem::take(&mut inner.marks);
+        self.queued.store(0, Ordering::Relaxed);
         (std::mem::take(&mut inner.queue), marks)
     }
 
@@ -663,6 +762,88 @@ mod tests {
         let (left, marks) = mb.take_all();
         assert_eq!(left, [0]);
         assert!(marks.is_empty());
+    }
+
+    #[test]
+    fn a_turn_goes_on_with_jobs_pushed_during_its_batch() {
+        let gate = Gate::new();
+        let mb = Mailbox::new(1u8, 0u32, None);
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        mb.begin_turn(8, &mut batch, &mut due);
+        assert!(!mb.has_queued());
+        assert_eq!(mb.push(1, &mut None, 100, &gate), Push::Added);
+        assert_eq!(mb.push(2, &mut None, 100, &gate), Push::Added);
+        assert!(mb.has_queued());
+        batch.clear(); // job 0 ran
+        assert_eq!(mb.continue_turn(8, &mut batch, &mut due), 2);
+        assert_eq!(batch, [1, 2]);
+        assert_eq!(mb.state(), State::Running);
+        assert_eq!(mb.len(), 2, "the new batch counts against the capacity");
+        assert_eq!(
+            mb.push(3, &mut None, 100, &gate),
+            Push::Added,
+            "no schedule"
+        );
+        batch.clear();
+        assert_eq!(end(&mb, &mut batch, false), EndTurn::Requeue);
+    }
+
+    #[test]
+    fn a_turn_with_nothing_behind_its_batch_ends_idle() {
+        let mb = Mailbox::new(1u8, 0u32, None);
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        mb.begin_turn(8, &mut batch, &mut due);
+        batch.clear();
+        assert_eq!(mb.continue_turn(8, &mut batch, &mut due), 0);
+        assert!(batch.is_empty() && due.is_empty());
+        assert_eq!(end(&mb, &mut batch, false), EndTurn::Idle { list: true });
+    }
+
+    #[test]
+    fn going_on_hands_out_the_batch_barriers_before_the_next_jobs_marks() {
+        let gate = Gate::new();
+        let group = Arc::new(GroupState::new(0));
+        let mb = Mailbox::new(1u8, 0u32, None);
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        mb.begin_turn(8, &mut batch, &mut due);
+        let barrier = mb.flush().expect("the batch is running");
+        let mut member = Some(Arc::clone(&group));
+        assert_eq!(mb.push(1, &mut member, 100, &gate), Push::Added);
+        batch.clear();
+        assert_eq!(mb.continue_turn(8, &mut batch, &mut due), 1);
+        let positions: Vec<u64> = due.iter().map(|mark| mark.position).collect();
+        assert_eq!(
+            positions,
+            [0, 1],
+            "the barrier before job 1, the group after it"
+        );
+        assert!(Arc::ptr_eq(&due[0].state, &barrier));
+        assert!(Arc::ptr_eq(&due[1].state, &group));
+    }
+
+    #[test]
+    fn an_evicted_mailbox_is_reused_for_another_key() {
+        let group = Arc::new(GroupState::new(0));
+        let mut mb = Mailbox::new(1u8, 0u32, None);
+        turn(&mb, 8);
+        end(&mb, &mut VecDeque::new(), false);
+        assert!(mb.try_evict(None));
+        assert_eq!(mb.reuse(2, 20, Some(Arc::clone(&group))), 1, "the old key");
+        assert_eq!((mb.key, mb.state(), mb.len()), (2, State::Queued, 1));
+        assert!(mb.has_queued());
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        assert_eq!(mb.begin_turn(8, &mut batch, &mut due), 1);
+        assert_eq!(batch, [20]);
+        assert_eq!(
+            due.len(),
+            1,
+            "the job's group, counted from the reused mailbox's start"
+        );
+        assert_eq!(due[0].position, 1);
+        assert_eq!(
+            end(&mb, &mut VecDeque::new(), false),
+            EndTurn::Idle { list: true }
+        );
     }
 
     #[test]

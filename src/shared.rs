@@ -61,6 +61,10 @@ use std::{
 /// is busy.
 pub(crate) const IDLE_LIST_MAX: usize = 4096;
 
+/// Evicted mailboxes kept for new keys, so that keys coming and going do not allocate and free
+/// a mailbox each (across threads: a worker frees what a producer allocated).
+const SPARES_MAX: usize = 1024;
+
 /// The hook called with the payload of a panicking job.
 pub(crate) type PanicHook<K> = Box<dyn Fn(&K, &(dyn Any + Send)) + Send + Sync>;
 /// The hook called with the error of a failed job.
@@ -115,6 +119,8 @@ pub(crate) struct Shared<K, J> {
     ready_hint: CachePadded<AtomicUsize>,
     /// Entries in `sched.idle`: keys that may still be in the map although idle.
     listed: CachePadded<AtomicUsize>,
+    /// Evicted mailboxes that nothing refers to any more, to be reused for new keys.
+    spares: CachePadded<Spares<K, J>>,
     counters: Counters,
     handler: Box<dyn ErasedHandler<K, J>>,
     on_panic: Option<PanicHook<K>>,
@@ -136,6 +142,9 @@ pub(crate) struct Shared<K, J> {
     /// This dispatcher as the pool sees it.
     me: Weak<Self>,
 }
+
+/// Evicted mailboxes kept for reuse.
+type Spares<K, J> = Mutex<Vec<Arc<Mailbox<K, J>>>>;
 
 /// Scheduling state, under one lock.
 struct Sched<K, J> {
@@ -184,6 +193,7 @@ where
             })),
             ready_hint: CachePadded::new(AtomicUsize::new(0)),
             listed: CachePadded::new(AtomicUsize::new(0)),
+            spares: CachePadded::new(Mutex::new(Vec::new())),
             counters: Counters::default(),
             handler,
             on_panic,
@@ -308,7 +318,8 @@ where
             Err(job) => job,
         };
         // Slow path: create the mailbox under the shard's write lock, unless another producer
-        // did meanwhile.
+        // did meanwhile. A reused mailbox's old key is dropped once the lock is released.
+        let mut retired = None;
         let (routed, key) =
             self.keys
                 .get_or_insert(key, job, |existing, key, job| match existing {
@@ -326,7 +337,8 @@ where
                     None if self.gate.is_halted() => (Err((job, None)), None),
                     None => {
                         log::debug!("{}: key {key:?} created", self.config.name);
-                        let mailbox = Arc::new(Mailbox::new(key.clone(), job, group.take()));
+                        let mailbox =
+                            self.mailbox_for(key.clone(), job, group.take(), &mut retired);
                         (Ok(Some(Arc::clone(&mailbox))), Some(mailbox))
                     }
                 });
@@ -339,6 +351,48 @@ where
             (Err((job, None)), Some(key)) => Routed::Halted(key, Item { job, group }),
             (Err(_), None) => unreachable!("a refused job's key is handed back"),
         }
+    }
+
+    /// A mailbox for a new key holding `job`: a spare one if there is one at hand (its old key
+    /// goes to `retired`), else a fresh one.
+    fn mailbox_for(
+        &self,
+        key: K,
+        job: J,
+        group: Option<Arc<GroupState>>,
+        retired: &mut Option<K>,
+    ) -> Arc<Mailbox<K, J>> {
+        // Not waiting for a sweeper that is putting spares back: allocating is as good.
+        let spare = self
+            .spares
+            .try_lock()
+            .ok()
+            .and_then(|mut spares| spares.pop());
+        match spare {
+            Some(mut mailbox) => {
+                let unshared = Arc::get_mut(&mut mailbox).expect("a spare mailbox is unshared");
+                *retired = Some(unshared.reuse(key, job, group));
+                mailbox
+            }
+            None => Arc::new(Mailbox::new(key, job, group)),
+        }
+    }
+
+    /// Keeps evicted mailboxes that nothing else refers to as spares, up to [`SPARES_MAX`];
+    /// drops the others. Each is checked empty, so that a job stranded in an evicted mailbox
+    /// by a broken eviction is lost (and shows in the models) rather than run under the next
+    /// key to reuse the mailbox.
+    fn keep_spares(&self, evicted: &mut Vec<Arc<Mailbox<K, J>>>) {
+        evicted.retain_mut(|mailbox| Arc::get_mut(mailbox).is_some_and(Mailbox::is_spare));
+        if evicted.is_empty() {
+            return;
+        }
+        let mut spares = lock(&self.spares);
+        let room = SPARES_MAX.saturating_sub(spares.len());
+        let keep = evicted.len().min(room);
+        spares.extend(evicted.drain(..keep));
+        drop(spares);
+        evicted.clear();
     }
 
     /// Puts a key that became Queued on the ready queue, adding a token if one is needed.
@@ -568,6 +622,7 @@ where
         };
         self.ready_hint.store(0, Ordering::Relaxed);
         drop(ready);
+        drop(std::mem::take(&mut *lock(&self.spares)));
         if !idle.is_empty() {
             self.listed.fetch_sub(idle.len(), Ordering::SeqCst);
         }

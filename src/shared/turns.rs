@@ -20,6 +20,9 @@ use std::{
 /// How many spin steps a token holder waits for a ready key before it gives the token back.
 const SEARCH_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 8 };
 
+/// How many spin steps a turn waits for its key's next job before it ends.
+const LINGER_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 7 };
+
 impl<K, J> Shared<K, J>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
@@ -27,11 +30,17 @@ where
 {
     /// Runs one turn of `mailbox`, a key just popped from the ready queue. `batch` and `due`
     /// are the worker's buffers, empty between turns.
+    ///
+    /// A turn runs batches of up to `jobs_per_turn` jobs. While no other key of this dispatcher
+    /// is ready and no other dispatcher waits for the thread, it goes on with the jobs that
+    /// arrived behind its batch (lingering briefly for them if none has yet), so that a key fed
+    /// as fast as it runs keeps its worker without going through the ready queue per job.
     fn run_turn(
         &self,
         mailbox: &Mailbox<K, J>,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
+        worker: &Worker<'_>,
     ) -> EndTurn {
         // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
         // turn and waits for it, or this turn sees the halt flag and leaves the key alone.
@@ -41,26 +50,22 @@ where
             self.turn_ended();
             return EndTurn::Halted;
         }
-        mailbox.begin_turn(self.config.jobs_per_turn, batch, due);
-        // Marks are only ever due within the turn if `begin_turn` handed some out: a turn of
-        // jobs without groups or flushes skips looking for them.
-        let marked = !due.is_empty();
-        let mut done = 0;
-        let mut halted = false;
-        while let Some(job) = batch.pop_front() {
-            // A hint: a turn that misses it runs its batch to the end, and `close_now` waits.
-            if self.gate.halt_seen() {
-                batch.push_front(job);
-                halted = true;
+        let max = self.config.jobs_per_turn;
+        mailbox.begin_turn(max, batch, due);
+        let mut done;
+        let mut halted;
+        loop {
+            (done, halted) = self.run_batch(&mailbox.key, batch, due);
+            self.counters.completed(done);
+            if halted
+                || !self.more_jobs(mailbox, worker)
+                || mailbox.continue_turn(max, batch, due) == 0
+            {
                 break;
             }
-            let outcome = self.run_job(&mailbox.key, job);
-            done += 1;
-            // The marks behind the job that just finished: its group, flush barriers. A barrier
-            // gets the outcome too, and ignores it.
-            while marked && due.front().is_some_and(|mark| mark.position <= done as u64) {
-                due.pop_front().expect("checked").state.ran(outcome);
-            }
+            // The jobs just taken keep the gate's count above zero, so this cannot empty it
+            // while the key is still to be filed (see below).
+            self.left(done);
         }
         let stamp = self.config.idle_timeout.map(|_| Instant::now());
         let end = mailbox.end_turn(batch, due, halted, stamp);
@@ -77,10 +82,60 @@ where
             EndTurn::Idle { list: false } if stamp.is_some() => self.set_idle_timer(),
             _ => {}
         }
-        self.counters.completed(done);
         self.turn_ended();
         self.left(done);
         end
+    }
+
+    /// Runs the jobs of a batch in order, completing the marks due behind each. Returns how
+    /// many ran, and whether `close_now` stopped the batch (its unstarted jobs left in `batch`).
+    fn run_batch(&self, key: &K, batch: &mut VecDeque<J>, due: &mut Marks) -> (usize, bool) {
+        // Marks are only ever due within the batch if some were handed out: a batch of jobs
+        // without groups or flushes skips looking for them.
+        let marked = !due.is_empty();
+        let mut done = 0;
+        let mut outcome = Outcome::default();
+        loop {
+            // The marks behind the jobs finished so far (at first: barriers due before any): a
+            // job's group, flush barriers. A barrier gets the outcome too, and ignores it.
+            while marked && due.front().is_some_and(|mark| mark.position <= done as u64) {
+                due.pop_front().expect("checked").state.ran(outcome);
+            }
+            let Some(job) = batch.pop_front() else {
+                return (done, false);
+            };
+            // A hint: a turn that misses it runs its batch to the end, and `close_now` waits.
+            if self.gate.halt_seen() {
+                batch.push_front(job);
+                return (done, true);
+            }
+            outcome = self.run_job(key, job);
+            done += 1;
+        }
+    }
+
+    /// At the end of a batch: whether the turn should go on with the key's next jobs, waiting
+    /// a few spin steps for one to arrive. Not when another key is ready, another dispatcher
+    /// waits for the thread, or `close_now` has begun.
+    fn more_jobs(&self, mailbox: &Mailbox<K, J>, worker: &Worker<'_>) -> bool {
+        let mut step = 0;
+        loop {
+            // ORDERING: Relaxed hints; a stale one costs a turn of fairness or a short wait.
+            if self.ready_hint.load(Ordering::Relaxed) > 0
+                || worker.others_waiting()
+                || self.gate.halt_seen()
+            {
+                return false;
+            }
+            if mailbox.has_queued() {
+                return true;
+            }
+            if step >= LINGER_STEPS {
+                return false;
+            }
+            spin_once(step);
+            step += 1;
+        }
     }
 
     fn turn_ended(&self) {
@@ -201,6 +256,7 @@ where
     /// Evicts the keys of a swept idle list that are still Idle.
     fn sweep(&self, idle: impl IntoIterator<Item = Arc<Mailbox<K, J>>>) {
         let mut swept = 0;
+        let mut evicted_all = Vec::new();
         for mailbox in idle {
             swept += 1;
             let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict(None);
@@ -209,8 +265,10 @@ where
             });
             if evicted {
                 log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key);
+                evicted_all.push(mailbox);
             }
         }
+        self.keep_spares(&mut evicted_all);
         // ORDERING: SeqCst, see `Signal`; the keys are out of the map before this is announced.
         if swept > 0 && self.listed.fetch_sub(swept, Ordering::SeqCst) == swept {
             self.progressed();
@@ -289,7 +347,7 @@ where
         let mut due = Marks::new();
         let mut ended = None;
         while let Some(mailbox) = self.next_key(ended.take(), worker) {
-            let end = self.run_turn(&mailbox, &mut batch, &mut due);
+            let end = self.run_turn(&mailbox, &mut batch, &mut due, worker);
             ended = Some((mailbox, end));
             if worker.others_waiting() && self.hand_on(&mut ended) {
                 return;
