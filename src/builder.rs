@@ -21,7 +21,7 @@ use std::{
 /// otherwise.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
-/// Jobs a key runs in one turn before its thread goes to the next ready key, unless
+/// Jobs a key runs while others are ready before its thread goes to the next of them, unless
 /// [`Builder::jobs_per_turn`] says otherwise.
 pub const DEFAULT_JOBS_PER_TURN: usize = 64;
 
@@ -134,9 +134,10 @@ where
         self
     }
 
-    /// The most jobs a key runs in one turn before its thread moves on to the next ready key;
-    /// defaults to [`DEFAULT_JOBS_PER_TURN`]. Lower is fairer to other keys, higher is cheaper
-    /// for a hot key.
+    /// The most jobs a key runs while other keys are ready before its thread moves on to the
+    /// next of them; defaults to [`DEFAULT_JOBS_PER_TURN`]. Lower is fairer to other keys, higher
+    /// is cheaper for a hot key. While no other key is ready, a key keeps its thread for as long
+    /// as it has jobs.
     pub fn jobs_per_turn(mut self, jobs_per_turn: usize) -> Self {
         self.jobs_per_turn = jobs_per_turn;
         self

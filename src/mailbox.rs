@@ -4,30 +4,36 @@
 //!
 //! ```text
 //!                 push (producer)                 pop from ready (worker)
-//!   [absent] ─────────────────────▶ Queued ───────────────────────────────▶ Running
-//!       ▲      creates the mailbox   ▲  ▲                                    │  │
-//!       │      under the map's       │  └──── end of turn, jobs left ────────┘  │
+//!   [absent] ─────────────────────▶ Queued ───────────────────────────────▶ Running ⟲ next batch
+//!       ▲      creates the mailbox   ▲  ▲                                    │  │  (while nothing
+//!       │      under the map's       │  └──── end of turn, jobs left ────────┘  │  else is ready)
 //!       │      write lock            │        (worker requeues the key)         │
 //!       │                            │ push (producer schedules the key)        │
 //!       │                            │                                          │
 //!       │   evict (sweeper, under  Idle ◀──── end of turn, queue empty ─────────┘
 //!       └──── the map's write ───── │
 //!             lock)                 ▼
-//!                                Evicted   (out of the map; never used again)
+//!                                Evicted   (out of the map; once unshared, a spare that a
+//!                                           new key's creation may turn into its Queued mailbox)
 //! ```
 //!
 //! - **Queued**: the mailbox holds jobs and sits in its dispatcher's ready queue, exactly once.
-//! - **Running**: one worker owns the key and runs a *turn*: at most `jobs_per_turn` jobs,
-//!   taken out of the queue at once. Producers keep pushing behind them without scheduling.
-//!   At the end of the turn the worker puts the key back in the ready queue if jobs are left
-//!   (so one hot key cannot hold a thread while other keys wait), or makes it Idle.
+//! - **Running**: one worker owns the key and runs a *turn*: batches of at most
+//!   `jobs_per_turn` jobs, each taken out of the queue at once. Producers keep pushing behind
+//!   them without scheduling. After a batch the turn goes on with the next one only while no
+//!   other key is ready (the worker may linger a few spin steps for a job to arrive); otherwise
+//!   the worker puts the key back in the ready queue if jobs are left (so one hot key cannot
+//!   hold a thread while other keys wait), or makes it Idle.
 //! - **Idle**: in the map, empty, owned by nobody. A push makes it Queued again and schedules
 //!   it. An idle key is evicted by a *sweep*: lazily when its dispatcher runs out of ready keys
 //!   (or has too many idle keys), or after `idle_timeout` when one is set.
 //! - **Evicted**: removed from the map under the shard's write lock, in the same critical
 //!   section that checked it was still Idle. Producers only push while holding the shard lock,
 //!   so none can push into an evicted mailbox; a dispatch that comes later finds the key absent
-//!   and creates a fresh mailbox.
+//!   and creates a new mailbox. An evicted mailbox that nothing refers to any more (the sweeper
+//!   holds the last reference, and finds it empty) may be kept as a *spare* and become the
+//!   Queued mailbox of a new key: reuse needs exclusive access, so no producer or worker can
+//!   still see it as the old key's.
 //! - **Closed** is not a state of a key but of its dispatcher (see `gate`): producers are
 //!   refused at the gate, and keys drain through the states above until all are evicted.
 //!

@@ -21,6 +21,10 @@
 //! bounded by the live keys plus the list. With `idle_timeout`, keys are stamped instead and a
 //! pool timer evicts those idle for longer than the timeout.
 //!
+//! A sweep keeps up to [`SPARES_MAX`] of the mailboxes it evicts as spares, for new keys: with
+//! keys coming and going, a mailbox would otherwise be allocated by a producer and freed by a
+//! worker for every key, and the allocator's locks would be contended between the two.
+//!
 //! # Groups and flushes
 //!
 //! A producer routes an [`Item`]: a job and its group, if any. The mailbox queues the job and
