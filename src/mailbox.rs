@@ -61,10 +61,11 @@
 //!
 //! Marks are kept beside the queue (`Inner::marks`, sorted by position), not in it: the queue
 //! holds exactly the jobs, so a job outside any group costs no wider queue slot and no atomic
-//! operation, and barriers take no room from the key's capacity. A turn takes the marks that fall within its batch and completes
-//! each as soon as the job before it has finished, so a later job of the same turn that runs
-//! long holds neither an earlier job's group nor a flush. Barriers registered during a turn wait
-//! in the mailbox and are handed out by the turn's end; `take_all` hands back the marks of a key
+//! operation, and barriers take no room from the key's capacity. A batch takes the marks that
+//! fall within it and completes each as soon as the job before it has finished, so a later job
+//! of the same batch that runs long holds neither an earlier job's group nor a flush. Barriers
+//! registered during a batch wait in the mailbox and are handed out when it ends (by the next
+//! batch of the turn, or the turn's end); `take_all` hands back the marks of a key
 //! that `close_now` empties (each group mark stands for one handed-back job). An Idle mailbox
 //! has no mark left, since all its jobs have finished.
 //!
@@ -79,11 +80,14 @@ use crate::{
 };
 use std::{collections::VecDeque, time::Instant};
 
+/// The largest queue buffer a spare mailbox keeps (see [`Mailbox::retire`]).
+const SPARE_QUEUE_MAX: usize = 64;
+
 /// A group's job, or a flush barrier, beside the queue (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Mark {
     /// How many of the key's jobs must have finished before `state` is completed: counted from
-    /// the mailbox's first job in `Inner::marks`, from the turn's first job in a turn's `due`.
+    /// the mailbox's first job in `Inner::marks`, from the batch's first job in a batch's `due`.
     pub(crate) position: u64,
     /// The group (or barrier) to complete.
     pub(crate) state: Arc<GroupState>,
@@ -97,13 +101,14 @@ pub(crate) type Marks = VecDeque<Mark>;
 /// One key's mailbox; shared between the map, the ready queue and the worker running it.
 #[derive(Debug)]
 pub(crate) struct Mailbox<K, J> {
-    pub(crate) key: K,
+    /// `None` only while the mailbox is a spare (see [`Mailbox::retire`]).
+    key: Option<K>,
     inner: Mutex<Inner<J>>,
     /// `inner.queue.len()`, for the worker running the key to see without the lock whether
     /// jobs arrived behind its batch.
     queued: AtomicUsize,
-    /// Producers waiting for room in this key's queue; notified when a turn ends or the queue
-    /// is taken by `close_now`.
+    /// Producers waiting for room in this key's queue; notified when a batch or a turn ends, or
+    /// the queue is taken by `close_now`.
     room: Condvar,
 }
 
@@ -111,14 +116,14 @@ pub(crate) struct Mailbox<K, J> {
 struct Inner<J> {
     /// Jobs not yet taken by a worker, in dispatch order.
     queue: VecDeque<J>,
-    /// Jobs the running worker took for its turn and has not finished. They still count
-    /// against the key's capacity.
+    /// Jobs the running worker took for its current batch and has not finished. They still
+    /// count against the key's capacity.
     in_turn: usize,
     /// The absolute index of `queue[0]`: jobs moved into turns since the mailbox was made, less
-    /// those a halted turn put back. The running turn's jobs are `taken - in_turn..taken`.
+    /// those a halted turn put back. The running batch's jobs are `taken - in_turn..taken`.
     taken: u64,
     /// Marks not yet handed to a worker, sorted by position. Each position is above
-    /// `taken - in_turn`: the jobs before the running turn have all finished.
+    /// `taken - in_turn`: the jobs before the running batch have all finished.
     marks: Marks,
     state: State,
     /// True while the mailbox has an entry in its dispatcher's idle list, so that it has at
@@ -184,7 +189,7 @@ impl<K, J> Mailbox<K, J> {
     /// the ready queue.
     pub(crate) fn new(key: K, job: J, group: Option<Arc<GroupState>>) -> Self {
         let mut mailbox = Mailbox {
-            key,
+            key: Some(key),
             inner: Mutex::new(Inner {
                 queue: VecDeque::with_capacity(1),
                 in_turn: 0,
@@ -202,22 +207,35 @@ impl<K, J> Mailbox<K, J> {
         mailbox
     }
 
-    /// Makes an evicted mailbox that nothing else refers to any more the mailbox of `key`,
-    /// holding `job`, as [`Mailbox::new`] would, but keeping its allocations. Returns the key
-    /// it had, for the caller to drop outside the map's lock.
-    pub(crate) fn reuse(&mut self, key: K, job: J, group: Option<Arc<GroupState>>) -> K {
-        self.refill(job, group);
-        std::mem::replace(&mut self.key, key)
+    /// The key; the mailbox is live (not a spare).
+    pub(crate) fn key(&self) -> &K {
+        self.key.as_ref().expect("a spare mailbox was shared")
     }
 
-    /// Whether this mailbox, which nothing else refers to any more, may be reused: evicted
-    /// and empty, as eviction leaves it.
-    pub(crate) fn is_spare(&mut self) -> bool {
+    /// Makes a spare the mailbox of `key`, holding `job`, as [`Mailbox::new`] would, but
+    /// keeping its allocations.
+    pub(crate) fn reuse(&mut self, key: K, job: J, group: Option<Arc<GroupState>>) {
+        self.refill(job, group);
+        self.key = Some(key);
+    }
+
+    /// Turns an evicted mailbox that nothing else refers to any more into a spare, dropping
+    /// its key (here: an evicted key is not kept alive by its spare) and a queue buffer grown
+    /// past [`SPARE_QUEUE_MAX`]. Returns false, leaving it as it is, if it is not evicted and
+    /// empty, as eviction leaves it.
+    pub(crate) fn retire(&mut self) -> bool {
         let inner = self
             .inner
             .get_mut()
             .unwrap_or_else(|poison| poison.into_inner());
-        inner.state == State::Evicted && inner.queue.is_empty() && inner.marks.is_empty()
+        if inner.state != State::Evicted || !inner.queue.is_empty() || !inner.marks.is_empty() {
+            return false;
+        }
+        if inner.queue.capacity() > SPARE_QUEUE_MAX {
+            inner.queue = VecDeque::new();
+        }
+        self.key = None;
+        true
     }
 
     fn refill(&mut self, job: J, group: Option<Arc<GroupState>>) {
@@ -426,7 +444,8 @@ impl<K, J> Mailbox<K, J> {
 
     /// Worker: ends the turn. `leftovers` are the jobs of the turn that did not start (only
     /// when `close_now` stopped it); they go back to the front of the queue, in order. `due`
-    /// holds the turn's marks not yet completed (as [`Mailbox::begin_turn`] left them); they go
+    /// holds the batch's marks not yet completed (as [`Mailbox::begin_turn`] or
+    /// [`Mailbox::continue_turn`] left them); they go
     /// back too, and `due` is refilled with every mark whose jobs have now all finished (flush
     /// barriers registered during the turn), for the worker to complete.
     ///
@@ -834,8 +853,10 @@ mod tests {
         turn(&mb, 8);
         end(&mb, &mut VecDeque::new(), false);
         assert!(mb.try_evict(None));
-        assert_eq!(mb.reuse(2, 20, Some(Arc::clone(&group))), 1, "the old key");
-        assert_eq!((mb.key, mb.state(), mb.len()), (2, State::Queued, 1));
+        assert!(mb.retire());
+        assert!(mb.key.is_none(), "a spare does not keep its old key alive");
+        mb.reuse(2, 20, Some(Arc::clone(&group)));
+        assert_eq!((*mb.key(), mb.state(), mb.len()), (2, State::Queued, 1));
         assert!(mb.has_queued());
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         assert_eq!(mb.begin_turn(8, &mut batch, &mut due), 1);

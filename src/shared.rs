@@ -18,12 +18,14 @@
 //! The list is swept (its keys evicted if still Idle) when a token holder runs out of ready keys
 //! or the list grows past [`IDLE_LIST_MAX`]. Keys that go idle and busy again while the
 //! dispatcher streams jobs are thus not evicted and re-created for every job, and memory stays
-//! bounded by the live keys plus the list. With `idle_timeout`, keys are stamped instead and a
-//! pool timer evicts those idle for longer than the timeout.
+//! bounded by the live keys plus the list (and the spares below). With `idle_timeout`, keys
+//! are stamped instead and a pool timer evicts those idle for longer than the timeout.
 //!
 //! A sweep keeps up to [`SPARES_MAX`] of the mailboxes it evicts as spares, for new keys: with
 //! keys coming and going, a mailbox would otherwise be allocated by a producer and freed by a
-//! worker for every key, and the allocator's locks would be contended between the two.
+//! worker for every key, and the allocator's locks would be contended between the two. A spare
+//! holds no key (the evicted key is dropped when the mailbox is retired) and a small queue
+//! buffer; a sweep that races the shutdown may leave a few spares until the dispatcher drops.
 //!
 //! # Groups and flushes
 //!
@@ -31,7 +33,7 @@
 //! keeps the group beside the queue as a *mark* (see `mailbox`), as it keeps flush barriers.
 //! After each job of a turn the worker completes the marks due behind it: the job's group
 //! (see `group`), with the job's outcome whatever it was, and the flush barriers behind it;
-//! after the turn, the barriers registered during it. `close_now` completes the groups of the
+//! after each batch, the barriers registered during it. `close_now` completes the groups of the
 //! jobs it hands back, and releases the barriers of the keys it empties.
 //!
 //! This module holds the shared state, the producers' side and the shutdown; `turns` holds the
@@ -322,8 +324,7 @@ where
             Err(job) => job,
         };
         // Slow path: create the mailbox under the shard's write lock, unless another producer
-        // did meanwhile. A reused mailbox's old key is dropped once the lock is released.
-        let mut retired = None;
+        // did meanwhile.
         let (routed, key) =
             self.keys
                 .get_or_insert(key, job, |existing, key, job| match existing {
@@ -341,8 +342,7 @@ where
                     None if self.gate.is_halted() => (Err((job, None)), None),
                     None => {
                         log::debug!("{}: key {key:?} created", self.config.name);
-                        let mailbox =
-                            self.mailbox_for(key.clone(), job, group.take(), &mut retired);
+                        let mailbox = self.mailbox_for(key.clone(), job, group.take());
                         (Ok(Some(Arc::clone(&mailbox))), Some(mailbox))
                     }
                 });
@@ -357,15 +357,9 @@ where
         }
     }
 
-    /// A mailbox for a new key holding `job`: a spare one if there is one at hand (its old key
-    /// goes to `retired`), else a fresh one.
-    fn mailbox_for(
-        &self,
-        key: K,
-        job: J,
-        group: Option<Arc<GroupState>>,
-        retired: &mut Option<K>,
-    ) -> Arc<Mailbox<K, J>> {
+    /// A mailbox for a new key holding `job`: a spare one if there is one at hand, else a fresh
+    /// one.
+    fn mailbox_for(&self, key: K, job: J, group: Option<Arc<GroupState>>) -> Arc<Mailbox<K, J>> {
         // Not waiting for a sweeper that is putting spares back: allocating is as good.
         let spare = self
             .spares
@@ -375,7 +369,7 @@ where
         match spare {
             Some(mut mailbox) => {
                 let unshared = Arc::get_mut(&mut mailbox).expect("a spare mailbox is unshared");
-                *retired = Some(unshared.reuse(key, job, group));
+                unshared.reuse(key, job, group);
                 mailbox
             }
             None => Arc::new(Mailbox::new(key, job, group)),
@@ -385,9 +379,9 @@ where
     /// Keeps evicted mailboxes that nothing else refers to as spares, up to [`SPARES_MAX`];
     /// drops the others. Each is checked empty, so that a job stranded in an evicted mailbox
     /// by a broken eviction is lost (and shows in the models) rather than run under the next
-    /// key to reuse the mailbox.
+    /// key to reuse the mailbox. Called without locks: retiring drops the evicted keys.
     fn keep_spares(&self, evicted: &mut Vec<Arc<Mailbox<K, J>>>) {
-        evicted.retain_mut(|mailbox| Arc::get_mut(mailbox).is_some_and(Mailbox::is_spare));
+        evicted.retain_mut(|mailbox| Arc::get_mut(mailbox).is_some_and(Mailbox::retire));
         if evicted.is_empty() {
             return;
         }
@@ -570,7 +564,7 @@ where
             released.extend(marks);
             if !queue.is_empty() {
                 jobs += queue.len();
-                left.push((mailbox.key.clone(), Vec::from(queue)));
+                left.push((mailbox.key().clone(), Vec::from(queue)));
             }
             true
         });
@@ -604,7 +598,7 @@ where
         self.keys.remove_where(|mailbox| {
             let evicted = mailbox.try_evict(None);
             debug_assert!(evicted, "a key was busy after its dispatcher drained");
-            log::debug!("{name}: key {:?} evicted", mailbox.key);
+            log::debug!("{name}: key {:?} evicted", mailbox.key());
             true
         });
         self.clear_sched();

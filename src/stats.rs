@@ -42,7 +42,7 @@ pub struct Stats {
 /// instead of being counted on the dispatch path.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Added once per turn, by the worker that ran it.
+    /// Added once per batch of a turn, by the worker that ran it.
     completed: CachePadded<AtomicU64>,
     /// Workers inside a turn of this dispatcher.
     running: CachePadded<AtomicUsize>,

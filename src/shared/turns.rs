@@ -55,10 +55,10 @@ where
         let mut done;
         let mut halted;
         loop {
-            (done, halted) = self.run_batch(&mailbox.key, batch, due);
+            (done, halted) = self.run_batch(mailbox.key(), batch, due);
             self.counters.completed(done);
             if halted
-                || !self.more_jobs(mailbox, worker)
+                || !self.more_jobs(mailbox, done, worker)
                 || mailbox.continue_turn(max, batch, due) == 0
             {
                 break;
@@ -114,10 +114,12 @@ where
         }
     }
 
-    /// At the end of a batch: whether the turn should go on with the key's next jobs, waiting
-    /// a few spin steps for one to arrive. Not when another key is ready, another dispatcher
-    /// waits for the thread, or `close_now` has begun.
-    fn more_jobs(&self, mailbox: &Mailbox<K, J>, worker: &Worker<'_>) -> bool {
+    /// At the end of a batch of `ran` jobs: whether the turn should go on with the key's next
+    /// jobs, waiting a few spin steps for one to arrive. Not when another key is ready, another
+    /// dispatcher waits for the thread, or `close_now` has begun; and no waiting while the key
+    /// or the gate is full, since the batch's jobs still hold their room until the turn ends
+    /// or goes on, so no job can arrive.
+    fn more_jobs(&self, mailbox: &Mailbox<K, J>, ran: usize, worker: &Worker<'_>) -> bool {
         let mut step = 0;
         loop {
             // ORDERING: Relaxed hints; a stale one costs a turn of fairness or a short wait.
@@ -130,7 +132,11 @@ where
             if mailbox.has_queued() {
                 return true;
             }
-            if step >= LINGER_STEPS {
+            if step >= LINGER_STEPS
+                || (step == 0
+                    && (ran >= self.config.key_capacity
+                        || self.gate.count() >= self.config.capacity))
+            {
                 return false;
             }
             spin_once(step);
@@ -260,11 +266,11 @@ where
         for mailbox in idle {
             swept += 1;
             let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict(None);
-            let evicted = self.keys.remove_if(&mailbox.key, |current| {
+            let evicted = self.keys.remove_if(mailbox.key(), |current| {
                 Arc::ptr_eq(current, &mailbox) && (early || current.try_evict(None))
             });
             if evicted {
-                log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key);
+                log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key());
                 evicted_all.push(mailbox);
             }
         }
@@ -364,7 +370,7 @@ where
             if evicted {
                 log::debug!(
                     "{name}: key {:?} evicted after {timeout:?} idle",
-                    mailbox.key
+                    mailbox.key()
                 );
             }
             evicted
