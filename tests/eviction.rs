@@ -37,6 +37,56 @@ fn idle_keys_are_evicted_to_zero() {
     assert_eq!(d.stats().keys, 0);
 }
 
+/// A key that owns a resource: equal and hashed by its id, holding a share of a token (only
+/// for its drop).
+#[derive(Debug, Clone)]
+struct Owning {
+    id: u64,
+    _token: Arc<()>,
+}
+
+impl PartialEq for Owning {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Owning {}
+
+impl std::hash::Hash for Owning {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+#[test]
+fn an_evicted_key_is_dropped_not_kept_with_its_mailbox() {
+    let _watchdog = Watchdog::new("evicted keys dropped", HANG);
+    let token = Arc::new(());
+    let d = Dispatcher::builder()
+        .workers(2)
+        .build(|_: &Owning, _: u64| {})
+        .unwrap();
+    // Waves of fresh keys, so that later waves reuse the mailboxes the earlier ones left.
+    for wave in 0..3 {
+        for id in 0..common::scaled(5_000) as u64 {
+            let key = Owning {
+                id: wave * 1_000_000 + id,
+                _token: Arc::clone(&token),
+            };
+            d.dispatch(key, id).unwrap();
+        }
+        d.wait_idle().unwrap();
+        assert_eq!(d.stats().keys, 0);
+        assert_eq!(
+            Arc::strong_count(&token),
+            1,
+            "wave {wave}: keys outlived their eviction"
+        );
+    }
+    d.close();
+}
+
 #[test]
 fn memory_follows_live_keys_while_busy() {
     let _watchdog = Watchdog::new("bounded idle keys", HANG);
