@@ -80,8 +80,8 @@ use crate::{
 };
 use std::{collections::VecDeque, time::Instant};
 
-/// The largest queue buffer a spare mailbox keeps (see [`Mailbox::retire`]).
-const SPARE_QUEUE_MAX: usize = 64;
+/// The largest queue buffer, in bytes, that a spare mailbox keeps (see [`Mailbox::retire`]).
+const SPARE_QUEUE_BYTES: usize = 1024;
 
 /// A group's job, or a flush barrier, beside the queue (see the module docs).
 #[derive(Debug)]
@@ -221,7 +221,7 @@ impl<K, J> Mailbox<K, J> {
 
     /// Turns an evicted mailbox that nothing else refers to any more into a spare, dropping
     /// its key (here: an evicted key is not kept alive by its spare) and a queue buffer grown
-    /// past [`SPARE_QUEUE_MAX`]. Returns false, leaving it as it is, if it is not evicted and
+    /// past [`SPARE_QUEUE_BYTES`]. Returns false, leaving it as it is, if it is not evicted and
     /// empty, as eviction leaves it.
     pub(crate) fn retire(&mut self) -> bool {
         let inner = self
@@ -231,7 +231,12 @@ impl<K, J> Mailbox<K, J> {
         if inner.state != State::Evicted || !inner.queue.is_empty() || !inner.marks.is_empty() {
             return false;
         }
-        if inner.queue.capacity() > SPARE_QUEUE_MAX {
+        if inner
+            .queue
+            .capacity()
+            .saturating_mul(std::mem::size_of::<J>())
+            > SPARE_QUEUE_BYTES
+        {
             inner.queue = VecDeque::new();
         }
         self.key = None;
