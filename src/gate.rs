@@ -7,7 +7,7 @@
 //! [`CLOSED`] is counted, and `close` waits until the count falls to zero, so it drains exactly
 //! the jobs that were accepted.
 
-use crate::sync::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Set once `close` or `close_now` has begun: no dispatch enters any more.
@@ -33,17 +33,17 @@ pub(crate) struct Gate {
     /// `CLOSED | HALTED | count`, where `count` is the number of jobs accepted and not yet
     /// finished, plus reservations of producers that are between entering and pushing their job.
     word: CachePadded<AtomicUsize>,
-    /// A copy of [`HALTED`] on a line of its own, for the check before each job of a turn:
-    /// every dispatch writes `word`, so reading that per job would bounce its line between the
-    /// producers and the workers.
-    halted: CachePadded<AtomicBool>,
+    /// A copy of the flags on a line of their own, for the checks made per job: every dispatch
+    /// and every finished batch write `word`, so reading it where no write is needed would bounce
+    /// its line between the producers and the workers once more per job. Set after `word`.
+    flags: CachePadded<AtomicUsize>,
 }
 
 impl Gate {
     pub(crate) fn new() -> Self {
         Gate {
             word: CachePadded::new(AtomicUsize::new(0)),
-            halted: CachePadded::new(AtomicBool::new(false)),
+            flags: CachePadded::new(AtomicUsize::new(0)),
         }
     }
 
@@ -54,8 +54,10 @@ impl Gate {
     // read by `Shared::left` (the Dekker pair that makes `wait_idle` lose no wake-up).
     pub(crate) fn enter(&self, capacity: usize) -> Result<(), (Refused, bool)> {
         // A dispatch after close is refused without touching the count, so that a storm of
-        // them neither contends with the workers nor shows up in the count.
-        if self.is_closed() {
+        // them neither contends with the workers nor shows up in the count. A stale copy only
+        // lets a dispatch on to the `fetch_add`, which decides.
+        // ORDERING: Relaxed, as above.
+        if self.flags.load(Ordering::Relaxed) & CLOSED != 0 {
             return Err((Refused::Closed, false));
         }
         let prev = self.word.fetch_add(1, Ordering::SeqCst);
@@ -84,14 +86,19 @@ impl Gate {
 
     /// Sets [`CLOSED`]; returns true for the call that set it.
     pub(crate) fn close(&self) -> bool {
-        self.word.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0
+        self.set(CLOSED)
     }
 
     /// Sets [`CLOSED`] and [`HALTED`]; returns true for the call that set `CLOSED`.
     pub(crate) fn halt(&self) -> bool {
+        self.set(CLOSED | HALTED)
+    }
+
+    fn set(&self, flags: usize) -> bool {
+        let first = self.word.fetch_or(flags, Ordering::SeqCst) & CLOSED == 0;
         // ORDERING: Relaxed; see `halt_seen`.
-        self.halted.store(true, Ordering::Relaxed);
-        self.word.fetch_or(CLOSED | HALTED, Ordering::SeqCst) & CLOSED == 0
+        self.flags.fetch_or(flags, Ordering::Relaxed);
+        first
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -104,11 +111,15 @@ impl Gate {
         self.word.load(Ordering::SeqCst) & HALTED != 0
     }
 
-    /// Whether `close_now` has begun, as a hint that may come late: a turn stops early when it
-    /// sees it, and one that does not is simply waited for (see `Shared::run_turn`).
-    // ORDERING: Relaxed; nothing is read on the strength of it.
+    /// Whether `close_now` has begun, read from the copy. It may come late, which is enough
+    /// where a lock orders it after the halt: `close_now` sets the flag before it takes the
+    /// map's shard locks and the mailboxes' locks, so whoever holds one of those after it sees
+    /// the flag, and whoever held it before has its job taken by `close_now`. Elsewhere it is a
+    /// hint: a turn stops early when it sees it, and one that does not is simply waited for
+    /// (see `Shared::run_turn`).
+    // ORDERING: Relaxed; the locks above order it where it matters.
     pub(crate) fn halt_seen(&self) -> bool {
-        self.halted.load(Ordering::Relaxed)
+        self.flags.load(Ordering::Relaxed) & HALTED != 0
     }
 
     /// Jobs accepted and not yet finished (plus in-flight reservations).

@@ -287,7 +287,7 @@ impl<K, J> Mailbox<K, J> {
         );
         // Checked under this lock: `close_now` sets the flag before taking any queue, and takes
         // each queue under this lock, so a job pushed here is either taken or refused.
-        if gate.is_halted() {
+        if gate.halt_seen() {
             return Push::Halted(job);
         }
         if inner.queue.len() + inner.in_turn >= capacity {

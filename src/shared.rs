@@ -341,7 +341,7 @@ where
                     }
                     // Checked under the write lock: `close_now` sets the flag before it drains the
                     // map, so a mailbox created here is either drained or never created.
-                    None if self.gate.is_halted() => (Err((job, None)), None),
+                    None if self.gate.halt_seen() => (Err((job, None)), None),
                     None => {
                         log::debug!("{}: key {key:?} created", self.config.name);
                         let mailbox = self.mailbox_for(key.clone(), job, group.take());
