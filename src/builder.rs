@@ -151,15 +151,16 @@ where
     }
 
     /// Keeps an idle key in the routing map for `timeout` before evicting it, so that a key
-    /// that comes back soon keeps its entry. The default, zero, evicts idle keys as soon as the
-    /// dispatcher has no key ready to run, and keeps at most a few thousand idle keys while it
-    /// is busy.
+    /// that comes back within it keeps its entry. The default, zero, evicts an idle key once it
+    /// has stayed idle from one of the dispatcher's periodic sweeps to the next (20 to 40 ms),
+    /// or sooner when more than 4,096 keys are idle while the dispatcher is busy;
+    /// [`wait_idle`](crate::Dispatcher::wait_idle) evicts every idle key at once.
     ///
-    /// Keeping keys pays off when the same keys come back while they would have been evicted:
-    /// a key's first job after its eviction creates its entry again, under the map shard's
-    /// write lock. It costs memory (every key seen within `timeout` stays), and a scan of the
-    /// map every `timeout / 2` while keys are held, which a million short-lived keys make
-    /// slower than evicting them at once.
+    /// A timeout pays off when keys come back after longer gaps than that: a key's first job
+    /// after its eviction creates its entry again, under the map shard's write lock. It costs
+    /// memory (every key seen within `timeout` stays), and a scan of the map every
+    /// `timeout / 2` while keys are held, which a million short-lived keys make slower than
+    /// evicting them early.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self

@@ -25,8 +25,9 @@
 //!   the worker puts the key back in the ready queue if jobs are left (so one hot key cannot
 //!   hold a thread while other keys wait), or makes it Idle.
 //! - **Idle**: in the map, empty, owned by nobody. A push makes it Queued again and schedules
-//!   it. An idle key is evicted by a *sweep*: lazily when its dispatcher runs out of ready keys
-//!   (or has too many idle keys), or after `idle_timeout` when one is set.
+//!   it. An idle key is evicted by a *sweep* once it has stayed idle from one of its
+//!   dispatcher's periodic sweeps to the next (sooner when the dispatcher has too many idle
+//!   keys, at once in `wait_idle`), or after `idle_timeout` when one is set.
 //! - **Evicted**: removed from the map under the shard's write lock, in the same critical
 //!   section that checked it was still Idle. Producers only push while holding the shard lock,
 //!   so none can push into an evicted mailbox; a dispatch that comes later finds the key absent
@@ -129,6 +130,9 @@ struct Inner<J> {
     /// True while the mailbox has an entry in its dispatcher's idle list, so that it has at
     /// most one there.
     listed: bool,
+    /// Set when the key is scheduled again while listed: the next sweep that meets its entry
+    /// keeps it listed (clearing this) instead of evicting it. See [`Mailbox::second_chance`].
+    used: bool,
     /// Producers blocked on `room`.
     waiters: usize,
     /// When the key last became Idle; kept only when an idle timeout is set.
@@ -197,6 +201,7 @@ impl<K, J> Mailbox<K, J> {
                 marks: Marks::new(),
                 state: State::Evicted,
                 listed: false,
+                used: false,
                 waiters: 0,
                 idle_since: None,
             }),
@@ -262,6 +267,7 @@ impl<K, J> Mailbox<K, J> {
         }
         inner.state = State::Queued;
         inner.listed = false;
+        inner.used = false;
         inner.idle_since = None;
         self.queued.store(1, Ordering::Relaxed);
     }
@@ -299,6 +305,7 @@ impl<K, J> Mailbox<K, J> {
         }
         if inner.state == State::Idle {
             inner.state = State::Queued;
+            inner.used = true;
             return Push::Schedule;
         }
         drop(inner);
@@ -500,7 +507,10 @@ impl<K, J> Mailbox<K, J> {
             inner.idle_since = now;
             // A stamped key waits for its idle timeout; only the others go to the idle list.
             let list = now.is_none() && !inner.listed;
-            inner.listed |= list;
+            if list {
+                inner.listed = true;
+                inner.used = false;
+            }
             EndTurn::Idle { list }
         }
     }
@@ -511,6 +521,7 @@ impl<K, J> Mailbox<K, J> {
     pub(crate) fn try_evict(&self, expiry: Option<Instant>) -> bool {
         let mut inner = lock(&self.inner);
         inner.listed = false;
+        inner.used = false;
         let expired = match (expiry, inner.idle_since) {
             (None, _) => true,
             (Some(expiry), Some(since)) => since <= expiry,
@@ -524,6 +535,19 @@ impl<K, J> Mailbox<K, J> {
         } else {
             false
         }
+    }
+
+    /// Sweeper, for a listed key: true if it has been scheduled since it was listed or last
+    /// given a second chance, in which case it stays listed and the sweeper files its entry
+    /// again instead of evicting it. A key that comes back between two sweeps is thus kept;
+    /// one that stays idle from one sweep to the next is evicted by the second. No map lock is
+    /// needed: keeping a key is always safe.
+    pub(crate) fn second_chance(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        // Not listed any more if the shutdown evicted it meanwhile.
+        let keep = inner.listed && inner.used;
+        inner.used = false;
+        keep
     }
 
     /// `close_now`: takes every queued job and every mark (one per grouped job among them, and
@@ -624,6 +648,23 @@ mod tests {
         assert_eq!(mb.push(1, &mut None, 8, &gate), Push::Schedule);
         turn(&mb, 8);
         assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: false });
+    }
+
+    #[test]
+    fn a_key_scheduled_since_it_was_listed_gets_one_second_chance() {
+        let gate = Gate::new();
+        let mb = Mailbox::new(1u8, 0u32, None);
+        turn(&mb, 8);
+        let mut none = VecDeque::new();
+        assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: true });
+        assert!(!mb.second_chance(), "idle since it was listed");
+        assert_eq!(mb.push(1, &mut None, 8, &gate), Push::Schedule);
+        assert!(mb.second_chance(), "scheduled since it was listed");
+        assert!(!mb.second_chance(), "the chance was used up");
+        turn(&mb, 8);
+        assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: false });
+        assert!(mb.try_evict(None));
+        assert!(!mb.second_chance(), "evicted: not listed any more");
     }
 
     #[test]

@@ -14,12 +14,17 @@
 //!
 //! # Eviction
 //!
-//! When a key's turn ends with its queue empty it becomes Idle and is entered in the idle list.
-//! The list is swept (its keys evicted if still Idle) when a token holder runs out of ready keys
-//! or the list grows past [`IDLE_LIST_MAX`]. Keys that go idle and busy again while the
-//! dispatcher streams jobs are thus not evicted and re-created for every job, and memory stays
-//! bounded by the live keys plus the list (and the spares below). With `idle_timeout`, keys
-//! are stamped instead and a pool timer evicts those idle for longer than the timeout.
+//! When a key's turn ends with its queue empty it becomes Idle and is entered in the idle list
+//! (unless it is there already). A *sweep* evicts the listed keys that are still Idle, except
+//! those scheduled again since the last sweep met them: those get a second chance and stay
+//! listed. Sweeps run from a pool timer every [`SWEEP_PERIOD`], armed by a token holder that
+//! runs out of ready keys while keys are listed, and on the oldest [`SPARES_MAX`] entries
+//! whenever the list grows past [`IDLE_LIST_MAX`] (no more than the spares below can take, so
+//! that keys coming and going reuse what such a sweep evicts). A key that comes back within a period thus keeps its entry
+//! (re-creating it costs the map's write lock and the producers' time), a key idle for two
+//! periods is gone, and memory stays bounded by the live keys plus the list (and the spares
+//! below). `wait_idle` and the shutdown evict every idle key at once. With `idle_timeout`,
+//! keys are stamped instead and the timer evicts those idle for longer than the timeout.
 //!
 //! A sweep keeps up to [`SPARES_MAX`] of the mailboxes it evicts as spares, for new keys: with
 //! keys coming and going, a mailbox would otherwise be allocated by a producer and freed by a
@@ -63,15 +68,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Idle keys kept in the idle list before the oldest half is evicted even though the dispatcher
-/// is busy.
+/// Idle keys kept in the idle list before its oldest entries are swept even though the
+/// dispatcher is busy.
 pub(crate) const IDLE_LIST_MAX: usize = 4096;
 
+/// How often the idle list is swept while keys are listed (see the module docs). `None` in
+/// the models, where a token holder that runs out of ready keys sweeps the whole list at once,
+/// as the timer would after a period without work.
+pub(crate) const SWEEP_PERIOD: Option<Duration> = if crate::sync::CHECKED {
+    None
+} else {
+    Some(Duration::from_millis(20))
+};
+
 /// Evicted mailboxes kept for new keys, so that keys coming and going do not allocate and free
-/// a mailbox each (across threads: a worker frees what a producer allocated). A quarter of an
-/// idle list: 4,096 was faster with a million keys coming and going, but then a dispatcher
-/// holds about a MiB of spares once it has seen enough keys.
-const SPARES_MAX: usize = 1024;
+/// a mailbox each (across threads: a worker frees what a producer allocated). 4,096 was faster
+/// with a million keys coming and going, but then a dispatcher holds about a MiB of spares once
+/// it has seen enough keys.
+pub(crate) const SPARES_MAX: usize = 1024;
 
 /// The hook called with the payload of a panicking job.
 pub(crate) type PanicHook<K> = Box<dyn Fn(&K, &(dyn Any + Send)) + Send + Sync>;
@@ -164,6 +178,8 @@ struct Sched<K, J> {
     tokens: usize,
     /// Token holders spinning for a ready key.
     searching: usize,
+    /// Set once the shutdown has taken the lists: a sweep racing it files no key again.
+    cleared: bool,
 }
 
 /// What routing a job to its key's mailbox did.
@@ -198,6 +214,7 @@ where
                 idle: VecDeque::new(),
                 tokens: 0,
                 searching: 0,
+                cleared: false,
             })),
             ready_hint: CachePadded::new(AtomicUsize::new(0)),
             listed: CachePadded::new(AtomicUsize::new(0)),
@@ -471,8 +488,24 @@ where
         if self.pool.is_current() {
             return Err(WaitError::WouldDeadlock);
         }
-        self.idle.wait_until(None, || self.is_idle());
-        Ok(())
+        let Some(period) = SWEEP_PERIOD else {
+            self.idle.wait_until(None, || self.is_idle());
+            return Ok(());
+        };
+        loop {
+            // Once every job has finished, evict the idle keys now rather than at the next
+            // sweep. A key that a worker has counted but not yet filed is swept by the next
+            // round, or by the timer.
+            self.idle.wait_until(None, || self.gate.count() == 0);
+            let idle = std::mem::take(&mut lock(&self.sched).idle);
+            self.sweep(idle, false);
+            if self
+                .idle
+                .wait_until(Some(Instant::now() + period), || self.is_idle())
+            {
+                return Ok(());
+            }
+        }
     }
 
     /// Blocks until every job of `key` pushed before the call has finished (or was handed
@@ -615,6 +648,7 @@ where
     fn clear_sched(&self) {
         let (ready, idle) = {
             let mut sched = lock(&self.sched);
+            sched.cleared = true;
             (
                 std::mem::take(&mut sched.ready),
                 std::mem::take(&mut sched.idle),

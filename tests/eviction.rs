@@ -167,6 +167,23 @@ fn dispatch_racing_eviction_keeps_order() {
 }
 
 #[test]
+fn idle_keys_are_evicted_without_waiting_once_the_dispatcher_is_quiet() {
+    let _watchdog = Watchdog::new("eviction by the sweep timer", HANG);
+    let d = Dispatcher::builder()
+        .workers(2)
+        .build(|_: &u64, _: ()| {})
+        .unwrap();
+    let keys = common::scaled(1_000) as u64;
+    for key in 0..keys {
+        d.dispatch(key, ()).unwrap();
+    }
+    wait_for(|| d.stats().completed == keys);
+    // No `wait_idle`: the periodic sweep alone evicts them.
+    wait_for(|| d.stats().keys == 0);
+    assert_eq!(d.close().stats.completed, keys);
+}
+
+#[test]
 fn idle_timeout_keeps_a_key_until_it_expires() {
     let _watchdog = Watchdog::new("idle timeout", HANG);
     let timeout = Duration::from_millis(50);

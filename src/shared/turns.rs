@@ -1,7 +1,7 @@
 //! The workers' side of the key protocol: turns of ready keys, the search for the next one,
 //! and the sweeps that evict idle keys (see the parent module's docs).
 
-use super::{Sched, Shared, IDLE_LIST_MAX};
+use super::{Sched, Shared, IDLE_LIST_MAX, SPARES_MAX, SWEEP_PERIOD};
 use crate::{
     group::Outcome,
     mailbox::{EndTurn, Mailbox, Marks},
@@ -79,7 +79,7 @@ where
             EndTurn::Idle { list: true } => {
                 self.listed.fetch_add(1, Ordering::SeqCst);
             }
-            EndTurn::Idle { list: false } if stamp.is_some() => self.set_idle_timer(),
+            EndTurn::Idle { list: false } if stamp.is_some() => self.set_timer(),
             _ => {}
         }
         self.turn_ended();
@@ -211,7 +211,7 @@ where
         if let Some((mailbox, end)) = ended {
             if let Some(oldest) = self.file(&mut sched, mailbox, end) {
                 drop(sched);
-                self.sweep(oldest);
+                self.sweep(oldest, true);
                 sched = lock(&self.sched);
             }
         }
@@ -236,16 +236,21 @@ where
                 return Some(mailbox);
             }
         }
-        if !sched.idle.is_empty() {
+        if SWEEP_PERIOD.is_none() && !sched.idle.is_empty() {
             let idle = std::mem::take(&mut sched.idle);
             drop(sched);
-            self.sweep(idle);
+            self.sweep(idle, false);
             sched = lock(&self.sched);
             if let Some(mailbox) = self.pop(&mut sched) {
                 return Some(mailbox);
             }
         }
+        let listed = !sched.idle.is_empty();
         sched.tokens -= 1;
+        drop(sched);
+        if listed {
+            self.set_timer();
+        }
         None
     }
 
@@ -259,11 +264,22 @@ where
         Some(mailbox)
     }
 
-    /// Evicts the keys of a swept idle list that are still Idle.
-    fn sweep(&self, idle: impl IntoIterator<Item = Arc<Mailbox<K, J>>>) {
+    /// Evicts the keys of a swept part of the idle list that are still Idle. With
+    /// `second_chance`, keys scheduled since the last sweep are filed again instead (see
+    /// `Mailbox::second_chance`).
+    pub(super) fn sweep(
+        &self,
+        idle: impl IntoIterator<Item = Arc<Mailbox<K, J>>>,
+        second_chance: bool,
+    ) {
         let mut swept = 0;
+        let mut kept = Vec::new();
         let mut evicted_all = Vec::new();
         for mailbox in idle {
+            if second_chance && mailbox.second_chance() {
+                kept.push(mailbox);
+                continue;
+            }
             swept += 1;
             let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict(None);
             let evicted = self.keys.remove_if(mailbox.key(), |current| {
@@ -272,6 +288,15 @@ where
             if evicted {
                 log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key());
                 evicted_all.push(mailbox);
+            }
+        }
+        if !kept.is_empty() {
+            let mut sched = lock(&self.sched);
+            if sched.cleared {
+                // The shutdown evicted every key meanwhile.
+                swept += kept.len();
+            } else {
+                sched.idle.extend(kept.drain(..));
             }
         }
         self.keep_spares(&mut evicted_all);
@@ -296,7 +321,7 @@ where
         drop(sched);
         self.submit_token();
         if let Some(oldest) = overflow {
-            self.sweep(oldest);
+            self.sweep(oldest, true);
         }
         true
     }
@@ -317,18 +342,39 @@ where
             EndTurn::Idle { list: true } => sched.idle.push_back(mailbox),
             EndTurn::Idle { list: false } | EndTurn::Halted => {}
         }
-        (sched.idle.len() > IDLE_LIST_MAX).then(|| sched.idle.drain(..IDLE_LIST_MAX / 2).collect())
+        (sched.idle.len() > IDLE_LIST_MAX).then(|| sched.idle.drain(..SPARES_MAX).collect())
     }
 
-    /// Arms the pool timer that evicts keys idle for longer than `idle_timeout`.
-    fn set_idle_timer(&self) {
+    /// Arms the pool timer that evicts idle keys: those idle for longer than `idle_timeout`
+    /// if one is set, else those left in the idle list through a whole [`SWEEP_PERIOD`].
+    fn set_timer(&self) {
+        let Some(delay) = self.config.idle_timeout.or(SWEEP_PERIOD) else {
+            return;
+        };
         // ORDERING: SeqCst, paired with `on_timer`'s disarm-then-recheck.
         if !self.timer_set.swap(true, Ordering::SeqCst) {
-            if let Some(timeout) = self.config.idle_timeout {
-                self.pool
-                    .set_timer(Instant::now() + timeout, self.as_source());
-            }
+            self.pool
+                .set_timer(Instant::now() + delay, self.as_source());
         }
+    }
+
+    /// The sweep timer without an idle timeout: sweeps the idle list, giving the keys
+    /// scheduled since the last sweep a second chance, and comes back after another period
+    /// while keys remain listed.
+    fn sweep_on_timer(&self, now: Instant) -> Option<Instant> {
+        let period = SWEEP_PERIOD?;
+        let idle = std::mem::take(&mut lock(&self.sched).idle);
+        self.sweep(idle, true);
+        let listed = || !lock(&self.sched).idle.is_empty();
+        if listed() {
+            return Some(now + period);
+        }
+        // Disarm, then look again: a worker that listed a key meanwhile saw the timer armed.
+        self.timer_set.store(false, Ordering::SeqCst);
+        if listed() && !self.timer_set.swap(true, Ordering::SeqCst) {
+            return Some(now + period);
+        }
+        None
     }
 }
 
@@ -362,7 +408,9 @@ where
     }
 
     fn on_timer(&self, now: Instant) -> Option<Instant> {
-        let timeout = self.config.idle_timeout?;
+        let Some(timeout) = self.config.idle_timeout else {
+            return self.sweep_on_timer(now);
+        };
         let expiry = now.checked_sub(timeout)?;
         let name = &self.config.name;
         self.keys.remove_where(|mailbox| {
