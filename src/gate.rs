@@ -7,7 +7,7 @@
 //! [`CLOSED`] is counted, and `close` waits until the count falls to zero, so it drains exactly
 //! the jobs that were accepted.
 
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Set once `close` or `close_now` has begun: no dispatch enters any more.
@@ -19,6 +19,13 @@ const FLAGS: usize = CLOSED | HALTED;
 /// The largest global capacity the gate can count, with room above it for the transient
 /// reservations of concurrent producers that find the gate full or closed.
 pub(crate) const MAX_CAPACITY: usize = usize::MAX >> 3;
+
+/// The flags' copies: each only ever set, by a plain store, so no update can be lost.
+#[derive(Debug, Default)]
+struct Copies {
+    closed: AtomicBool,
+    halted: AtomicBool,
+}
 
 /// Why a dispatch could not enter.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,17 +40,17 @@ pub(crate) struct Gate {
     /// `CLOSED | HALTED | count`, where `count` is the number of jobs accepted and not yet
     /// finished, plus reservations of producers that are between entering and pushing their job.
     word: CachePadded<AtomicUsize>,
-    /// A copy of the flags on a line of their own, for the checks made per job: every dispatch
+    /// Copies of the flags on a line of their own, for the checks made per job: every dispatch
     /// and every finished batch write `word`, so reading it where no write is needed would bounce
     /// its line between the producers and the workers once more per job. Set after `word`.
-    flags: CachePadded<AtomicUsize>,
+    copies: CachePadded<Copies>,
 }
 
 impl Gate {
     pub(crate) fn new() -> Self {
         Gate {
             word: CachePadded::new(AtomicUsize::new(0)),
-            flags: CachePadded::new(AtomicUsize::new(0)),
+            copies: CachePadded::new(Copies::default()),
         }
     }
 
@@ -57,7 +64,7 @@ impl Gate {
         // them neither contends with the workers nor shows up in the count. A stale copy only
         // lets a dispatch on to the `fetch_add`, which decides.
         // ORDERING: Relaxed, as above.
-        if self.flags.load(Ordering::Relaxed) & CLOSED != 0 {
+        if self.copies.closed.load(Ordering::Relaxed) {
             return Err((Refused::Closed, false));
         }
         let prev = self.word.fetch_add(1, Ordering::SeqCst);
@@ -86,18 +93,18 @@ impl Gate {
 
     /// Sets [`CLOSED`]; returns true for the call that set it.
     pub(crate) fn close(&self) -> bool {
-        self.set(CLOSED)
+        let first = self.word.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0;
+        // ORDERING: Relaxed; see `enter`.
+        self.copies.closed.store(true, Ordering::Relaxed);
+        first
     }
 
     /// Sets [`CLOSED`] and [`HALTED`]; returns true for the call that set `CLOSED`.
     pub(crate) fn halt(&self) -> bool {
-        self.set(CLOSED | HALTED)
-    }
-
-    fn set(&self, flags: usize) -> bool {
-        let first = self.word.fetch_or(flags, Ordering::SeqCst) & CLOSED == 0;
-        // ORDERING: Relaxed; see `halt_seen`.
-        self.flags.fetch_or(flags, Ordering::Relaxed);
+        let first = self.word.fetch_or(CLOSED | HALTED, Ordering::SeqCst) & CLOSED == 0;
+        // ORDERING: Relaxed; see `enter` and `halt_seen`.
+        self.copies.closed.store(true, Ordering::Relaxed);
+        self.copies.halted.store(true, Ordering::Relaxed);
         first
     }
 
@@ -119,7 +126,7 @@ impl Gate {
     /// (see `Shared::run_turn`).
     // ORDERING: Relaxed; the locks above order it where it matters.
     pub(crate) fn halt_seen(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & HALTED != 0
+        self.copies.halted.load(Ordering::Relaxed)
     }
 
     /// Jobs accepted and not yet finished (plus in-flight reservations).
