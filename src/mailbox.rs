@@ -130,8 +130,9 @@ struct Inner<J> {
     /// True while the mailbox has an entry in its dispatcher's idle list, so that it has at
     /// most one there.
     listed: bool,
-    /// Set when the key is scheduled again while listed: the next sweep that meets its entry
-    /// keeps it listed (clearing this) instead of evicting it. See [`Mailbox::second_chance`].
+    /// Set when the key is listed, and when it is scheduled again while listed: the next sweep
+    /// that meets its entry keeps it listed (clearing this) instead of evicting it. See
+    /// [`Mailbox::second_chance`].
     used: bool,
     /// Producers blocked on `room`.
     waiters: usize,
@@ -508,8 +509,10 @@ impl<K, J> Mailbox<K, J> {
             // A stamped key waits for its idle timeout; only the others go to the idle list.
             let list = now.is_none() && !inner.listed;
             if list {
+                // Counted as used, so that the first sweep to meet it spares it: a key is
+                // evicted only once it has stayed idle from one sweep to the next.
                 inner.listed = true;
-                inner.used = false;
+                inner.used = true;
             }
             EndTurn::Idle { list }
         }
@@ -537,11 +540,11 @@ impl<K, J> Mailbox<K, J> {
         }
     }
 
-    /// Sweeper, for a listed key: true if it has been scheduled since it was listed or last
-    /// given a second chance, in which case it stays listed and the sweeper files its entry
-    /// again instead of evicting it. A key that comes back between two sweeps is thus kept;
-    /// one that stays idle from one sweep to the next is evicted by the second. No map lock is
-    /// needed: keeping a key is always safe.
+    /// Sweeper, for a listed key: true if it was listed or scheduled since the last sweep that
+    /// met it, in which case it stays listed and the sweeper files its entry again instead of
+    /// evicting it. A key that comes back between two sweeps is thus kept; one that stays idle
+    /// from one sweep to the next is evicted by the second. No map lock is needed: keeping a
+    /// key is always safe.
     pub(crate) fn second_chance(&self) -> bool {
         let mut inner = lock(&self.inner);
         // Not listed any more if the shutdown evicted it meanwhile.
@@ -651,13 +654,14 @@ mod tests {
     }
 
     #[test]
-    fn a_key_scheduled_since_it_was_listed_gets_one_second_chance() {
+    fn a_key_listed_or_scheduled_since_the_last_sweep_gets_a_second_chance() {
         let gate = Gate::new();
         let mb = Mailbox::new(1u8, 0u32, None);
         turn(&mb, 8);
         let mut none = VecDeque::new();
         assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: true });
-        assert!(!mb.second_chance(), "idle since it was listed");
+        assert!(mb.second_chance(), "listed since the last sweep");
+        assert!(!mb.second_chance(), "idle from one sweep to the next");
         assert_eq!(mb.push(1, &mut None, 8, &gate), Push::Schedule);
         assert!(mb.second_chance(), "scheduled since it was listed");
         assert!(!mb.second_chance(), "the chance was used up");

@@ -16,15 +16,16 @@
 //!
 //! When a key's turn ends with its queue empty it becomes Idle and is entered in the idle list
 //! (unless it is there already). A *sweep* evicts the listed keys that are still Idle, except
-//! those scheduled again since the last sweep met them: those get a second chance and stay
-//! listed. Sweeps run from a pool timer every [`SWEEP_PERIOD`], armed by a token holder that
-//! runs out of ready keys while keys are listed, and on the oldest [`SPARES_MAX`] entries
-//! whenever the list grows past [`IDLE_LIST_MAX`] (no more than the spares below can take, so
-//! that keys coming and going reuse what such a sweep evicts). A key that comes back within a period thus keeps its entry
-//! (re-creating it costs the map's write lock and the producers' time), a key idle for two
-//! periods is gone, and memory stays bounded by the live keys plus the list (and the spares
-//! below). `wait_idle` and the shutdown evict every idle key at once. With `idle_timeout`,
-//! keys are stamped instead and the timer evicts those idle for longer than the timeout.
+//! those listed or scheduled again since the last sweep met them: those get a second chance
+//! and stay listed. Sweeps run from a pool timer every [`SWEEP_PERIOD`], armed by a token
+//! holder that runs out of ready keys while keys are listed, and on the oldest [`SPARES_MAX`]
+//! entries whenever the list grows past [`IDLE_LIST_MAX`] (no more than the spares below can
+//! take, so that keys coming and going reuse what such a sweep evicts). A key that comes back
+//! within a period thus keeps its entry (re-creating it costs the map's write lock and the
+//! producers' time), a key idle for two periods is gone, and memory stays bounded by the live
+//! keys plus the list (and the spares below). `wait_idle` and the shutdown evict every idle
+//! key at once. With `idle_timeout`, keys are stamped instead and the timer evicts those idle
+//! for longer than the timeout.
 //!
 //! A sweep keeps up to [`SPARES_MAX`] of the mailboxes it evicts as spares, for new keys: with
 //! keys coming and going, a mailbox would otherwise be allocated by a producer and freed by a

@@ -236,7 +236,9 @@ where
                 return Some(mailbox);
             }
         }
-        if SWEEP_PERIOD.is_none() && !sched.idle.is_empty() {
+        // In the models at once, as the timer would after a period without work; after the
+        // shutdown too, which evicted every key but may have missed one filed since.
+        if (SWEEP_PERIOD.is_none() || sched.cleared) && !sched.idle.is_empty() {
             let idle = std::mem::take(&mut sched.idle);
             drop(sched);
             self.sweep(idle, false);
@@ -297,6 +299,9 @@ where
                 swept += kept.len();
             } else {
                 sched.idle.extend(kept.drain(..));
+                drop(sched);
+                // A timer that found the list empty meanwhile has disarmed.
+                self.set_timer();
             }
         }
         self.keep_spares(&mut evicted_all);
