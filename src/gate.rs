@@ -42,7 +42,10 @@ pub(crate) struct Gate {
     word: CachePadded<AtomicUsize>,
     /// Copies of the flags on a line of their own, for the checks made per job: every dispatch
     /// and every finished batch write `word`, so reading it where no write is needed would bounce
-    /// its line between the producers and the workers once more per job. Set after `word`.
+    /// its line between the producers and the workers once more per job. The halt's copy is
+    /// set before `word`, so that whoever saw `close_now` begin in `word` (and then released a
+    /// job, say) has its turns see the halt too; the closed copy is set after `word`, so that a
+    /// dispatch refused on the copy sees the dispatcher closed.
     copies: CachePadded<Copies>,
 }
 
@@ -63,8 +66,8 @@ impl Gate {
         // A dispatch after close is refused without touching the count, so that a storm of
         // them neither contends with the workers nor shows up in the count. A stale copy only
         // lets a dispatch on to the `fetch_add`, which decides.
-        // ORDERING: Relaxed, as above.
-        if self.copies.closed.load(Ordering::Relaxed) {
+        // ORDERING: Acquire, paired with `close`: a dispatch refused here sees `word` closed.
+        if self.copies.closed.load(Ordering::Acquire) {
             return Err((Refused::Closed, false));
         }
         let prev = self.word.fetch_add(1, Ordering::SeqCst);
@@ -94,17 +97,18 @@ impl Gate {
     /// Sets [`CLOSED`]; returns true for the call that set it.
     pub(crate) fn close(&self) -> bool {
         let first = self.word.fetch_or(CLOSED, Ordering::SeqCst) & CLOSED == 0;
-        // ORDERING: Relaxed; see `enter`.
-        self.copies.closed.store(true, Ordering::Relaxed);
+        // ORDERING: Release, paired with `enter`'s Acquire.
+        self.copies.closed.store(true, Ordering::Release);
         first
     }
 
     /// Sets [`CLOSED`] and [`HALTED`]; returns true for the call that set `CLOSED`.
     pub(crate) fn halt(&self) -> bool {
-        let first = self.word.fetch_or(CLOSED | HALTED, Ordering::SeqCst) & CLOSED == 0;
-        // ORDERING: Relaxed; see `enter` and `halt_seen`.
-        self.copies.closed.store(true, Ordering::Relaxed);
+        // ORDERING: Relaxed, published by the SeqCst write of `word`; see `halt_seen`.
         self.copies.halted.store(true, Ordering::Relaxed);
+        let first = self.word.fetch_or(CLOSED | HALTED, Ordering::SeqCst) & CLOSED == 0;
+        // ORDERING: Release, paired with `enter`'s Acquire.
+        self.copies.closed.store(true, Ordering::Release);
         first
     }
 
@@ -113,7 +117,7 @@ impl Gate {
     }
 
     // ORDERING: SeqCst, paired with the SeqCst turn count (see `Shared::run_turn`); a plain
-    // load on x86, and the line is written once.
+    // load on x86, made once per turn.
     pub(crate) fn is_halted(&self) -> bool {
         self.word.load(Ordering::SeqCst) & HALTED != 0
     }
