@@ -34,7 +34,7 @@ pub(crate) struct Config {
     pub(crate) key_capacity: usize,
     pub(crate) jobs_per_turn: usize,
     pub(crate) max_parallel: usize,
-    /// `None`: idle keys are evicted as soon as the dispatcher runs out of ready keys.
+    /// `None`: the default eviction (see `Builder::idle_timeout`).
     pub(crate) idle_timeout: Option<Duration>,
 }
 
@@ -150,17 +150,18 @@ where
         self
     }
 
-    /// Keeps an idle key in the routing map for `timeout` before evicting it, so that a key
-    /// that comes back within it keeps its entry. The default, zero, evicts an idle key once it
-    /// has stayed idle from one of the dispatcher's periodic sweeps to the next (20 to 40 ms),
-    /// or sooner when more than 4,096 keys are idle while the dispatcher is busy;
-    /// [`wait_idle`](crate::Dispatcher::wait_idle) evicts every idle key at once.
+    /// Keeps an idle key in the routing map for at least `timeout` (and at most about twice
+    /// that) before evicting it, so that a key that comes back within it keeps its entry. Idle
+    /// keys are swept every `timeout`, and a key that stayed idle from one sweep to the next
+    /// is evicted; [`wait_idle`](crate::Dispatcher::wait_idle) does not evict them sooner.
+    ///
+    /// The default, zero, sweeps every 20 ms (so an idle key goes after 20 to 40 ms), and
+    /// sooner when more than 4,096 keys are idle while the dispatcher is busy; `wait_idle`
+    /// evicts every idle key at once.
     ///
     /// A timeout pays off when keys come back after longer gaps than that: a key's first job
     /// after its eviction creates its entry again, under the map shard's write lock. It costs
-    /// memory (every key seen within `timeout` stays), and a scan of the map every
-    /// `timeout / 2` while keys are held, which a million short-lived keys make slower than
-    /// evicting them early.
+    /// memory: every key seen within the timeout stays, however many there are.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self

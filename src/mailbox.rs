@@ -26,8 +26,9 @@
 //!   hold a thread while other keys wait), or makes it Idle.
 //! - **Idle**: in the map, empty, owned by nobody. A push makes it Queued again and schedules
 //!   it. An idle key is evicted by a *sweep* once it has stayed idle from one of its
-//!   dispatcher's periodic sweeps to the next (sooner when the dispatcher has too many idle
-//!   keys, at once in `wait_idle`), or after `idle_timeout` when one is set.
+//!   dispatcher's periodic sweeps to the next, every `idle_timeout` or by default every 20 ms
+//!   (by default also sooner when the dispatcher has too many idle keys, and at once in
+//!   `wait_idle`).
 //! - **Evicted**: removed from the map under the shard's write lock, in the same critical
 //!   section that checked it was still Idle. Producers only push while holding the shard lock,
 //!   so none can push into an evicted mailbox; a dispatch that comes later finds the key absent
@@ -136,8 +137,6 @@ struct Inner<J> {
     used: bool,
     /// Producers blocked on `room`.
     waiters: usize,
-    /// When the key last became Idle; kept only when an idle timeout is set.
-    idle_since: Option<Instant>,
 }
 
 impl<J> Inner<J> {
@@ -204,7 +203,6 @@ impl<K, J> Mailbox<K, J> {
                 listed: false,
                 used: false,
                 waiters: 0,
-                idle_since: None,
             }),
             queued: AtomicUsize::new(0),
             room: Condvar::new(),
@@ -269,7 +267,6 @@ impl<K, J> Mailbox<K, J> {
         inner.state = State::Queued;
         inner.listed = false;
         inner.used = false;
-        inner.idle_since = None;
         self.queued.store(1, Ordering::Relaxed);
     }
 
@@ -463,14 +460,13 @@ impl<K, J> Mailbox<K, J> {
     /// barriers registered during the turn), for the worker to complete.
     ///
     /// With `halted`, the key is left Queued but out of the ready queue: `close_now` will take
-    /// its jobs. Otherwise the key is requeued or made Idle: stamped with `now` if given (an
-    /// idle timeout is set), else to be entered in the idle list if it is not there yet.
+    /// its jobs. Otherwise the key is requeued or made Idle, to be entered in the idle list if
+    /// it is not there yet.
     pub(crate) fn end_turn(
         &self,
         leftovers: &mut VecDeque<J>,
         due: &mut Marks,
         halted: bool,
-        now: Option<Instant>,
     ) -> EndTurn {
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.state, State::Running);
@@ -505,9 +501,7 @@ impl<K, J> Mailbox<K, J> {
             EndTurn::Requeue
         } else {
             inner.state = State::Idle;
-            inner.idle_since = now;
-            // A stamped key waits for its idle timeout; only the others go to the idle list.
-            let list = now.is_none() && !inner.listed;
+            let list = !inner.listed;
             if list {
                 // Counted as used, so that the first sweep to meet it spares it: a key is
                 // evicted only once it has stayed idle from one sweep to the next.
@@ -519,18 +513,13 @@ impl<K, J> Mailbox<K, J> {
     }
 
     /// Sweeper: called under the map shard's write lock with this key's entry; marks the
-    /// mailbox Evicted and returns true if it is Idle (and, with `expiry`, has been since
-    /// before it). Either way its idle-list entry is consumed.
-    pub(crate) fn try_evict(&self, expiry: Option<Instant>) -> bool {
+    /// mailbox Evicted and returns true if it is Idle. Either way its idle-list entry is
+    /// consumed.
+    pub(crate) fn try_evict(&self) -> bool {
         let mut inner = lock(&self.inner);
         inner.listed = false;
         inner.used = false;
-        let expired = match (expiry, inner.idle_since) {
-            (None, _) => true,
-            (Some(expiry), Some(since)) => since <= expiry,
-            (Some(_), None) => false,
-        };
-        if inner.state == State::Idle && expired {
+        if inner.state == State::Idle {
             debug_assert!(inner.queue.is_empty() && inner.in_turn == 0);
             debug_assert!(inner.marks.is_empty(), "an idle key kept a mark");
             inner.state = State::Evicted;
@@ -592,7 +581,7 @@ mod tests {
 
     fn end(mb: &Mailbox<u8, u32>, leftovers: &mut VecDeque<u32>, halted: bool) -> EndTurn {
         let mut due = Marks::new();
-        let end = mb.end_turn(leftovers, &mut due, halted, None);
+        let end = mb.end_turn(leftovers, &mut due, halted);
         assert!(due.is_empty());
         end
     }
@@ -667,7 +656,7 @@ mod tests {
         assert!(!mb.second_chance(), "the chance was used up");
         turn(&mb, 8);
         assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: false });
-        assert!(mb.try_evict(None));
+        assert!(mb.try_evict());
         assert!(!mb.second_chance(), "evicted: not listed any more");
     }
 
@@ -675,29 +664,13 @@ mod tests {
     fn only_an_idle_key_is_evicted() {
         let gate = Gate::new();
         let mb = Mailbox::new(1u8, 0u32, None);
-        assert!(!mb.try_evict(None), "queued");
+        assert!(!mb.try_evict(), "queued");
         turn(&mb, 8);
-        assert!(!mb.try_evict(None), "running");
+        assert!(!mb.try_evict(), "running");
         end(&mb, &mut VecDeque::new(), false);
-        assert!(mb.try_evict(None));
+        assert!(mb.try_evict());
         assert_eq!(mb.state(), State::Evicted);
         let _ = gate;
-    }
-
-    #[test]
-    fn eviction_with_expiry_waits_for_the_idle_timeout() {
-        let mb = Mailbox::new(1u8, 0u32, None);
-        turn(&mb, 8);
-        let idle_at = Instant::now();
-        mb.end_turn(
-            &mut VecDeque::new(),
-            &mut Marks::new(),
-            false,
-            Some(idle_at),
-        );
-        let before = idle_at - std::time::Duration::from_millis(1);
-        assert!(!mb.try_evict(Some(before)));
-        assert!(mb.try_evict(Some(idle_at)));
     }
 
     #[test]
@@ -761,10 +734,7 @@ mod tests {
         mb.push(2, &mut None, 100, &gate);
         let behind = mb.flush().expect("a job is queued");
         batch.clear();
-        assert_eq!(
-            mb.end_turn(&mut batch, &mut due, false, None),
-            EndTurn::Requeue
-        );
+        assert_eq!(mb.end_turn(&mut batch, &mut due, false), EndTurn::Requeue);
         assert_eq!(due.len(), 1, "only the barrier behind the turn's jobs");
         assert!(Arc::ptr_eq(&due[0].state, &during));
         due.clear();
@@ -788,10 +758,7 @@ mod tests {
         batch.drain(..2);
         due.pop_front();
         gate.halt();
-        assert_eq!(
-            mb.end_turn(&mut batch, &mut due, true, None),
-            EndTurn::Halted
-        );
+        assert_eq!(mb.end_turn(&mut batch, &mut due, true), EndTurn::Halted);
         assert!(due.is_empty());
         let (left, flushes) = mb.take_all();
         assert_eq!(left, [2]);
@@ -902,7 +869,7 @@ mod tests {
         let mut mb = Mailbox::new(1u8, 0u32, None);
         turn(&mb, 8);
         end(&mb, &mut VecDeque::new(), false);
-        assert!(mb.try_evict(None));
+        assert!(mb.try_evict());
         assert!(mb.retire());
         assert!(mb.key.is_none(), "a spare does not keep its old key alive");
         mb.reuse(2, 20, Some(Arc::clone(&group)));

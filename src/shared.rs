@@ -9,23 +9,25 @@
 //! fewer than `max_parallel` tokens are out and no token holder is already looking for work
 //! (`searching`), hands a new token to the pool, waking one thread. A token holder pops keys and
 //! runs a turn of each; when the ready queue is empty it spins briefly (as `searching`), then
-//! sweeps the idle keys and releases its token. Tokens are counted under the same lock as the
-//! ready queue, so a key pushed there either finds a token out that will see it, or adds one.
+//! arms the sweep timer if idle keys are listed (see below) and releases its token. Tokens are
+//! counted under the same lock as the ready queue, so a key pushed there either finds a token
+//! out that will see it, or adds one.
 //!
 //! # Eviction
 //!
 //! When a key's turn ends with its queue empty it becomes Idle and is entered in the idle list
 //! (unless it is there already). A *sweep* evicts the listed keys that are still Idle, except
 //! those listed or scheduled again since the last sweep met them: those get a second chance
-//! and stay listed. Sweeps run from a pool timer every [`SWEEP_PERIOD`], armed by a token
-//! holder that runs out of ready keys while keys are listed, and on the oldest [`SPARES_MAX`]
-//! entries whenever the list grows past [`IDLE_LIST_MAX`] (no more than the spares below can
-//! take, so that keys coming and going reuse what such a sweep evicts). A key that comes back
-//! within a period thus keeps its entry (re-creating it costs the map's write lock and the
-//! producers' time), a key idle for two periods is gone, and memory stays bounded by the live
-//! keys plus the list (and the spares below). `wait_idle` and the shutdown evict every idle
-//! key at once. With `idle_timeout`, keys are stamped instead and the timer evicts those idle
-//! for longer than the timeout.
+//! and stay listed. Sweeps run from a pool timer every `idle_timeout`, or [`SWEEP_PERIOD`]
+//! without one, armed by a token holder that runs out of ready keys while keys are listed. A
+//! key that comes back within a period thus keeps its entry (re-creating it costs the map's
+//! write lock and the producers' time), and a key idle for two periods is gone.
+//!
+//! Without an idle timeout, memory stays bounded by the live keys plus the list (and the
+//! spares below): whenever the list grows past [`IDLE_LIST_MAX`], its oldest [`SPARES_MAX`]
+//! entries are swept at once (no more than the spares can take, so that keys coming and going
+//! reuse what such a sweep evicts), and `wait_idle` evicts every idle key at once. The
+//! shutdown evicts every key in any case.
 //!
 //! A sweep keeps up to [`SPARES_MAX`] of the mailboxes it evicts as spares, for new keys: with
 //! keys coming and going, a mailbox would otherwise be allocated by a producer and freed by a
@@ -73,10 +75,10 @@ use std::{
 /// dispatcher is busy.
 pub(crate) const IDLE_LIST_MAX: usize = 4096;
 
-/// How often the idle list is swept while keys are listed (see the module docs). `None` in
-/// the models, where a token holder that runs out of ready keys sweeps the whole list at once,
-/// as the timer would after a period without work.
-pub(crate) const SWEEP_PERIOD: Option<Duration> = if crate::sync::CHECKED {
+/// How often the idle list is swept while keys are listed, without an idle timeout (see the
+/// module docs). `None` in the models, where a token holder that runs out of ready keys
+/// sweeps the whole list at once, as the timer's sweeps would after two periods without work.
+const SWEEP_PERIOD: Option<Duration> = if crate::sync::CHECKED {
     None
 } else {
     Some(Duration::from_millis(20))
@@ -155,7 +157,7 @@ pub(crate) struct Shared<K, J> {
     idle: Signal,
     /// Announced when jobs leave the gate or it closes: producers wait here for global room.
     room: Signal,
-    /// Whether a pool timer is set to sweep timed-out idle keys.
+    /// Whether the pool timer that sweeps the idle list is set.
     timer_set: AtomicBool,
     /// Set by a `close` that could not wait (it ran on a worker thread): whoever empties the
     /// gate afterwards finishes the shutdown.
@@ -478,18 +480,25 @@ where
     // ---------------------------------------------------------------------------------------
     // Waiting and closing
 
-    /// No job accepted and unfinished, and no idle key left to sweep (keys waiting for their
-    /// idle timeout excepted).
+    /// No job accepted and unfinished, and no idle key left to sweep (with an idle timeout,
+    /// keys wait for it whatever `wait_idle` does).
     fn is_idle(&self) -> bool {
         // ORDERING: SeqCst, see `Signal`.
-        self.gate.count() == 0 && self.listed.load(Ordering::SeqCst) == 0
+        self.gate.count() == 0
+            && (self.config.idle_timeout.is_some() || self.listed.load(Ordering::SeqCst) == 0)
+    }
+
+    /// How often the idle list is swept while keys are listed: every `idle_timeout`, else
+    /// every [`SWEEP_PERIOD`].
+    fn sweep_period(&self) -> Option<Duration> {
+        self.config.idle_timeout.or(SWEEP_PERIOD)
     }
 
     pub(crate) fn wait_idle(&self) -> Result<(), WaitError> {
         if self.pool.is_current() {
             return Err(WaitError::WouldDeadlock);
         }
-        let Some(period) = SWEEP_PERIOD else {
+        let (None, Some(period)) = (self.config.idle_timeout, SWEEP_PERIOD) else {
             self.idle.wait_until(None, || self.is_idle());
             return Ok(());
         };
@@ -632,7 +641,7 @@ where
         }
         let name = &self.config.name;
         self.keys.remove_where(|mailbox| {
-            let evicted = mailbox.try_evict(None);
+            let evicted = mailbox.try_evict();
             debug_assert!(evicted, "a key was busy after its dispatcher drained");
             log::debug!("{name}: key {:?} evicted", mailbox.key());
             true

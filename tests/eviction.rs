@@ -121,13 +121,15 @@ fn memory_follows_live_keys_while_busy() {
 #[test]
 fn dispatch_racing_eviction_keeps_order() {
     let _watchdog = Watchdog::new("eviction race", HANG);
-    // Few jobs per key and many keys, so that keys go idle, get evicted and are re-created all
-    // the time while two producers keep dispatching on them.
+    // Few jobs per key, and eager eviction (idle keys are swept whenever a worker has nothing
+    // else to do), so that keys go idle, get evicted and are re-created all the time while two
+    // producers keep dispatching on them.
     let recorder = Recorder::new();
     let rec = Arc::clone(&recorder);
     let d = Dispatcher::builder()
         .workers(3)
         .jobs_per_turn(1)
+        .idle_timeout(Duration::from_micros(1))
         .build(move |key: &u64, job: Job| rec.record(key, job))
         .unwrap();
     let per_producer = common::scaled(100_000) as u64;

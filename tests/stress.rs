@@ -21,6 +21,17 @@ fn scale() -> usize {
         .unwrap_or(1)
 }
 
+/// The idle timeout of a round: the default eviction, or an eager one (a timeout of 1 µs:
+/// idle keys are swept whenever a worker has nothing else to do, and evicted once they stayed
+/// idle from one sweep to the next), so that eviction races the producers far more often.
+fn eviction(rng: &mut Rng) -> Duration {
+    if rng.below(2) == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_micros(1)
+    }
+}
+
 /// One round: `producers` threads dispatch `per_producer` jobs each over `keys` keys while a
 /// closer closes once `close_after` jobs have been accepted.
 fn round(seed: u64, producers: usize, per_producer: u64, keys: u64, close_after: usize) {
@@ -32,6 +43,7 @@ fn round(seed: u64, producers: usize, per_producer: u64, keys: u64, close_after:
         .capacity(64 + rng.below(512) as usize)
         .key_capacity(1 + rng.below(8) as usize)
         .jobs_per_turn(1 + rng.below(16) as usize)
+        .idle_timeout(eviction(&mut rng))
         .build(move |key: &u64, job: Job| rec.record(key, job))
         .unwrap();
     let accepted_count = AtomicUsize::new(0);

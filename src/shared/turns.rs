@@ -1,7 +1,7 @@
 //! The workers' side of the key protocol: turns of ready keys, the search for the next one,
 //! and the sweeps that evict idle keys (see the parent module's docs).
 
-use super::{Sched, Shared, IDLE_LIST_MAX, SPARES_MAX, SWEEP_PERIOD};
+use super::{Sched, Shared, IDLE_LIST_MAX, SPARES_MAX};
 use crate::{
     group::Outcome,
     mailbox::{EndTurn, Mailbox, Marks},
@@ -67,20 +67,15 @@ where
             // while the key is still to be filed (see below).
             self.left(done);
         }
-        let stamp = self.config.idle_timeout.map(|_| Instant::now());
-        let end = mailbox.end_turn(batch, due, halted, stamp);
+        let end = mailbox.end_turn(batch, due, halted);
         // Barriers registered during the turn, behind its last job.
         for mark in due.drain(..) {
             mark.state.ran(Outcome::default());
         }
-        match end {
-            // Counted before the jobs leave the gate, so that `wait_idle` cannot see both at
-            // zero while this key is still to be swept.
-            EndTurn::Idle { list: true } => {
-                self.listed.fetch_add(1, Ordering::SeqCst);
-            }
-            EndTurn::Idle { list: false } if stamp.is_some() => self.set_timer(),
-            _ => {}
+        // Counted before the jobs leave the gate, so that `wait_idle` cannot see both at zero
+        // while this key is still to be swept.
+        if end == (EndTurn::Idle { list: true }) {
+            self.listed.fetch_add(1, Ordering::SeqCst);
         }
         self.turn_ended();
         self.left(done);
@@ -200,8 +195,8 @@ where
     }
 
     /// Files the key whose turn just ended, and pops the next ready key. With none ready, it
-    /// searches briefly, sweeps the idle keys, and releases the token (returning `None`) unless
-    /// a key arrived meanwhile.
+    /// searches briefly, arms the sweep timer if keys are listed, and releases the token
+    /// (returning `None`) unless a key arrived meanwhile.
     fn next_key(
         &self,
         ended: Option<(Arc<Mailbox<K, J>>, EndTurn)>,
@@ -236,9 +231,10 @@ where
                 return Some(mailbox);
             }
         }
-        // In the models at once, as the timer would after a period without work; after the
-        // shutdown too, which evicted every key but may have missed one filed since.
-        if (SWEEP_PERIOD.is_none() || sched.cleared) && !sched.idle.is_empty() {
+        // At once in the models, where the timer's sweeps would do the same after two periods
+        // without work; after the shutdown too, which evicted every key but may have missed
+        // one filed since.
+        if (self.sweep_period().is_none() || sched.cleared) && !sched.idle.is_empty() {
             let idle = std::mem::take(&mut sched.idle);
             drop(sched);
             self.sweep(idle, false);
@@ -283,9 +279,9 @@ where
                 continue;
             }
             swept += 1;
-            let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict(None);
+            let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict();
             let evicted = self.keys.remove_if(mailbox.key(), |current| {
-                Arc::ptr_eq(current, &mailbox) && (early || current.try_evict(None))
+                Arc::ptr_eq(current, &mailbox) && (early || current.try_evict())
             });
             if evicted {
                 log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key());
@@ -347,13 +343,14 @@ where
             EndTurn::Idle { list: true } => sched.idle.push_back(mailbox),
             EndTurn::Idle { list: false } | EndTurn::Halted => {}
         }
-        (sched.idle.len() > IDLE_LIST_MAX).then(|| sched.idle.drain(..SPARES_MAX).collect())
+        // Not with an idle timeout, which keeps every key for at least that long.
+        let overflow = sched.idle.len() > IDLE_LIST_MAX && self.config.idle_timeout.is_none();
+        overflow.then(|| sched.idle.drain(..SPARES_MAX).collect())
     }
 
-    /// Arms the pool timer that evicts idle keys: those idle for longer than `idle_timeout`
-    /// if one is set, else those left in the idle list through a whole [`SWEEP_PERIOD`].
+    /// Arms the pool timer that sweeps the idle list (see `sweep_period`).
     fn set_timer(&self) {
-        let Some(delay) = self.config.idle_timeout.or(SWEEP_PERIOD) else {
+        let Some(delay) = self.sweep_period() else {
             return;
         };
         // ORDERING: SeqCst, paired with `on_timer`'s disarm-then-recheck.
@@ -363,11 +360,11 @@ where
         }
     }
 
-    /// The sweep timer without an idle timeout: sweeps the idle list, giving the keys
-    /// scheduled since the last sweep a second chance, and comes back after another period
-    /// while keys remain listed.
+    /// The sweep timer: sweeps the idle list, giving the keys listed or scheduled since the
+    /// last sweep a second chance, and comes back after another period while keys remain
+    /// listed.
     fn sweep_on_timer(&self, now: Instant) -> Option<Instant> {
-        let period = SWEEP_PERIOD?;
+        let period = self.sweep_period()?;
         let idle = std::mem::take(&mut lock(&self.sched).idle);
         self.sweep(idle, true);
         let listed = || !lock(&self.sched).idle.is_empty();
@@ -413,31 +410,7 @@ where
     }
 
     fn on_timer(&self, now: Instant) -> Option<Instant> {
-        let Some(timeout) = self.config.idle_timeout else {
-            return self.sweep_on_timer(now);
-        };
-        let expiry = now.checked_sub(timeout)?;
-        let name = &self.config.name;
-        self.keys.remove_where(|mailbox| {
-            let evicted = mailbox.try_evict(Some(expiry));
-            if evicted {
-                log::debug!(
-                    "{name}: key {:?} evicted after {timeout:?} idle",
-                    mailbox.key()
-                );
-            }
-            evicted
-        });
-        let period = (timeout / 2).max(std::time::Duration::from_millis(1));
-        if self.keys.len() > 0 {
-            return Some(now + period);
-        }
-        // Disarm, then look again: a key that went idle meanwhile saw the timer armed.
-        self.timer_set.store(false, Ordering::SeqCst);
-        if self.keys.len() > 0 && !self.timer_set.swap(true, Ordering::SeqCst) {
-            return Some(now + period);
-        }
-        None
+        self.sweep_on_timer(now)
     }
 
     fn close_source(&self) {

@@ -1,5 +1,5 @@
 //! Adversarial scenarios on real threads: producers racing `close` on small queues with
-//! immediate eviction, a hot key beside a million cold keys, a panic storm, producers blocked on
+//! eager eviction, a hot key beside a million cold keys, a panic storm, producers blocked on
 //! full queues while `close` runs, handlers that dispatch and close, the drop of every job
 //! value on every path a job can take, and the counters of a closed dispatcher.
 //!

@@ -1,5 +1,5 @@
-//! Producers racing `close` on small queues with immediate eviction, and refused dispatches
-//! racing the counters of a closed dispatcher.
+//! Producers racing `close` on small queues, with eager eviction in half the rounds, and
+//! refused dispatches racing the counters of a closed dispatcher.
 
 use crate::common::{self, wait_threads_gone, Job, Rng};
 use crate::{rounds, seed, watchdog, Runs};
@@ -16,8 +16,8 @@ const RACE_PRODUCERS: usize = 8;
 const RACE_KEYS: u64 = 1_000;
 
 /// One round: eight producers dispatch `per_producer` jobs each over 1,000 keys, by every
-/// method, into small queues with immediate eviction, while `close` (sometimes two at once)
-/// fires once a random number of jobs has been accepted.
+/// method, into small queues (with eager eviction in half the rounds), while `close`
+/// (sometimes two at once) fires once a random number of jobs has been accepted.
 fn racing_round(seed: u64, per_producer: u64) {
     let mut rng = Rng::new(seed);
     let workers = 1 + rng.below(3) as usize;
@@ -33,6 +33,13 @@ fn racing_round(seed: u64, per_producer: u64) {
         .capacity(capacity)
         .key_capacity(key_capacity)
         .jobs_per_turn(jobs_per_turn)
+        // Half the rounds evict eagerly: idle keys are swept whenever a worker has nothing
+        // else to do, and go once they stayed idle from one sweep to the next.
+        .idle_timeout(if rng.below(2) == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(1)
+        })
         .name("race")
         .build(move |key: &u64, job: Job| log.record(*key, job))
         .unwrap();
