@@ -155,9 +155,9 @@ where
     /// keys are swept every `timeout`, and a key that stayed idle from one sweep to the next
     /// is evicted; [`wait_idle`](crate::Dispatcher::wait_idle) does not evict them sooner.
     ///
-    /// The default, zero, sweeps every 20 ms (so an idle key goes after 20 to 40 ms), and
-    /// sooner when more than 4,096 keys are idle while the dispatcher is busy; `wait_idle`
-    /// evicts every idle key at once.
+    /// The default, zero, sweeps every 20 ms once the dispatcher has run out of work (so an
+    /// idle key goes 20 to 40 ms later), and sooner when more than 4,096 keys are idle while
+    /// it is busy; `wait_idle` evicts every idle key at once.
     ///
     /// A timeout pays off when keys come back after longer gaps than that: a key's first job
     /// after its eviction creates its entry again, under the map shard's write lock. It costs

@@ -98,7 +98,7 @@ const MIB: usize = 1 << 20;
 
 /// Jobs (each on a fresh key) that may wait at once. It bounds the keys alive at once, and so
 /// the memory a round can need: at most `CAPACITY` keys with a job, plus the idle keys listed
-/// for eviction (up to 4,096), each a mailbox of a few hundred bytes and an entry in the
+/// for eviction (about 4,096), each a mailbox of a few hundred bytes and an entry in the
 /// map. Each round starts with a burst that fills it (see the test), so every round reaches
 /// that bound whatever the threads' speeds.
 const CAPACITY: usize = 16 * 1024;

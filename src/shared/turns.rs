@@ -263,8 +263,8 @@ where
     }
 
     /// Evicts the keys of a swept part of the idle list that are still Idle. With
-    /// `second_chance`, keys scheduled since the last sweep are filed again instead (see
-    /// `Mailbox::second_chance`).
+    /// `second_chance`, keys listed or scheduled since the last sweep are filed again instead
+    /// (see `Mailbox::second_chance`).
     pub(super) fn sweep(
         &self,
         idle: impl IntoIterator<Item = Arc<Mailbox<K, J>>>,
