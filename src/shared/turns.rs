@@ -359,25 +359,6 @@ where
                 .set_timer(Instant::now() + delay, self.as_source());
         }
     }
-
-    /// The sweep timer: sweeps the idle list, giving the keys listed or scheduled since the
-    /// last sweep a second chance, and comes back after another period while keys remain
-    /// listed.
-    fn sweep_on_timer(&self, now: Instant) -> Option<Instant> {
-        let period = self.sweep_period()?;
-        let idle = std::mem::take(&mut lock(&self.sched).idle);
-        self.sweep(idle, true);
-        let listed = || !lock(&self.sched).idle.is_empty();
-        if listed() {
-            return Some(now + period);
-        }
-        // Disarm, then look again: a worker that listed a key meanwhile saw the timer armed.
-        self.timer_set.store(false, Ordering::SeqCst);
-        if listed() && !self.timer_set.swap(true, Ordering::SeqCst) {
-            return Some(now + period);
-        }
-        None
-    }
 }
 
 /// The message of a panic payload, for the log.
@@ -409,8 +390,23 @@ where
         }
     }
 
+    /// The sweep timer: sweeps the idle list, giving the keys listed or scheduled since the
+    /// last sweep a second chance, and comes back after another period while keys remain
+    /// listed.
     fn on_timer(&self, now: Instant) -> Option<Instant> {
-        self.sweep_on_timer(now)
+        let period = self.sweep_period()?;
+        let idle = std::mem::take(&mut lock(&self.sched).idle);
+        self.sweep(idle, true);
+        let listed = || !lock(&self.sched).idle.is_empty();
+        if listed() {
+            return Some(now + period);
+        }
+        // Disarm, then look again: a worker that listed a key meanwhile saw the timer armed.
+        self.timer_set.store(false, Ordering::SeqCst);
+        if listed() && !self.timer_set.swap(true, Ordering::SeqCst) {
+            return Some(now + period);
+        }
+        None
     }
 
     fn close_source(&self) {
