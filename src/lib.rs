@@ -134,6 +134,7 @@ mod model_handle;
 #[cfg(all(test, loom))]
 mod models;
 mod pool;
+mod ready;
 mod shared;
 #[cfg(all(test, feature = "shuttle", not(loom)))]
 mod shuttle_tests;

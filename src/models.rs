@@ -30,6 +30,11 @@
 //! 5. [`concurrent_closes_both_wait_for_the_drain`]: two closes at once both return, each after
 //!    every accepted job ran exactly once and every key was evicted. Twin: a close that finds
 //!    the flag already set returns without waiting ([`Fault::LateCloseSkipsDrain`]).
+//! 6. [`key_scheduled_while_the_token_is_released_runs`]: a producer schedules a second key
+//!    while the only token holder, out of ready keys, gives its token back; the key runs.
+//!    Twin: the holder releases without looking at the ready queue again
+//!    ([`Fault::ReleaseWithoutRecheck`]), so the producer, which saw the token still out, adds
+//!    none, and the key waits in the ready queue with no thread to run it.
 //!
 //! Each twin is the same model with its fault armed (see [`Fault`]), marked `#[should_panic]`
 //! with the failure it must produce in a release build. With debug assertions, the crate's own
@@ -382,4 +387,30 @@ fn concurrent_closes_both_wait_for_the_drain() {
 #[cfg_attr(debug_assertions, should_panic)]
 fn late_close_returning_early_misses_the_drain() {
     two_closes_model(Some(Fault::LateCloseSkipsDrain));
+}
+
+// -------------------------------------------------------------------------------------------
+// 6. A key scheduled while the only token is released.
+
+fn release_model(fault: Option<Fault>) {
+    explore(3, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(1, 8);
+        d.dispatch(0, 0).unwrap();
+        d.dispatch(1, 1).unwrap();
+        assert!(d.close().drained);
+        log.assert_ran(&[0, 1]);
+    });
+}
+
+#[test]
+fn key_scheduled_while_the_token_is_released_runs() {
+    release_model(None);
+}
+
+#[test]
+#[cfg_attr(not(debug_assertions), should_panic(expected = "deadlock"))]
+#[cfg_attr(debug_assertions, should_panic)]
+fn token_released_without_recheck_strands_a_key() {
+    release_model(Some(Fault::ReleaseWithoutRecheck));
 }

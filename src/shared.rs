@@ -3,15 +3,22 @@
 //!
 //! # Scheduling
 //!
-//! A dispatcher keeps a FIFO *ready queue* of Queued keys and holds up to `max_parallel`
-//! *tokens* of its pool (see `pool`): each token is one thread's permission to run this
-//! dispatcher's keys. A producer that makes a key Queued pushes it on the ready queue and, if
-//! fewer than `max_parallel` tokens are out and no token holder is already looking for work
-//! (`searching`), hands a new token to the pool, waking one thread. A token holder pops keys and
-//! runs a turn of each; when the ready queue is empty it spins briefly (as `searching`), then
-//! arms the sweep timer if idle keys are listed (see below) and releases its token. Tokens are
-//! counted under the same lock as the ready queue, so a key pushed there either finds a token
-//! out that will see it, or adds one.
+//! A dispatcher keeps a FIFO *ready queue* of Queued keys (see `ready`) and holds up to
+//! `max_parallel` *tokens* of its pool (see `pool`): each token is one thread's permission to
+//! run this dispatcher's keys. A producer that makes a key Queued pushes it on the ready queue
+//! and, if fewer than `max_parallel` tokens are out and no token holder is already looking for
+//! work (`searching`), hands a new token to the pool, waking one thread. A token holder pops
+//! keys and runs a turn of each; when the ready queue is empty it spins briefly (as
+//! `searching`), then arms the sweep timer if idle keys are listed (see below) and releases its
+//! token.
+//!
+//! The ready queue takes no lock; tokens and searchers are counted under the scheduler's lock
+//! and mirrored in `staffed` (all tokens out, or one searching), which a producer reads after
+//! its push to decide whether it needs that lock at all. A holder releasing its token stores
+//! `staffed` before it looks at the ready queue once more; a producer pushes before it reads
+//! `staffed`; with a `SeqCst` fence on each side (the Dekker pattern), a key pushed there
+//! either is seen by the releasing holder, who takes its token back, or sees the token gone and
+//! adds one.
 //!
 //! # Eviction
 //!
@@ -58,9 +65,10 @@ use crate::{
     keymap::KeyMap,
     mailbox::{Mailbox, Marks, Push},
     pool::{PoolShared, Source},
+    ready::ReadyQueue,
     signal::Signal,
     stats::{Counters, Stats},
-    sync::{dekker_fence, lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
+    sync::{dekker_fence, fence, lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
 };
 use crossbeam_utils::CachePadded;
 use std::{
@@ -140,8 +148,13 @@ pub(crate) struct Shared<K, J> {
     /// Padded, as the other fields written while jobs flow, so that their writes do not evict
     /// the read-mostly fields (map, handler, config) from the other threads' caches.
     sched: CachePadded<Mutex<Sched<K, J>>>,
-    /// `sched.ready.len()`, read without the lock by searching token holders.
-    ready_hint: CachePadded<AtomicUsize>,
+    /// Queued keys waiting for a turn, each once.
+    ready: ReadyQueue<Arc<Mailbox<K, J>>>,
+    /// Whether the token holders out will see any key pushed on the ready queue: all
+    /// `max_parallel` tokens are out, or a holder is searching. Written under `sched`'s lock
+    /// whenever its counts change, so that a producer takes that lock only when a token may be
+    /// needed (see the module docs).
+    staffed: CachePadded<AtomicBool>,
     /// Entries in `sched.idle`: keys that may still be in the map although idle.
     listed: CachePadded<AtomicUsize>,
     /// Evicted mailboxes that nothing refers to any more, to be reused for new keys.
@@ -173,8 +186,6 @@ type Spares<K, J> = Mutex<Vec<Arc<Mailbox<K, J>>>>;
 
 /// Scheduling state, under one lock.
 struct Sched<K, J> {
-    /// Queued keys waiting for a turn, each once.
-    ready: VecDeque<Arc<Mailbox<K, J>>>,
     /// Idle keys to be swept, each once (see `Mailbox::listed`).
     idle: VecDeque<Arc<Mailbox<K, J>>>,
     /// Tokens out: queued in the pool or held by a thread. At most `max_parallel`.
@@ -213,13 +224,13 @@ where
             keys: KeyMap::new(),
             gate: Gate::new(),
             sched: CachePadded::new(Mutex::new(Sched {
-                ready: VecDeque::new(),
                 idle: VecDeque::new(),
                 tokens: 0,
                 searching: 0,
                 cleared: false,
             })),
-            ready_hint: CachePadded::new(AtomicUsize::new(0)),
+            ready: ReadyQueue::new(),
+            staffed: CachePadded::new(AtomicBool::new(false)),
             listed: CachePadded::new(AtomicUsize::new(0)),
             spares: CachePadded::new(Mutex::new(Vec::new())),
             counters: Counters::default(),
@@ -417,17 +428,39 @@ where
 
     /// Puts a key that became Queued on the ready queue, adding a token if one is needed.
     fn schedule(&self, mailbox: Arc<Mailbox<K, J>>) {
-        let add_token = {
-            let mut sched = lock(&self.sched);
-            sched.ready.push_back(mailbox);
-            // ORDERING: Relaxed; a hint for searching token holders, who re-check under the
-            // lock.
-            self.ready_hint.store(sched.ready.len(), Ordering::Relaxed);
-            sched.needs_token(self.config.max_parallel)
-        };
-        if add_token {
+        self.ready.push(mailbox);
+        self.add_token_if_needed();
+    }
+
+    /// Adds a token if keys are ready and no holder out will see them: fewer than
+    /// `max_parallel` tokens are out and none is searching. Called after a push on the ready
+    /// queue, or a pop that left keys there.
+    fn add_token_if_needed(&self) {
+        // ORDERING: SeqCst, one side of the Dekker pair with a holder releasing its token (see
+        // the module docs): the key was pushed before `staffed` is read here.
+        fence(Ordering::SeqCst);
+        if self.staffed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut sched = lock(&self.sched);
+        let needed = !self.ready.is_empty()
+            && sched.searching == 0
+            && sched.tokens < self.config.max_parallel;
+        if needed {
+            sched.tokens += 1;
+            self.set_staffed(&sched);
+        }
+        drop(sched);
+        if needed {
             self.submit_token();
         }
+    }
+
+    /// Mirrors the tokens and searchers just counted in `staffed`; called under `sched`'s lock.
+    fn set_staffed(&self, sched: &Sched<K, J>) {
+        let staffed = sched.searching > 0 || sched.tokens >= self.config.max_parallel;
+        // ORDERING: SeqCst, the other side of `add_token_if_needed`'s pair.
+        self.staffed.store(staffed, Ordering::SeqCst);
     }
 
     /// Queues a token of this dispatcher in the pool (already counted in `Sched::tokens`).
@@ -659,12 +692,8 @@ where
         let (ready, idle) = {
             let mut sched = lock(&self.sched);
             sched.cleared = true;
-            (
-                std::mem::take(&mut sched.ready),
-                std::mem::take(&mut sched.idle),
-            )
+            (self.ready.take_all(), std::mem::take(&mut sched.idle))
         };
-        self.ready_hint.store(0, Ordering::Relaxed);
         drop(ready);
         drop(std::mem::take(&mut *lock(&self.spares)));
         if !idle.is_empty() {
@@ -678,18 +707,6 @@ fn too_full<K, J>(wait: Wait, key: K, job: J) -> DispatchError<K, J> {
     match wait {
         Wait::Until(_) => DispatchError::Timeout { key, job },
         Wait::Never | Wait::Forever => DispatchError::Full { key, job },
-    }
-}
-
-impl<K, J> Sched<K, J> {
-    /// Whether a token must be added for the ready keys: some are waiting, no holder is
-    /// searching for them, and fewer than `max_parallel` tokens are out. Counts the token.
-    fn needs_token(&mut self, max_parallel: usize) -> bool {
-        let needed = !self.ready.is_empty() && self.searching == 0 && self.tokens < max_parallel;
-        if needed {
-            self.tokens += 1;
-        }
-        needed
     }
 }
 

@@ -16,7 +16,7 @@ pub(crate) const CHECKED: bool = cfg!(any(loom, feature = "shuttle"));
 #[cfg(not(any(loom, feature = "shuttle")))]
 pub(crate) use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Condvar, Mutex, MutexGuard,
     },
     thread,
@@ -25,7 +25,7 @@ pub(crate) use std::{
 #[cfg(loom)]
 pub(crate) use loom::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Condvar, Mutex, MutexGuard,
     },
     thread,
@@ -34,7 +34,7 @@ pub(crate) use loom::{
 #[cfg(all(feature = "shuttle", not(loom)))]
 pub(crate) use shuttle::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Condvar, Mutex, MutexGuard,
     },
     thread,
@@ -112,6 +112,9 @@ pub(crate) enum Fault {
     NoRoomWake,
     /// `Shared::close` returns without waiting for the drain when another close set the flag.
     LateCloseSkipsDrain,
+    /// A token holder that runs out of ready keys gives its token back without looking at the
+    /// ready queue again.
+    ReleaseWithoutRecheck,
 }
 
 #[cfg(any(loom, feature = "shuttle"))]

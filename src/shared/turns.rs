@@ -1,12 +1,12 @@
 //! The workers' side of the key protocol: turns of ready keys, the search for the next one,
 //! and the sweeps that evict idle keys (see the parent module's docs).
 
-use super::{Sched, Shared, IDLE_LIST_MAX, SPARES_MAX};
+use super::{Shared, IDLE_LIST_MAX, SPARES_MAX};
 use crate::{
     group::Outcome,
     mailbox::{EndTurn, Mailbox, Marks},
     pool::{Source, Worker},
-    sync::{dekker_fence, lock, spin_once, Arc, Ordering},
+    sync::{dekker_fence, fence, lock, spin_once, Arc, Fault, Ordering},
 };
 use std::{
     any::Any,
@@ -117,11 +117,8 @@ where
     fn more_jobs(&self, mailbox: &Mailbox<K, J>, ran: usize, worker: &Worker<'_>) -> bool {
         let mut step = 0;
         loop {
-            // ORDERING: Relaxed hints; a stale one costs a turn of fairness or a short wait.
-            if self.ready_hint.load(Ordering::Relaxed) > 0
-                || worker.others_waiting()
-                || self.gate.halt_seen()
-            {
+            // Hints, read without a lock: a stale one costs a turn of fairness or a short wait.
+            if !self.ready.is_empty() || worker.others_waiting() || self.gate.halt_seen() {
                 return false;
             }
             if mailbox.has_queued() {
@@ -202,62 +199,78 @@ where
         ended: Option<(Arc<Mailbox<K, J>>, EndTurn)>,
         worker: &Worker<'_>,
     ) -> Option<Arc<Mailbox<K, J>>> {
-        let mut sched = lock(&self.sched);
         if let Some((mailbox, end)) = ended {
-            if let Some(oldest) = self.file(&mut sched, mailbox, end) {
+            self.file(mailbox, end);
+        }
+        loop {
+            if let Some(mailbox) = self.pop() {
+                return Some(mailbox);
+            }
+            if SEARCH_STEPS > 0 && !worker.others_waiting() && !self.gate.is_halted() {
+                self.search(worker);
+                if let Some(mailbox) = self.pop() {
+                    return Some(mailbox);
+                }
+            }
+            let mut sched = lock(&self.sched);
+            // At once in the models, where the timer's sweeps would do the same after two
+            // periods without work; after the shutdown too, which evicted every key but may
+            // have missed one filed since.
+            if (self.sweep_period().is_none() || sched.cleared) && !sched.idle.is_empty() {
+                let idle = std::mem::take(&mut sched.idle);
                 drop(sched);
-                self.sweep(oldest, true);
+                self.sweep(idle, false);
+                if let Some(mailbox) = self.pop() {
+                    return Some(mailbox);
+                }
                 sched = lock(&self.sched);
             }
-        }
-        if let Some(mailbox) = self.pop(&mut sched) {
-            return Some(mailbox);
-        }
-        if SEARCH_STEPS > 0 && !worker.others_waiting() && !self.gate.is_halted() {
-            sched.searching += 1;
+            let listed = !sched.idle.is_empty();
+            sched.tokens -= 1;
+            self.set_staffed(&sched);
             drop(sched);
-            let mut step = 0;
-            // ORDERING: Relaxed hint; the ready queue is re-checked under the lock below.
-            while step < SEARCH_STEPS
-                && self.ready_hint.load(Ordering::Relaxed) == 0
-                && !worker.others_waiting()
-            {
-                spin_once(step);
-                step += 1;
+            // ORDERING: SeqCst, the releasing side of the Dekker pair (see the module docs): a
+            // key pushed before `staffed` was stored is seen here, and its producer, having
+            // read `staffed` before, did not add a token for it.
+            fence(Ordering::SeqCst);
+            if !self.ready.is_empty() && !Fault::ReleaseWithoutRecheck.on() {
+                let mut sched = lock(&self.sched);
+                if sched.tokens < self.config.max_parallel {
+                    sched.tokens += 1;
+                    self.set_staffed(&sched);
+                    continue;
+                }
+                // Every token is out again: their holders will pop the key.
             }
-            sched = lock(&self.sched);
-            sched.searching -= 1;
-            if let Some(mailbox) = self.pop(&mut sched) {
-                return Some(mailbox);
+            if listed {
+                self.set_timer();
             }
+            return None;
         }
-        // At once in the models, where the timer's sweeps would do the same after two periods
-        // without work; after the shutdown too, which evicted every key but may have missed
-        // one filed since.
-        if (self.sweep_period().is_none() || sched.cleared) && !sched.idle.is_empty() {
-            let idle = std::mem::take(&mut sched.idle);
-            drop(sched);
-            self.sweep(idle, false);
-            sched = lock(&self.sched);
-            if let Some(mailbox) = self.pop(&mut sched) {
-                return Some(mailbox);
-            }
-        }
-        let listed = !sched.idle.is_empty();
-        sched.tokens -= 1;
-        drop(sched);
-        if listed {
-            self.set_timer();
-        }
-        None
     }
 
-    /// Pops a ready key; if keys remain and nobody is searching, brings in another thread.
-    fn pop(&self, sched: &mut Sched<K, J>) -> Option<Arc<Mailbox<K, J>>> {
-        let mailbox = sched.ready.pop_front()?;
-        self.ready_hint.store(sched.ready.len(), Ordering::Relaxed);
-        if sched.needs_token(self.config.max_parallel) {
-            self.submit_token();
+    /// Spins for a while, counted as searching, until a key is ready.
+    fn search(&self, worker: &Worker<'_>) {
+        let mut sched = lock(&self.sched);
+        sched.searching += 1;
+        self.set_staffed(&sched);
+        drop(sched);
+        let mut step = 0;
+        while step < SEARCH_STEPS && self.ready.is_empty() && !worker.others_waiting() {
+            spin_once(step);
+            step += 1;
+        }
+        let mut sched = lock(&self.sched);
+        sched.searching -= 1;
+        self.set_staffed(&sched);
+    }
+
+    /// Pops a ready key; if keys remain, brings in another thread unless one is searching or
+    /// every token is out.
+    fn pop(&self) -> Option<Arc<Mailbox<K, J>>> {
+        let mailbox = self.ready.pop()?;
+        if !self.ready.is_empty() {
+            self.add_token_if_needed();
         }
         Some(mailbox)
     }
@@ -311,41 +324,36 @@ where
     /// ready: files the key and puts the token back at the end of the pool's queue. Returns
     /// false, leaving `ended` to the caller, if no key is ready.
     fn hand_on(&self, ended: &mut Option<(Arc<Mailbox<K, J>>, EndTurn)>) -> bool {
-        let mut sched = lock(&self.sched);
         let requeue = matches!(ended, Some((_, EndTurn::Requeue)));
-        if sched.ready.is_empty() && !requeue {
+        if self.ready.is_empty() && !requeue {
             return false;
         }
-        let overflow = ended
-            .take()
-            .and_then(|(mailbox, end)| self.file(&mut sched, mailbox, end));
-        drop(sched);
-        self.submit_token();
-        if let Some(oldest) = overflow {
-            self.sweep(oldest, true);
+        if let Some((mailbox, end)) = ended.take() {
+            self.file(mailbox, end);
         }
+        self.submit_token();
         true
     }
 
-    /// Files a key whose turn ended: back on the ready queue, or into the idle list. Returns the
-    /// oldest idle keys, to be swept once the lock is released, if the list grew too long.
-    fn file(
-        &self,
-        sched: &mut Sched<K, J>,
-        mailbox: Arc<Mailbox<K, J>>,
-        end: EndTurn,
-    ) -> Option<Vec<Arc<Mailbox<K, J>>>> {
+    /// Files a key whose turn ended: back on the ready queue, or into the idle list. If the
+    /// list grows too long, sweeps its oldest entries.
+    fn file(&self, mailbox: Arc<Mailbox<K, J>>, end: EndTurn) {
         match end {
-            EndTurn::Requeue => {
-                sched.ready.push_back(mailbox);
-                self.ready_hint.store(sched.ready.len(), Ordering::Relaxed);
+            EndTurn::Requeue => self.ready.push(mailbox),
+            EndTurn::Idle { list: true } => {
+                let mut sched = lock(&self.sched);
+                sched.idle.push_back(mailbox);
+                // Not with an idle timeout, which keeps every key for at least that long.
+                let overflow =
+                    sched.idle.len() > IDLE_LIST_MAX && self.config.idle_timeout.is_none();
+                let oldest = overflow.then(|| sched.idle.drain(..SPARES_MAX).collect::<Vec<_>>());
+                drop(sched);
+                if let Some(oldest) = oldest {
+                    self.sweep(oldest, true);
+                }
             }
-            EndTurn::Idle { list: true } => sched.idle.push_back(mailbox),
             EndTurn::Idle { list: false } | EndTurn::Halted => {}
         }
-        // Not with an idle timeout, which keeps every key for at least that long.
-        let overflow = sched.idle.len() > IDLE_LIST_MAX && self.config.idle_timeout.is_none();
-        overflow.then(|| sched.idle.drain(..SPARES_MAX).collect())
     }
 
     /// Arms the pool timer that sweeps the idle list (see `sweep_period`).
