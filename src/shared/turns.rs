@@ -200,7 +200,9 @@ where
         worker: &Worker<'_>,
     ) -> Option<Arc<Mailbox<K, J>>> {
         if let Some((mailbox, end)) = ended {
-            self.file(mailbox, end);
+            if let Some(oldest) = self.file(mailbox, end) {
+                self.sweep(oldest, true);
+            }
         }
         loop {
             if let Some(mailbox) = self.pop() {
@@ -333,16 +335,20 @@ where
         if self.ready.is_empty() && !requeue {
             return false;
         }
-        if let Some((mailbox, end)) = ended.take() {
-            self.file(mailbox, end);
-        }
+        let overflow = ended
+            .take()
+            .and_then(|(mailbox, end)| self.file(mailbox, end));
+        // The ready keys first: the sweep can wait.
         self.submit_token();
+        if let Some(oldest) = overflow {
+            self.sweep(oldest, true);
+        }
         true
     }
 
-    /// Files a key whose turn ended: back on the ready queue, or into the idle list. If the
-    /// list grows too long, sweeps its oldest entries.
-    fn file(&self, mailbox: Arc<Mailbox<K, J>>, end: EndTurn) {
+    /// Files a key whose turn ended: back on the ready queue, or into the idle list. Returns
+    /// the oldest idle keys, for the caller to sweep, if the list grew too long.
+    fn file(&self, mailbox: Arc<Mailbox<K, J>>, end: EndTurn) -> Option<Vec<Arc<Mailbox<K, J>>>> {
         match end {
             EndTurn::Requeue => self.ready.push(mailbox),
             EndTurn::Idle { list: true } => {
@@ -351,14 +357,11 @@ where
                 // Not with an idle timeout, which keeps every key for at least that long.
                 let overflow =
                     sched.idle.len() > IDLE_LIST_MAX && self.config.idle_timeout.is_none();
-                let oldest = overflow.then(|| sched.idle.drain(..SPARES_MAX).collect::<Vec<_>>());
-                drop(sched);
-                if let Some(oldest) = oldest {
-                    self.sweep(oldest, true);
-                }
+                return overflow.then(|| sched.idle.drain(..SPARES_MAX).collect());
             }
             EndTurn::Idle { list: false } | EndTurn::Halted => {}
         }
+        None
     }
 
     /// Arms the pool timer that sweeps the idle list (see `sweep_period`).
