@@ -35,6 +35,11 @@
 //!    Twin: the holder releases without looking at the ready queue again
 //!    ([`Fault::ReleaseWithoutRecheck`]), so the producer, which saw the token still out, adds
 //!    none, and the key waits in the ready queue with no thread to run it.
+//! 7. [`dispatch_racing_close_leaves_nothing_alive`]: with two workers, a dispatch races
+//!    `close`; once every handle is dropped, so is the handler. Twin: the pool queues a token
+//!    that comes after it has shut down ([`Fault::TokenAfterShutdown`]): a producer adds one
+//!    while a holder already out runs its key and the close completes, and the token, queued
+//!    where no thread will take it, keeps the dispatcher alive.
 //!
 //! Each twin is the same model with its fault armed (see [`Fault`]), marked `#[should_panic]`
 //! with the failure it must produce in a release build. With debug assertions, the crate's own
@@ -42,7 +47,8 @@
 //! first, so there any panic passes.
 //!
 //! Models are bounded to 2 to 4 preemptions per execution, which reaches every race above and
-//! keeps each model within seconds; `LOOM_MAX_PREEMPTIONS` raises the bound for a longer run.
+//! keeps each model within seconds (model 7, two workers and a producer racing `close`, takes
+//! minutes); `LOOM_MAX_PREEMPTIONS` raises the bound for a longer run.
 //! Two things make the real code checkable: the spin loops of the pool and of searching token
 //! holders take zero steps under loom, and each side of the Dekker pairs in `signal` adds a
 //! `SeqCst` fence under loom (`sync::dekker_fence`), since loom does not model the total order
@@ -413,4 +419,47 @@ fn key_scheduled_while_the_token_is_released_runs() {
 #[cfg_attr(debug_assertions, should_panic)]
 fn token_released_without_recheck_strands_a_key() {
     release_model(Some(Fault::ReleaseWithoutRecheck));
+}
+
+// -------------------------------------------------------------------------------------------
+// 7. A token added as the dispatcher closes.
+
+fn late_token_model(fault: Option<Fault>) {
+    explore(3, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(2, 8);
+        d.dispatch(0, 0).unwrap();
+        let producer = {
+            let d = d.share();
+            thread::spawn(move || d.dispatch(1, 1))
+        };
+        assert!(d.close().drained);
+        let ran = log.started();
+        let accepted: Vec<u32> = settle(producer.join().unwrap(), 1, 1, &ran)
+            .into_iter()
+            .chain([0])
+            .collect();
+        log.assert_ran(&accepted);
+        drop(d);
+        assert_eq!(
+            Arc::strong_count(&log.0),
+            1,
+            "the dispatcher outlived its last handle"
+        );
+    });
+}
+
+#[test]
+fn dispatch_racing_close_leaves_nothing_alive() {
+    late_token_model(None);
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "the dispatcher outlived its last handle")
+)]
+#[cfg_attr(debug_assertions, should_panic)]
+fn token_queued_after_shutdown_keeps_the_dispatcher_alive() {
+    late_token_model(Some(Fault::TokenAfterShutdown));
 }

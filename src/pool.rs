@@ -272,8 +272,19 @@ impl PoolShared {
     }
 
     /// Queues a token of `source` and wakes a thread if none is spinning to take it.
+    ///
+    /// Once the pool has shut down the token is dropped: its dispatcher has closed. A producer
+    /// that added a token just as a holder already out ran the key it scheduled (and so let
+    /// the close finish) may come here after the last thread has left. Queued, the token would
+    /// keep its dispatcher alive, and through it this pool: a cycle that nothing breaks.
     pub(crate) fn submit(&self, source: Arc<dyn Source>) {
         let mut state = lock(&self.state);
+        if state.shutdown && !crate::sync::Fault::TokenAfterShutdown.on() {
+            drop(state);
+            // Outside the lock: this may be the dispatcher's last reference.
+            drop(source);
+            return;
+        }
         state.queue.push_back(source);
         // ORDERING: Relaxed; only a hint for spinners, who re-check under the lock.
         self.queued.store(state.queue.len(), Ordering::Relaxed);

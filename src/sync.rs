@@ -115,6 +115,8 @@ pub(crate) enum Fault {
     /// A token holder that runs out of ready keys gives its token back without looking at the
     /// ready queue again.
     ReleaseWithoutRecheck,
+    /// `PoolShared::submit` queues a token after the pool has shut down.
+    TokenAfterShutdown,
 }
 
 #[cfg(any(loom, feature = "shuttle"))]
