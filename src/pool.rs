@@ -9,7 +9,8 @@
 //! # Sleeping and waking
 //!
 //! A thread that finds the queue empty spins briefly (counted in `spinning`), then sleeps on the
-//! condition variable (counted in `sleeping`). [`PoolShared::submit`] wakes a sleeper only if
+//! condition variable (counted in `sleeping`). It spins only where the pool leaves a core spare
+//! (see [`PoolShared::spins`]). [`PoolShared::submit`] wakes a sleeper only if
 //! the queue holds more tokens than there are spinners to take them. No wake-up is lost: a
 //! spinner stops spinning and re-checks the queue under the lock before it sleeps, and `submit`
 //! pushes under that same lock.
@@ -30,8 +31,9 @@ use crate::{
 };
 use std::{cell::Cell, collections::VecDeque, fmt, time::Instant};
 
-/// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps.
-const SPIN_STEPS: u32 = if CHECKED { 0 } else { 10 };
+/// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps, where it
+/// spins at all (see [`PoolShared::spins`]).
+const SPIN_STEPS: u32 = 10;
 
 /// Something that gives a pool work: a dispatcher.
 pub(crate) trait Source: Send + Sync + 'static {
@@ -74,6 +76,8 @@ enum Work {
 pub(crate) struct PoolShared {
     id: usize,
     workers: usize,
+    /// See [`PoolShared::spins`].
+    spins: bool,
     name: String,
     state: Mutex<PoolState>,
     /// Sleeping workers wait here.
@@ -144,6 +148,7 @@ impl PoolShared {
         let pool = Arc::new(PoolShared {
             id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             workers,
+            spins: !CHECKED && workers < default_workers(),
             name: name.to_owned(),
             state: Mutex::new(PoolState {
                 queue: VecDeque::new(),
@@ -175,6 +180,18 @@ impl PoolShared {
         }
         log::debug!("pool {name} started with {workers} workers");
         Ok(pool)
+    }
+
+    /// Whether idle threads (and dispatchers' token holders out of ready keys) spin before
+    /// they sleep: only where the pool's threads leave a core spare, never under a schedule
+    /// checker. Where they fill every core, a spinning thread yields its core to whatever
+    /// else wants it, and the kernel can then run a long job there for a whole time slice
+    /// while the spinner, once given work, waits: with two workers on two cores and one key
+    /// running 2 ms jobs, the other keys' p99 wait went from about 1.3 ms to about 0.1 ms
+    /// without spinning. Sleeping costs throughput on tiny jobs instead (a wake-up where a
+    /// spinner would have taken the work): 0.8x with 10,000 keys there.
+    pub(crate) fn spins(&self) -> bool {
+        self.spins
     }
 
     pub(crate) fn workers(&self) -> usize {
@@ -215,7 +232,7 @@ impl PoolShared {
         if let Some(work) = self.pop(&mut state) {
             return Some(work);
         }
-        if SPIN_STEPS > 0 && !state.shutdown {
+        if self.spins && !state.shutdown {
             state.spinning += 1;
             drop(state);
             let mut step = 0;

@@ -9,8 +9,8 @@
 //! and, if fewer than `max_parallel` tokens are out and no token holder is already looking for
 //! work (`searching`), hands a new token to the pool, waking one thread. A token holder pops
 //! keys and runs a turn of each; when the ready queue is empty it spins briefly (as
-//! `searching`), then arms the sweep timer if idle keys are listed (see below) and releases its
-//! token.
+//! `searching`, where the pool spins at all: see `PoolShared::spins`), then arms the sweep
+//! timer if idle keys are listed (see below) and releases its token.
 //!
 //! The ready queue takes no lock; tokens and searchers are counted under the scheduler's lock
 //! and mirrored in `staffed` (all tokens out, or one searching), which a producer reads after

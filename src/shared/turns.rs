@@ -17,8 +17,9 @@ use std::{
     time::Instant,
 };
 
-/// How many spin steps a token holder waits for a ready key before it gives the token back.
-const SEARCH_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 8 };
+/// How many spin steps a token holder waits for a ready key before it gives the token back,
+/// where the pool spins at all (see `PoolShared::spins`).
+const SEARCH_STEPS: u32 = 8;
 
 /// How many spin steps a turn waits for its key's next job before it ends.
 const LINGER_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 7 };
@@ -208,7 +209,7 @@ where
             if let Some(mailbox) = self.pop() {
                 return Some(mailbox);
             }
-            if SEARCH_STEPS > 0 && !worker.others_waiting() && !self.gate.is_halted() {
+            if self.pool.spins() && !worker.others_waiting() && !self.gate.is_halted() {
                 self.search(worker);
                 if let Some(mailbox) = self.pop() {
                     return Some(mailbox);
