@@ -166,3 +166,76 @@ fn dispatch_from_a_handler_into_its_own_full_key_refuses_instead_of_deadlocking(
     assert_eq!(outcomes.recv().unwrap(), (5, 1));
     assert_eq!(d.close().stats.refused, 1);
 }
+
+#[test]
+fn jobs_finished_on_a_busy_worker_make_room_at_once() {
+    let _watchdog = Watchdog::new("finished room", HANG);
+    let latch = Latch::new();
+    let held_latch = Arc::clone(&latch);
+    let d = Dispatcher::builder()
+        .workers(1)
+        .capacity(4)
+        .build(move |key: &u32, _: u32| {
+            if *key == 1 {
+                held_latch.wait();
+            }
+        })
+        .unwrap();
+    for job in 0..3 {
+        d.try_dispatch(0, job).unwrap();
+    }
+    // Key 1's job holds the only worker after key 0's three jobs have finished on it.
+    d.try_dispatch(1, 0).unwrap();
+    wait_for(|| {
+        let stats = d.stats();
+        stats.completed == 3 && stats.running + stats.queued == 1
+    });
+    // The gate holds one unfinished job of four: three dispatches find room, and no more.
+    let tries: Vec<_> = (3..7).map(|job| d.try_dispatch(0, job)).collect();
+    latch.open();
+    assert!(tries[..3].iter().all(Result::is_ok), "{tries:?}");
+    assert!(matches!(
+        tries[3],
+        Err(DispatchError::Full { key: 0, job: 6 })
+    ));
+    assert_eq!(d.close().stats.completed, 7);
+}
+
+#[test]
+fn a_blocked_producer_gets_the_room_of_a_job_that_finished_on_a_busy_worker() {
+    let _watchdog = Watchdog::new("blocked room", HANG);
+    let (first, second) = (Latch::new(), Latch::new());
+    let (held_first, held_second) = (Arc::clone(&first), Arc::clone(&second));
+    let (started, starts) = mpsc::channel();
+    let started = Mutex::new(started);
+    let d = Dispatcher::builder()
+        .workers(1)
+        .capacity(2)
+        .build(move |key: &u32, _: u32| {
+            started.lock().unwrap().send(*key).unwrap();
+            match key {
+                1 => held_first.wait(),
+                2 => held_second.wait(),
+                _ => {}
+            }
+        })
+        .unwrap();
+    d.dispatch(1, 0).unwrap();
+    assert_eq!(starts.recv().unwrap(), 1);
+    d.dispatch(2, 0).unwrap();
+    let returned = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            d.dispatch(3, 0).unwrap();
+            returned.store(true, Ordering::SeqCst);
+        });
+        wait_for(|| d.stats().blocked == 1);
+        // Key 1's job finishes; the worker goes on to key 2's, which holds it: the room key 1's
+        // job left must reach the blocked producer now, not when the worker is free again.
+        first.open();
+        assert_eq!(starts.recv().unwrap(), 2);
+        wait_for(|| returned.load(Ordering::SeqCst));
+        second.open();
+    });
+    assert_eq!(d.close().stats.completed, 3);
+}
