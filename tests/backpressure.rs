@@ -170,35 +170,44 @@ fn dispatch_from_a_handler_into_its_own_full_key_refuses_instead_of_deadlocking(
 #[test]
 fn jobs_finished_on_a_busy_worker_make_room_at_once() {
     let _watchdog = Watchdog::new("finished room", HANG);
-    let latch = Latch::new();
-    let held_latch = Arc::clone(&latch);
+    let (first, second) = (Latch::new(), Latch::new());
+    let (held_first, held_second) = (Arc::clone(&first), Arc::clone(&second));
+    let (started, starts) = mpsc::channel();
+    let started = Mutex::new(started);
     let d = Dispatcher::builder()
         .workers(1)
-        .capacity(4)
+        .capacity(5)
         .build(move |key: &u32, _: u32| {
-            if *key == 1 {
-                held_latch.wait();
+            started.lock().unwrap().send(*key).unwrap();
+            match key {
+                2 => held_first.wait(),
+                1 => held_second.wait(),
+                _ => {}
             }
         })
         .unwrap();
+    // Key 2's job holds the only worker while key 0's three jobs and key 1's are queued, so
+    // that key 0 runs them in one turn and the worker goes straight on to key 1, which holds it.
+    d.try_dispatch(2, 0).unwrap();
+    assert_eq!(starts.recv().unwrap(), 2);
     for job in 0..3 {
         d.try_dispatch(0, job).unwrap();
     }
-    // Key 1's job holds the only worker after key 0's three jobs have finished on it.
     d.try_dispatch(1, 0).unwrap();
+    first.open();
     wait_for(|| {
         let stats = d.stats();
-        stats.completed == 3 && stats.running + stats.queued == 1
+        stats.completed == 4 && stats.running + stats.queued == 1
     });
-    // The gate holds one unfinished job of four: three dispatches find room, and no more.
-    let tries: Vec<_> = (3..7).map(|job| d.try_dispatch(0, job)).collect();
-    latch.open();
-    assert!(tries[..3].iter().all(Result::is_ok), "{tries:?}");
+    // The gate holds one unfinished job of five: four dispatches find room, and no more.
+    let tries: Vec<_> = (3..8).map(|job| d.try_dispatch(0, job)).collect();
+    second.open();
+    assert!(tries[..4].iter().all(Result::is_ok), "{tries:?}");
     assert!(matches!(
-        tries[3],
-        Err(DispatchError::Full { key: 0, job: 6 })
+        tries[4],
+        Err(DispatchError::Full { key: 0, job: 7 })
     ));
-    assert_eq!(d.close().stats.completed, 7);
+    assert_eq!(d.close().stats.completed, 9);
 }
 
 #[test]
