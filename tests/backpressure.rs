@@ -167,33 +167,47 @@ fn dispatch_from_a_handler_into_its_own_full_key_refuses_instead_of_deadlocking(
     assert_eq!(d.close().stats.refused, 1);
 }
 
-#[test]
-fn jobs_finished_on_a_busy_worker_make_room_at_once() {
-    let _watchdog = Watchdog::new("finished room", HANG);
+/// A dispatcher on one worker with room for `capacity` jobs, whose handler reports each start
+/// and holds key 1's jobs until `first` opens and key 2's until `second` does.
+fn one_worker_holding_keys_1_and_2(
+    capacity: usize,
+) -> (
+    Dispatcher<u32, u32>,
+    mpsc::Receiver<u32>,
+    Arc<Latch>,
+    Arc<Latch>,
+) {
     let (first, second) = (Latch::new(), Latch::new());
     let (held_first, held_second) = (Arc::clone(&first), Arc::clone(&second));
     let (started, starts) = mpsc::channel();
     let started = Mutex::new(started);
     let d = Dispatcher::builder()
         .workers(1)
-        .capacity(5)
+        .capacity(capacity)
         .build(move |key: &u32, _: u32| {
             started.lock().unwrap().send(*key).unwrap();
             match key {
-                2 => held_first.wait(),
-                1 => held_second.wait(),
+                1 => held_first.wait(),
+                2 => held_second.wait(),
                 _ => {}
             }
         })
         .unwrap();
-    // Key 2's job holds the only worker while key 0's three jobs and key 1's are queued, so
-    // that key 0 runs them in one turn and the worker goes straight on to key 1, which holds it.
-    d.try_dispatch(2, 0).unwrap();
-    assert_eq!(starts.recv().unwrap(), 2);
+    (d, starts, first, second)
+}
+
+#[test]
+fn jobs_finished_on_a_busy_worker_make_room_at_once() {
+    let _watchdog = Watchdog::new("finished room", HANG);
+    let (d, starts, first, second) = one_worker_holding_keys_1_and_2(5);
+    // Key 1's job holds the only worker while key 0's three jobs and key 2's are queued, so
+    // that key 0 runs them in one turn and the worker goes straight on to key 2, which holds it.
+    d.try_dispatch(1, 0).unwrap();
+    assert_eq!(starts.recv().unwrap(), 1);
     for job in 0..3 {
         d.try_dispatch(0, job).unwrap();
     }
-    d.try_dispatch(1, 0).unwrap();
+    d.try_dispatch(2, 0).unwrap();
     first.open();
     wait_for(|| {
         let stats = d.stats();
@@ -213,22 +227,7 @@ fn jobs_finished_on_a_busy_worker_make_room_at_once() {
 #[test]
 fn a_blocked_producer_gets_the_room_of_a_job_that_finished_on_a_busy_worker() {
     let _watchdog = Watchdog::new("blocked room", HANG);
-    let (first, second) = (Latch::new(), Latch::new());
-    let (held_first, held_second) = (Arc::clone(&first), Arc::clone(&second));
-    let (started, starts) = mpsc::channel();
-    let started = Mutex::new(started);
-    let d = Dispatcher::builder()
-        .workers(1)
-        .capacity(2)
-        .build(move |key: &u32, _: u32| {
-            started.lock().unwrap().send(*key).unwrap();
-            match key {
-                1 => held_first.wait(),
-                2 => held_second.wait(),
-                _ => {}
-            }
-        })
-        .unwrap();
+    let (d, starts, first, second) = one_worker_holding_keys_1_and_2(2);
     d.dispatch(1, 0).unwrap();
     assert_eq!(starts.recv().unwrap(), 1);
     d.dispatch(2, 0).unwrap();
