@@ -21,7 +21,8 @@
 //! - **Running**: one worker owns the key and runs a *turn*: batches of at most
 //!   `jobs_per_turn` jobs, each taken out of the queue at once. Producers keep pushing behind
 //!   them without scheduling. After a batch the turn goes on with the next one only while no
-//!   other key is ready (the worker may linger a few spin steps for a job to arrive); otherwise
+//!   other key is ready (the worker may linger a few spin steps for a job to arrive, or, while
+//!   jobs keep arriving, for a larger batch to gather); otherwise
 //!   the worker puts the key back in the ready queue if jobs are left (so one hot key cannot
 //!   hold a thread while other keys wait), or makes it Idle.
 //! - **Idle**: in the map, empty, owned by nobody. A push makes it Queued again and schedules
@@ -106,8 +107,8 @@ pub(crate) struct Mailbox<K, J> {
     /// `None` only while the mailbox is a spare (see [`Mailbox::retire`]).
     key: Option<K>,
     inner: Mutex<Inner<J>>,
-    /// `inner.queue.len()`, for the worker running the key to see without the lock whether
-    /// jobs arrived behind its batch.
+    /// `inner.queue.len()`, for the worker running the key to see without the lock how many
+    /// jobs arrived behind its batch. Stored after the lock is released, so it may lag.
     queued: AtomicUsize,
     /// Producers waiting for room in this key's queue; notified when a batch or a turn ends, or
     /// the queue is taken by `close_now`.
@@ -306,10 +307,11 @@ impl<K, J> Mailbox<K, J> {
             inner.used = true;
             return Push::Schedule;
         }
+        let queued = inner.queue.len();
         drop(inner);
         // After the unlock, so that a worker lingering for this job does not try the lock while
         // it is still held here.
-        self.queued.store(1, Ordering::Relaxed);
+        self.queued.store(queued, Ordering::Relaxed);
         Push::Added
     }
 
@@ -445,11 +447,11 @@ impl<K, J> Mailbox<K, J> {
         inner.in_turn
     }
 
-    /// Worker: whether jobs wait in the queue, as a hint read without the lock: it may lag a
-    /// push, or still be set by a push whose job a batch already took.
-    pub(crate) fn has_queued(&self) -> bool {
+    /// Worker: how many jobs wait in the queue, as a hint read without the lock: it may lag a
+    /// push, or still count jobs that a batch already took.
+    pub(crate) fn queued_hint(&self) -> usize {
         // ORDERING: Relaxed; `continue_turn` and `end_turn` look again under the lock.
-        self.queued.load(Ordering::Relaxed) > 0
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Worker: ends the turn. `leftovers` are the jobs of the turn that did not start (only
@@ -812,10 +814,14 @@ mod tests {
         let mb = Mailbox::new(1u8, 0u32, None);
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         mb.begin_turn(8, &mut batch, &mut due);
-        assert!(!mb.has_queued());
+        assert_eq!(mb.queued_hint(), 0);
         assert_eq!(mb.push(1, &mut None, 100, &gate), Push::Added);
         assert_eq!(mb.push(2, &mut None, 100, &gate), Push::Added);
-        assert!(mb.has_queued());
+        assert_eq!(
+            mb.queued_hint(),
+            2,
+            "the hint counts the jobs behind the batch"
+        );
         batch.clear(); // job 0 ran
         assert_eq!(mb.continue_turn(8, &mut batch, &mut due), 2);
         assert_eq!(batch, [1, 2]);
@@ -874,7 +880,7 @@ mod tests {
         assert!(mb.key.is_none(), "a spare does not keep its old key alive");
         mb.reuse(2, 20, Some(Arc::clone(&group)));
         assert_eq!((*mb.key(), mb.state(), mb.len()), (2, State::Queued, 1));
-        assert!(mb.has_queued());
+        assert!(mb.queued_hint() > 0);
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         assert_eq!(mb.begin_turn(8, &mut batch, &mut due), 1);
         assert_eq!(batch, [20]);

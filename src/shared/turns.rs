@@ -24,6 +24,14 @@ const SEARCH_STEPS: u32 = 8;
 /// How many spin steps a turn waits for its key's next job before it ends.
 const LINGER_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 7 };
 
+/// How many jobs a turn lets gather behind its batch, while they keep arriving, before it goes
+/// on with them (at most `jobs_per_turn`, and fewer than `key_capacity` allows).
+const GATHER_JOBS: usize = 32;
+
+/// How many spin-loop hints a gathering turn waits between two looks at its key's queue: about
+/// half a microsecond. None in the models, where spinning is only more steps to explore.
+const GATHER_SPINS: u32 = if crate::sync::CHECKED { 0 } else { 32 };
+
 impl<K, J> Shared<K, J>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
@@ -115,15 +123,38 @@ where
     /// dispatcher waits for the thread, or `close_now` has begun; and no waiting while the key
     /// or the gate is full, since the batch's jobs still hold their room until the turn ends
     /// or goes on, so no job can arrive.
+    ///
+    /// Jobs that are arriving while it looks are left to gather, up to [`GATHER_JOBS`], as long
+    /// as each look finds more than the last: taken one or two at a time, every job of a key
+    /// fed as fast as it runs would cost a hand-off of the key's lock between the producer and
+    /// the worker (with one key, paired runs went from about 3 to about 7 M jobs/s). A job
+    /// waits at most [`GATHER_JOBS`] looks for this (about 16 µs), and only while others arrive
+    /// behind it.
     fn more_jobs(&self, mailbox: &Mailbox<K, J>, ran: usize, worker: &Worker<'_>) -> bool {
+        let gather = GATHER_JOBS.min(self.config.jobs_per_turn);
         let mut step = 0;
+        let mut seen = 0;
         loop {
             // Hints, read without a lock: a stale one costs a turn of fairness or a short wait.
             if !self.ready.is_empty() || worker.others_waiting() || self.gate.halt_seen() {
                 return false;
             }
-            if mailbox.has_queued() {
-                return true;
+            let queued = mailbox.queued_hint();
+            if queued > 0 {
+                // Enough, no longer growing, or the key full: go on. The count grows at each
+                // look, so there are at most `gather` of them.
+                if queued >= gather
+                    || queued <= seen
+                    || queued + ran >= self.config.key_capacity
+                    || GATHER_SPINS == 0
+                {
+                    return true;
+                }
+                seen = queued;
+                for _ in 0..GATHER_SPINS {
+                    std::hint::spin_loop();
+                }
+                continue;
             }
             if step >= LINGER_STEPS
                 || (step == 0
