@@ -29,7 +29,9 @@ const LINGER_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 7 };
 const GATHER_JOBS: usize = 32;
 
 /// How many spin-loop hints a gathering turn waits between two looks at its key's queue: about
-/// half a microsecond. None in the models, where spinning is only more steps to explore.
+/// half a microsecond where a hint takes 15 ns (as on the benchmark's VM), up to three times
+/// that on CPUs with a slow `pause`. None in the models, where spinning is only more steps to
+/// explore.
 const GATHER_SPINS: u32 = if crate::sync::CHECKED { 0 } else { 32 };
 
 impl<K, J> Shared<K, J>
@@ -128,8 +130,8 @@ where
     /// as each look finds more than the last: taken one or two at a time, every job of a key
     /// fed as fast as it runs would cost a hand-off of the key's lock between the producer and
     /// the worker (with one key, paired runs went from about 3 to about 7 M jobs/s). A job
-    /// waits at most [`GATHER_JOBS`] looks for this (about 16 µs), and only while others arrive
-    /// behind it.
+    /// waits one look for this, and more only while others keep arriving behind it, at most
+    /// [`GATHER_JOBS`] looks (about 16 µs on the benchmark's VM).
     fn more_jobs(&self, mailbox: &Mailbox<K, J>, ran: usize, worker: &Worker<'_>) -> bool {
         let gather = GATHER_JOBS.min(self.config.jobs_per_turn);
         let mut step = 0;
