@@ -22,9 +22,9 @@
 //!   `jobs_per_turn` jobs, each taken out of the queue at once. Producers keep pushing behind
 //!   them without scheduling. After a batch the turn goes on with the next one only while no
 //!   other key is ready (the worker may linger a few spin steps for a job to arrive, or, while
-//!   jobs keep arriving, for a larger batch to gather); otherwise
-//!   the worker puts the key back in the ready queue if jobs are left (so one hot key cannot
-//!   hold a thread while other keys wait), or makes it Idle.
+//!   jobs keep arriving, for a larger batch to gather); otherwise the worker puts the key back
+//!   in the ready queue if jobs are left (so one hot key cannot hold a thread while other keys
+//!   wait), or makes it Idle.
 //! - **Idle**: in the map, empty, owned by nobody. A push makes it Queued again and schedules
 //!   it. An idle key is evicted by a *sweep* once it has stayed idle from one of its
 //!   dispatcher's periodic sweeps to the next, every `idle_timeout` or by default every 20 ms

@@ -129,7 +129,7 @@ where
     /// Jobs that are arriving while it looks are left to gather, up to [`GATHER_JOBS`], as long
     /// as each look finds more than the last: taken one or two at a time, every job of a key
     /// fed as fast as it runs would cost a hand-off of the key's lock between the producer and
-    /// the worker (with one key, paired runs went from about 3 to about 7 M jobs/s). A job
+    /// the worker (with one key, paired runs went from about 3 to about 8 M jobs/s). A job
     /// waits one look for this, and more only while others keep arriving behind it, at most
     /// [`GATHER_JOBS`] looks (about 16 µs on the benchmark's VM).
     fn more_jobs(&self, mailbox: &Mailbox<K, J>, ran: usize, worker: &Worker<'_>) -> bool {
