@@ -29,7 +29,13 @@ use crate::{
         Weak, CHECKED,
     },
 };
-use std::{cell::Cell, collections::VecDeque, fmt, time::Instant};
+use std::{
+    any::Any,
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    fmt,
+    time::Instant,
+};
 
 /// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps, where it
 /// spins at all (see [`PoolShared::spins`]).
@@ -112,6 +118,8 @@ struct PoolState {
 /// Passed to a running source: what it may ask of the worker thread it runs on.
 pub(crate) struct Worker<'a> {
     pool: &'a PoolShared,
+    /// What the last source to run on this thread left for its next token here.
+    pub(crate) kept: Kept,
 }
 
 impl Worker<'_> {
@@ -120,6 +128,33 @@ impl Worker<'_> {
     pub(crate) fn others_waiting(&self) -> bool {
         // ORDERING: Relaxed; a stale answer costs one turn of unfairness, never correctness.
         self.pool.queued.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// One value a source leaves on a worker thread for its next token there: its turn buffers,
+/// so that a thread that gives its token back whenever the ready keys run out (as often as
+/// every few dozen jobs) does not free them and allocate them again at the next token.
+#[derive(Default)]
+pub(crate) struct Kept(RefCell<Option<Box<dyn Any>>>);
+
+impl Kept {
+    /// Takes the value left by [`Kept::put`] if it is a `T`, or else a default one.
+    pub(crate) fn take<T: Default + 'static>(&self) -> T {
+        let mut kept = self.0.borrow_mut();
+        match kept.as_mut().and_then(|kept| kept.downcast_mut::<T>()) {
+            Some(value) => std::mem::take(value),
+            None => T::default(),
+        }
+    }
+
+    /// Leaves `value` in place of what was kept before, allocating only when that was of
+    /// another type (another source's, with other jobs).
+    pub(crate) fn put<T: 'static>(&self, value: T) {
+        let mut kept = self.0.borrow_mut();
+        match kept.as_mut().and_then(|kept| kept.downcast_mut::<T>()) {
+            Some(slot) => *slot = value,
+            None => *kept = Some(Box::new(value)),
+        }
     }
 }
 
@@ -210,7 +245,10 @@ impl PoolShared {
     fn main(self: Arc<Self>, index: usize) {
         let guard = AbortOnPanic;
         CURRENT_POOL.with(|current| current.set(self.id));
-        let worker = Worker { pool: &self };
+        let worker = Worker {
+            pool: &self,
+            kept: Kept::default(),
+        };
         while let Some(work) = self.next_work() {
             match work {
                 Work::Run(source) => source.run(&worker),
@@ -560,4 +598,31 @@ pub(crate) const DEFAULT_NAME: &str = "keyed-dispatch";
 /// The default number of workers: the machine's available parallelism.
 pub(crate) fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kept;
+
+    #[test]
+    fn kept_value_comes_back_once_and_only_as_its_own_type() {
+        let kept = Kept::default();
+        assert_eq!(kept.take::<Vec<u8>>(), Vec::<u8>::new());
+        kept.put(Vec::<u8>::with_capacity(64));
+        let buffer: Vec<u8> = kept.take();
+        assert!(buffer.capacity() >= 64, "the kept allocation came back");
+        assert_eq!(kept.take::<Vec<u8>>().capacity(), 0, "taken once");
+        kept.put(buffer);
+        assert_eq!(
+            kept.take::<Vec<u16>>(),
+            Vec::<u16>::new(),
+            "another type gets a default"
+        );
+        kept.put(String::from("x"));
+        assert_eq!(
+            kept.take::<String>(),
+            "x",
+            "a value of another type replaces it"
+        );
+    }
 }

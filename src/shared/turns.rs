@@ -428,16 +428,22 @@ where
     J: Send + 'static,
 {
     fn run(self: Arc<Self>, worker: &Worker<'_>) {
-        let mut batch = VecDeque::new();
-        let mut due = Marks::new();
+        // Empty between turns. Their allocations travel: a turn swaps `batch` with its key's
+        // queue, whose producer then pushes into it without growing it.
+        let (mut batch, mut due): (VecDeque<J>, Marks) = worker.kept.take();
         let mut ended = None;
         while let Some(mailbox) = self.next_key(ended.take(), worker) {
             let end = self.run_turn(&mailbox, &mut batch, &mut due, worker);
             ended = Some((mailbox, end));
             if worker.others_waiting() && self.hand_on(&mut ended) {
-                return;
+                break;
             }
         }
+        // No larger than a turn needs: a buffer swapped in from a key may have grown to the
+        // key's capacity.
+        batch.shrink_to(self.config.jobs_per_turn);
+        due.shrink_to(self.config.jobs_per_turn);
+        worker.kept.put((batch, due));
     }
 
     /// The sweep timer: sweeps the idle list, giving the keys listed or scheduled since the
