@@ -29,13 +29,7 @@ use crate::{
         Weak, CHECKED,
     },
 };
-use std::{
-    any::Any,
-    cell::{Cell, RefCell},
-    collections::VecDeque,
-    fmt,
-    time::Instant,
-};
+use std::{any::Any, cell::Cell, collections::VecDeque, fmt, time::Instant};
 
 /// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps, where it
 /// spins at all (see [`PoolShared::spins`]).
@@ -118,7 +112,7 @@ struct PoolState {
 /// Passed to a running source: what it may ask of the worker thread it runs on.
 pub(crate) struct Worker<'a> {
     pool: &'a PoolShared,
-    /// What the last source to run on this thread left for its next token here.
+    /// What a source left on this thread for the next of its type (see [`Kept`]).
     pub(crate) kept: Kept,
 }
 
@@ -131,30 +125,36 @@ impl Worker<'_> {
     }
 }
 
-/// One value a source leaves on a worker thread for its next token there: its turn buffers,
-/// so that a thread that gives its token back whenever the ready keys run out (as often as
-/// every few dozen jobs) does not free them and allocate them again at the next token.
+/// A value that a source leaves on a worker thread for the next one of its type to take
+/// there: a dispatcher's turn buffers, so that a thread that gives its token back whenever the
+/// ready keys run out (as often as every few dozen jobs) does not free them and allocate them
+/// again at its next token.
 #[derive(Default)]
-pub(crate) struct Kept(RefCell<Option<Box<dyn Any>>>);
+pub(crate) struct Kept(Cell<Option<Box<dyn Any>>>);
 
 impl Kept {
     /// Takes the value left by [`Kept::put`] if it is a `T`, or else a default one.
     pub(crate) fn take<T: Default + 'static>(&self) -> T {
-        let mut kept = self.0.borrow_mut();
-        match kept.as_mut().and_then(|kept| kept.downcast_mut::<T>()) {
-            Some(value) => std::mem::take(value),
-            None => T::default(),
-        }
+        let mut kept = self.0.take();
+        let value = kept
+            .as_mut()
+            .and_then(|kept| kept.downcast_mut::<T>())
+            .map(std::mem::take)
+            .unwrap_or_default();
+        self.0.set(kept);
+        value
     }
 
-    /// Leaves `value` in place of what was kept before, allocating only when that was of
-    /// another type (another source's, with other jobs).
+    /// Leaves `value` in place of what was kept before. It allocates only for the first value
+    /// of its type in a row: where sources with different types take turns on the thread,
+    /// each replaces (and frees) the other's.
     pub(crate) fn put<T: 'static>(&self, value: T) {
-        let mut kept = self.0.borrow_mut();
+        let mut kept = self.0.take();
         match kept.as_mut().and_then(|kept| kept.downcast_mut::<T>()) {
             Some(slot) => *slot = value,
-            None => *kept = Some(Box::new(value)),
+            None => kept = Some(Box::new(value)),
         }
+        self.0.set(kept);
     }
 }
 

@@ -4,7 +4,7 @@
 use super::{Shared, IDLE_LIST_MAX, SPARES_MAX};
 use crate::{
     group::Outcome,
-    mailbox::{EndTurn, Mailbox, Marks},
+    mailbox::{EndTurn, Mailbox, Mark, Marks},
     pool::{Source, Worker},
     sync::{dekker_fence, fence, lock, spin_once, Arc, Fault, Ordering},
 };
@@ -33,6 +33,12 @@ const GATHER_JOBS: usize = 32;
 /// that on CPUs with a slow `pause`. None in the models, where spinning is only more steps to
 /// explore.
 const GATHER_SPINS: u32 = if crate::sync::CHECKED { 0 } else { 32 };
+
+/// The most buffer space, in bytes, that a worker keeps for each of its two turn buffers
+/// between tokens (see `pool::Kept`): a buffer swapped in from a key after a backlog may have
+/// grown to the key's capacity. A batch of the default 64 jobs reaches it only with jobs over
+/// 64 bytes.
+const KEPT_BYTES: usize = 4096;
 
 impl<K, J> Shared<K, J>
 where
@@ -429,7 +435,7 @@ where
 {
     fn run(self: Arc<Self>, worker: &Worker<'_>) {
         // Empty between turns. Their allocations travel: a turn swaps `batch` with its key's
-        // queue, whose producer then pushes into it without growing it.
+        // queue, so that the producer pushes into a buffer that has already grown.
         let (mut batch, mut due): (VecDeque<J>, Marks) = worker.kept.take();
         let mut ended = None;
         while let Some(mailbox) = self.next_key(ended.take(), worker) {
@@ -439,10 +445,12 @@ where
                 break;
             }
         }
-        // No larger than a turn needs: a buffer swapped in from a key may have grown to the
-        // key's capacity.
-        batch.shrink_to(self.config.jobs_per_turn);
-        due.shrink_to(self.config.jobs_per_turn);
+        debug_assert!(
+            batch.is_empty() && due.is_empty(),
+            "a turn left work behind"
+        );
+        batch.shrink_to(KEPT_BYTES / size_of::<J>().max(1));
+        due.shrink_to(KEPT_BYTES / size_of::<Mark>());
         worker.kept.put((batch, due));
     }
 
