@@ -624,5 +624,10 @@ mod tests {
             "x",
             "a value of another type replaces it"
         );
+        assert_eq!(
+            kept.take::<Vec<u8>>().capacity(),
+            0,
+            "replaced, not kept beside it"
+        );
     }
 }
