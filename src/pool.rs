@@ -119,6 +119,12 @@ pub(crate) struct Worker<'a> {
 impl Worker<'_> {
     /// Whether tokens wait in the pool's queue: a source holding a thread should hand it on
     /// after its current turn.
+    ///
+    /// A dispatcher's own second token counts too, although handing the thread on to it gains
+    /// no fairness: the round trip through the pool lets jobs gather behind the keys, which
+    /// then run in larger batches with less contention with the producers on their locks.
+    /// Counting only other sources' tokens was slower in paired runs: 0.72x with 64 keys and
+    /// 0.90x with 10,000.
     pub(crate) fn others_waiting(&self) -> bool {
         // ORDERING: Relaxed; a stale answer costs one turn of unfairness, never correctness.
         self.pool.queued.load(Ordering::Relaxed) > 0
