@@ -66,6 +66,7 @@ pub(crate) struct Config {
 /// ```
 pub struct Builder<K, J> {
     workers: Option<usize>,
+    pin_workers: bool,
     pool: Option<Arc<PoolShared>>,
     max_parallel: Option<usize>,
     capacity: usize,
@@ -86,6 +87,7 @@ where
     pub(crate) fn new() -> Self {
         Builder {
             workers: None,
+            pin_workers: false,
             pool: None,
             max_parallel: None,
             capacity: DEFAULT_CAPACITY,
@@ -104,6 +106,22 @@ where
     /// exactly this many threads. Not to be combined with [`pool`](Builder::pool).
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = Some(workers);
+        self
+    }
+
+    /// Pins thread `i` of the dispatcher's private pool to the `i`-th CPU the building thread
+    /// may run on (in turn, where there are more threads than CPUs); off by default. Not to be
+    /// combined with [`pool`](Builder::pool): pin the shared pool instead
+    /// ([`PoolBuilder::pin_workers`](crate::PoolBuilder::pin_workers)).
+    ///
+    /// It trades throughput for latency where the workers fill every core. Unpinned, a worker
+    /// woken for a key may be queued by the kernel behind another worker's long job on the
+    /// same core, for the rest of that job's time slice; pinned, each worker has its own core.
+    /// But a pinned worker cannot move off a core that the producers, or anything else on the
+    /// machine, are using. The README's benchmark section has the figures. Two pinned pools
+    /// share the same CPUs.
+    pub fn pin_workers(mut self, pin: bool) -> Self {
+        self.pin_workers = pin;
         self
     }
 
@@ -191,7 +209,8 @@ where
     ///
     /// A [`BuildError`] naming the setting that cannot work (zero workers, zero capacity, a
     /// key capacity above the capacity, ...), [`BuildError::PoolClosed`] for a closed pool, or
-    /// [`BuildError::Spawn`] if a thread could not be started. Nothing keeps running then.
+    /// [`BuildError::Spawn`] if a thread could not be started (or [`BuildError::PinUnsupported`]
+    /// or [`BuildError::PinRefused`] if it could not be pinned). Nothing keeps running then.
     pub fn build<H: Handler<K, J>>(self, handler: H) -> Result<Dispatcher<K, J>, BuildError> {
         let workers = match &self.pool {
             Some(pool) => pool.workers(),
@@ -200,7 +219,7 @@ where
         let config = self.check(workers)?;
         let pool = match self.pool {
             Some(pool) => pool,
-            None => PoolShared::start(workers, &config.name, false)?,
+            None => PoolShared::start(workers, &config.name, false, self.pin_workers)?,
         };
         let shared = Shared::new(
             config,
@@ -223,6 +242,9 @@ where
     fn check(&self, workers: usize) -> Result<Config, BuildError> {
         if self.workers.is_some() && self.pool.is_some() {
             return Err(BuildError::WorkersWithPool);
+        }
+        if self.pin_workers && self.pool.is_some() {
+            return Err(BuildError::PinWithPool);
         }
         if self.workers == Some(0) {
             return Err(BuildError::ZeroWorkers);
@@ -289,6 +311,7 @@ impl<K, J> fmt::Debug for Builder<K, J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("workers", &self.workers)
+            .field("pin_workers", &self.pin_workers)
             .field("pool", &self.pool)
             .field("max_parallel", &self.max_parallel)
             .field("capacity", &self.capacity)

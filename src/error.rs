@@ -166,6 +166,19 @@ pub enum BuildError {
     PoolClosed,
     /// The operating system refused to start a worker thread.
     Spawn(io::Error),
+    /// `pin_workers(true)` where the operating system does not say which CPUs this thread may
+    /// run on, or has no thread affinity.
+    PinUnsupported,
+    /// The operating system refused to pin a worker thread to its CPU.
+    PinRefused {
+        /// The worker's index: its thread is named `{name}-{worker}`.
+        worker: usize,
+        /// The CPU it was to be pinned to.
+        cpu: usize,
+    },
+    /// Both `pin_workers(true)` and `pool(&pool)` were set: pinning is the pool's setting
+    /// ([`PoolBuilder::pin_workers`](crate::PoolBuilder::pin_workers)).
+    PinWithPool,
 }
 
 impl fmt::Display for BuildError {
@@ -201,6 +214,15 @@ impl fmt::Display for BuildError {
             }
             Self::PoolClosed => f.write_str("the worker pool has been closed"),
             Self::Spawn(_) => f.write_str("failed to spawn a worker thread"),
+            Self::PinUnsupported => {
+                f.write_str("pin_workers: the CPUs this thread may run on are not known here")
+            }
+            Self::PinRefused { worker, cpu } => {
+                write!(f, "pin_workers: could not pin worker {worker} to CPU {cpu}")
+            }
+            Self::PinWithPool => f.write_str(
+                "pin_workers(true) and pool(&pool) cannot both be set: pinning is the pool's setting",
+            ),
         }
     }
 }

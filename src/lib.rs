@@ -121,6 +121,7 @@
     allow(clippy::absurd_extreme_comparisons)
 )]
 
+mod affinity;
 mod builder;
 mod dispatcher;
 mod error;

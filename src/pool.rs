@@ -23,6 +23,7 @@
 //! is one of them.
 
 use crate::{
+    affinity,
     error::BuildError,
     sync::{
         lock, spin_once, thread, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering,
@@ -181,11 +182,25 @@ impl Drop for AbortOnPanic {
 
 impl PoolShared {
     /// Starts `workers` threads named `{name}-{i}`. `handle` says whether a `WorkerPool` handle
-    /// owns the pool (else it is private to the one dispatcher that attaches right away).
-    pub(crate) fn start(workers: usize, name: &str, handle: bool) -> Result<Arc<Self>, BuildError> {
+    /// owns the pool (else it is private to the one dispatcher that attaches right away); `pin`,
+    /// whether each thread is pinned to a CPU of its own (see `affinity`).
+    pub(crate) fn start(
+        workers: usize,
+        name: &str,
+        handle: bool,
+        pin: bool,
+    ) -> Result<Arc<Self>, BuildError> {
         if workers == 0 {
             return Err(BuildError::ZeroWorkers);
         }
+        let cpus = if pin {
+            Some(affinity::plan(workers)?)
+        } else {
+            None
+        };
+        // Each pinned thread says whether it could pin itself before it takes any work. A real
+        // channel, not a modeled one: the models never pin.
+        let (pinned_tx, pinned_rx) = crossbeam_channel::bounded(workers);
         let pool = Arc::new(PoolShared {
             id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             workers,
@@ -207,9 +222,16 @@ impl PoolShared {
         });
         for index in 0..workers {
             let worker = Arc::clone(&pool);
+            let pin = cpus.as_ref().map(|cpus| (cpus[index], pinned_tx.clone()));
             let spawned = thread::Builder::new()
                 .name(format!("{name}-{index}"))
-                .spawn(move || worker.main(index));
+                .spawn(move || {
+                    if let Some((cpu, pinned)) = pin {
+                        // Cannot fail: `start` holds the receiver until every thread has sent.
+                        let _ = pinned.send((index, cpu.id, affinity::pin_current(cpu)));
+                    }
+                    worker.main(index)
+                });
             match spawned {
                 Ok(handle) => lock(&pool.threads).push(handle),
                 Err(err) => {
@@ -218,6 +240,13 @@ impl PoolShared {
                     return Err(BuildError::Spawn(err));
                 }
             }
+        }
+        drop(pinned_tx);
+        let refused = pinned_rx.iter().find(|&(_, _, pinned)| !pinned);
+        if let Some((worker, cpu, _)) = refused {
+            pool.shut_down();
+            pool.join();
+            return Err(BuildError::PinRefused { worker, cpu });
         }
         log::debug!("pool {name} started with {workers} workers");
         Ok(pool)
@@ -521,6 +550,7 @@ impl WorkerPool {
         PoolBuilder {
             workers: None,
             name: None,
+            pin_workers: false,
         }
     }
 
@@ -567,6 +597,7 @@ impl fmt::Debug for WorkerPool {
 pub struct PoolBuilder {
     workers: Option<usize>,
     name: Option<String>,
+    pin_workers: bool,
 }
 
 impl PoolBuilder {
@@ -583,17 +614,25 @@ impl PoolBuilder {
         self
     }
 
+    /// Pins thread `i` to the `i`-th CPU the building thread may run on; off by default. As
+    /// [`Builder::pin_workers`](crate::Builder::pin_workers), which says when it pays.
+    pub fn pin_workers(mut self, pin: bool) -> Self {
+        self.pin_workers = pin;
+        self
+    }
+
     /// Starts the threads.
     ///
     /// # Errors
     ///
     /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
-    /// started (those already started are stopped and joined).
+    /// started, [`BuildError::PinUnsupported`] or [`BuildError::PinRefused`] if a thread cannot
+    /// be pinned (those already started are stopped and joined).
     pub fn build(self) -> Result<WorkerPool, BuildError> {
         let workers = self.workers.unwrap_or_else(default_workers);
         let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);
         Ok(WorkerPool {
-            shared: PoolShared::start(workers, name, true)?,
+            shared: PoolShared::start(workers, name, true, self.pin_workers)?,
         })
     }
 }

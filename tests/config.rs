@@ -56,6 +56,10 @@ fn bad_configurations_are_typed_errors() {
         build(b().workers(1).pool(&pool)),
         Err(BuildError::WorkersWithPool)
     ));
+    assert!(matches!(
+        build(b().pin_workers(true).pool(&pool)),
+        Err(BuildError::PinWithPool)
+    ));
     pool.close();
     assert!(matches!(
         build(b().pool(&pool)),
