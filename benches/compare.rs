@@ -144,12 +144,19 @@ fn cells(quick: bool) -> Vec<Cell> {
         Design::Striped,
         Design::TaskPerKey,
     ];
-    cells.extend(more.into_iter().map(|(workload, label, keys, jobs)| Cell {
-        workload,
-        label,
-        keys,
-        jobs,
-        designs: main4.to_vec(),
+    cells.extend(more.into_iter().map(|(workload, label, keys, jobs)| {
+        let mut designs = main4.to_vec();
+        // Pinning trades throughput for latency; no memory to measure there.
+        if workload != Workload::ManyKeys {
+            designs.insert(1, Design::KeyedPinned);
+        }
+        Cell {
+            workload,
+            label,
+            keys,
+            jobs,
+            designs,
+        }
     }));
     cells
 }

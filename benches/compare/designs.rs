@@ -49,6 +49,7 @@ pub trait Running: Sync {
 pub enum Design {
     Keyed,
     KeyedBoxed,
+    KeyedPinned,
     ThreadPerKey,
     Striped,
     TaskPerKey,
@@ -56,9 +57,10 @@ pub enum Design {
 }
 
 impl Design {
-    pub const ALL: [Design; 6] = [
+    pub const ALL: [Design; 7] = [
         Design::Keyed,
         Design::KeyedBoxed,
+        Design::KeyedPinned,
         Design::ThreadPerKey,
         Design::Striped,
         Design::TaskPerKey,
@@ -70,6 +72,7 @@ impl Design {
         match self {
             Design::Keyed => "keyed-dispatch",
             Design::KeyedBoxed => "keyed-dispatch (boxed closure)",
+            Design::KeyedPinned => "keyed-dispatch (pinned workers)",
             Design::ThreadPerKey => "thread per key",
             Design::Striped => "striped",
             Design::TaskPerKey => "task per key (tokio)",
@@ -82,6 +85,7 @@ impl Design {
         match self {
             Design::Keyed => "keyed",
             Design::KeyedBoxed => "keyed-boxed",
+            Design::KeyedPinned => "keyed-pinned",
             Design::ThreadPerKey => "thread-per-key",
             Design::Striped => "striped",
             Design::TaskPerKey => "task-per-key",
@@ -100,6 +104,13 @@ impl Design {
                     .workers(workers)
                     .build(move |key: &u64, job: Job| h(*key, job))
                     .expect("building keyed-dispatch"),
+            ),
+            Design::KeyedPinned => Box::new(
+                Dispatcher::builder()
+                    .workers(workers)
+                    .pin_workers(true)
+                    .build(move |key: &u64, job: Job| h(*key, job))
+                    .expect("building keyed-dispatch with pinned workers"),
             ),
             Design::KeyedBoxed => Box::new(KeyedBoxed {
                 d: Dispatcher::builder()
@@ -147,7 +158,7 @@ impl Design {
     }
 }
 
-/// The library, default settings except `workers`.
+/// The library, default settings except `workers` (and `pin_workers` for `KeyedPinned`).
 impl Running for Dispatcher<u64, Job> {
     fn dispatch(&self, key: u64, job: Job) {
         Dispatcher::dispatch(self, key, job).expect("keyed-dispatch refused a job");
