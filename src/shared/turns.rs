@@ -13,6 +13,7 @@ use std::{
     collections::VecDeque,
     fmt::{Debug, Display},
     hash::Hash,
+    mem::size_of,
     panic::{catch_unwind, AssertUnwindSafe},
     time::Instant,
 };
