@@ -30,6 +30,7 @@ use crate::{
         Weak, CHECKED,
     },
 };
+use core_affinity::CoreId;
 use std::{any::Any, cell::Cell, collections::VecDeque, fmt, time::Instant};
 
 /// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps, where it
@@ -198,6 +199,16 @@ impl PoolShared {
         } else {
             None
         };
+        Self::start_on(workers, name, handle, cpus)
+    }
+
+    /// As `start`, with thread `i` pinned to `cpus[i]` where `cpus` is given.
+    fn start_on(
+        workers: usize,
+        name: &str,
+        handle: bool,
+        cpus: Option<Vec<CoreId>>,
+    ) -> Result<Arc<Self>, BuildError> {
         // Each pinned thread says whether it could pin itself before it takes any work. A real
         // channel, not a modeled one: the models never pin.
         let (pinned_tx, pinned_rx) = crossbeam_channel::bounded(workers);
@@ -648,6 +659,31 @@ pub(crate) fn default_workers() -> usize {
 #[cfg(test)]
 mod tests {
     use super::Kept;
+
+    #[test]
+    #[cfg(not(any(loom, feature = "shuttle")))] // real threads, outside any model
+    #[cfg_attr(miri, ignore = "reads the thread names from /proc")]
+    fn a_refused_pin_is_a_typed_error_and_stops_the_started_threads() {
+        use super::PoolShared;
+        use crate::BuildError;
+        use core_affinity::CoreId;
+        // A CPU that no machine this runs on has, inside the affinity mask's range.
+        const NO_SUCH_CPU: usize = 1023;
+        let cpus = vec![CoreId { id: 0 }, CoreId { id: NO_SUCH_CPU }];
+        let refused = PoolShared::start_on(2, "pin-refused", true, Some(cpus));
+        assert!(matches!(
+            refused,
+            Err(BuildError::PinRefused {
+                worker: 1,
+                cpu: NO_SUCH_CPU
+            })
+        ));
+        // Joined before the error came back: no thread of the pool is left.
+        let names = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok());
+        assert_eq!(names.filter(|n| n.starts_with("pin-refused")).count(), 0);
+    }
 
     #[test]
     fn kept_value_comes_back_once_and_only_as_its_own_type() {
