@@ -120,6 +120,9 @@ where
     /// But a pinned worker cannot move off a core that the producers, or anything else on the
     /// machine, are using. The README's benchmark section has the figures. Two pinned pools
     /// share the same CPUs.
+    ///
+    /// Offered on Linux, Android and FreeBSD, where a thread's affinity is a hard mask;
+    /// elsewhere [`build`](Builder::build) returns [`BuildError::PinUnsupported`].
     pub fn pin_workers(mut self, pin: bool) -> Self {
         self.pin_workers = pin;
         self

@@ -166,8 +166,8 @@ pub enum BuildError {
     PoolClosed,
     /// The operating system refused to start a worker thread.
     Spawn(io::Error),
-    /// `pin_workers(true)` where the operating system does not say which CPUs this thread may
-    /// run on, or has no thread affinity.
+    /// `pin_workers(true)` where threads cannot be pinned: on systems other than Linux,
+    /// Android and FreeBSD, or where the system does not say which CPUs this thread may run on.
     PinUnsupported,
     /// The operating system refused to pin a worker thread to its CPU.
     PinRefused {
@@ -215,7 +215,7 @@ impl fmt::Display for BuildError {
             Self::PoolClosed => f.write_str("the worker pool has been closed"),
             Self::Spawn(_) => f.write_str("failed to spawn a worker thread"),
             Self::PinUnsupported => {
-                f.write_str("pin_workers: the CPUs this thread may run on are not known here")
+                f.write_str("pin_workers: threads cannot be pinned to CPUs here")
             }
             Self::PinRefused { worker, cpu } => {
                 write!(f, "pin_workers: could not pin worker {worker} to CPU {cpu}")

@@ -23,14 +23,14 @@
 //! is one of them.
 
 use crate::{
-    affinity,
+    affinity::{self, Cpu},
     error::BuildError,
     sync::{
         lock, spin_once, thread, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering,
         Weak, CHECKED,
     },
 };
-use core_affinity::CoreId;
+use crossbeam_channel::Sender;
 use std::{any::Any, cell::Cell, collections::VecDeque, fmt, time::Instant};
 
 /// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps, where it
@@ -166,6 +166,9 @@ impl Kept {
     }
 }
 
+/// What a pinned thread reports before it takes work: its index, its CPU, whether it is pinned.
+type Pinned = (usize, Cpu, bool);
+
 /// Aborts the process if a worker thread unwinds out of the crate's own code: the pool's
 /// invariants would be broken and `close` could hang. User code never unwinds this far; its
 /// panics are caught around each job.
@@ -207,7 +210,7 @@ impl PoolShared {
         workers: usize,
         name: &str,
         handle: bool,
-        cpus: Option<Vec<CoreId>>,
+        cpus: Option<Vec<Cpu>>,
     ) -> Result<Arc<Self>, BuildError> {
         // Each pinned thread says whether it could pin itself before it takes any work. A real
         // channel, not a modeled one: the models never pin.
@@ -236,13 +239,7 @@ impl PoolShared {
             let pin = cpus.as_ref().map(|cpus| (cpus[index], pinned_tx.clone()));
             let spawned = thread::Builder::new()
                 .name(format!("{name}-{index}"))
-                .spawn(move || {
-                    if let Some((cpu, pinned)) = pin {
-                        // Cannot fail: `start` holds the receiver until every thread has sent.
-                        let _ = pinned.send((index, cpu.id, affinity::pin_current(cpu)));
-                    }
-                    worker.main(index)
-                });
+                .spawn(move || worker.main(index, pin));
             match spawned {
                 Ok(handle) => lock(&pool.threads).push(handle),
                 Err(err) => {
@@ -253,8 +250,9 @@ impl PoolShared {
             }
         }
         drop(pinned_tx);
-        let refused = pinned_rx.iter().find(|&(_, _, pinned)| !pinned);
-        if let Some((worker, cpu, _)) = refused {
+        // Every thread sends once, so this ends; the lowest refused index, whatever the order.
+        let refused = pinned_rx.iter().filter(|&(_, _, pinned)| !pinned).min();
+        if let Some((worker, Cpu(cpu), _)) = refused {
             pool.shut_down();
             pool.join();
             return Err(BuildError::PinRefused { worker, cpu });
@@ -288,8 +286,14 @@ impl PoolShared {
         CURRENT_POOL.with(|current| current.get() == self.id)
     }
 
-    fn main(self: Arc<Self>, index: usize) {
+    /// A worker thread's life: pinned first where `pin` says so (reporting whether it could
+    /// be), then the work until the pool shuts down.
+    fn main(self: Arc<Self>, index: usize, pin: Option<(Cpu, Sender<Pinned>)>) {
         let guard = AbortOnPanic;
+        if let Some((cpu, pinned)) = pin {
+            // Cannot fail: `start_on` holds the receiver until every thread has sent.
+            let _ = pinned.send((index, cpu, affinity::pin_current(cpu)));
+        }
         CURRENT_POOL.with(|current| current.set(self.id));
         let worker = Worker {
             pool: &self,
@@ -661,16 +665,19 @@ mod tests {
     use super::Kept;
 
     #[test]
-    #[cfg(not(any(loom, feature = "shuttle")))] // real threads, outside any model
+    #[cfg(all(target_os = "linux", not(any(loom, feature = "shuttle"))))] // real threads, /proc
     #[cfg_attr(miri, ignore = "reads the thread names from /proc")]
     fn a_refused_pin_is_a_typed_error_and_stops_the_started_threads() {
         use super::PoolShared;
-        use crate::BuildError;
-        use core_affinity::CoreId;
+        use crate::{
+            affinity::{self, Cpu},
+            BuildError,
+        };
         // A CPU that no machine this runs on has, inside the affinity mask's range.
         const NO_SUCH_CPU: usize = 1023;
-        let cpus = vec![CoreId { id: 0 }, CoreId { id: NO_SUCH_CPU }];
-        let refused = PoolShared::start_on(2, "pin-refused", true, Some(cpus));
+        let allowed = affinity::plan(1).unwrap()[0];
+        let cpus = vec![allowed, Cpu(NO_SUCH_CPU), allowed];
+        let refused = PoolShared::start_on(3, "pin-refused", true, Some(cpus));
         assert!(matches!(
             refused,
             Err(BuildError::PinRefused {
@@ -678,11 +685,21 @@ mod tests {
                 cpu: NO_SUCH_CPU
             })
         ));
-        // Joined before the error came back: no thread of the pool is left.
-        let names = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok());
-        assert_eq!(names.filter(|n| n.starts_with("pin-refused")).count(), 0);
+        // Stopped before the error came back; their /proc entries may outlive them for a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let left = || {
+            let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+            let names = tasks
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok());
+            names.filter(|n| n.starts_with("pin-refused")).count()
+        };
+        while left() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool's threads run on"
+            );
+            std::thread::yield_now();
+        }
     }
 
     #[test]

@@ -60,6 +60,12 @@ fn bad_configurations_are_typed_errors() {
         build(b().pin_workers(true).pool(&pool)),
         Err(BuildError::PinWithPool)
     ));
+    // Where a thread's affinity is only a hint, pinning is refused rather than pretended.
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    assert!(matches!(
+        build(b().pin_workers(true)),
+        Err(BuildError::PinUnsupported)
+    ));
     pool.close();
     assert!(matches!(
         build(b().pool(&pool)),

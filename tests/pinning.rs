@@ -1,5 +1,7 @@
 //! `pin_workers`: each worker thread runs only on the CPU planned for it, and pinning leaves
-//! the thread that built the pool as it was.
+//! the thread that built the pool as it was. Where pinning is not offered, `tests/config.rs`
+//! checks that it is refused.
+#![cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
 
 mod common;
 
