@@ -118,7 +118,7 @@ where
     /// woken for a key may be queued by the kernel behind another worker's long job on the
     /// same core, for the rest of that job's time slice; pinned, each worker has its own core.
     /// But a pinned worker cannot move off a core that the producers, or anything else on the
-    /// machine, are using. The README's benchmark section has the figures. Two pinned pools
+    /// machine, are using. `BENCHMARKS.md` has the figures. Two pinned pools
     /// share the same CPUs.
     ///
     /// Offered on Linux, Android and FreeBSD, where a thread's affinity is a hard mask;

@@ -130,6 +130,15 @@ impl<K, J> Error for DispatchError<K, J> {}
 pub enum BuildError {
     /// `workers(0)`: a pool needs at least one thread.
     ZeroWorkers,
+    /// More worker threads than a pool may have.
+    TooManyWorkers {
+        /// The threads asked for.
+        workers: usize,
+        /// The most a pool may have.
+        max: usize,
+    },
+    /// The thread name holds a NUL byte, which thread names cannot.
+    NameWithNul,
     /// `capacity(0)`: no job could ever be accepted.
     ZeroCapacity,
     /// `key_capacity(0)`: no job could ever be accepted.
@@ -185,6 +194,10 @@ impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ZeroWorkers => f.write_str("a pool needs at least one worker thread"),
+            Self::TooManyWorkers { workers, max } => {
+                write!(f, "{workers} workers are more than a pool may have ({max})")
+            }
+            Self::NameWithNul => f.write_str("a thread name cannot hold a NUL byte"),
             Self::ZeroCapacity => f.write_str("capacity must be at least 1"),
             Self::ZeroKeyCapacity => f.write_str("key_capacity must be at least 1"),
             Self::KeyCapacityAboveCapacity {

@@ -141,6 +141,15 @@ impl GroupState {
     }
 }
 
+/// A job counted in a group and not (yet) accepted: dropped, it undoes the count.
+struct Counted<'a>(&'a GroupState);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.refused();
+    }
+}
+
 /// How a [`Group`]'s jobs ended: from [`Group::wait`], [`Group::wait_timeout`] and
 /// [`Group::report`].
 ///
@@ -277,13 +286,16 @@ where
 
     fn send(&self, key: K, job: J, wait: Wait) -> Result<(), DispatchError<K, J>> {
         self.state.add();
+        // Undoes the count unless the job was accepted: it was refused, or the key's `Hash` or
+        // `Eq` panicked while it was routed.
+        let counted = Counted(&self.state);
         let item = Item {
             job,
             group: Some(Arc::clone(&self.state)),
         };
         let sent = self.shared.send(key, item, wait);
-        if sent.is_err() {
-            self.state.refused();
+        if sent.is_ok() {
+            std::mem::forget(counted);
         }
         sent
     }

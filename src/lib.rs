@@ -106,6 +106,26 @@
 //! [`WaitError::WouldDeadlock`].
 //! Closing from several threads at once is safe: all wait for the same drain.
 //!
+//! # User code: where it runs, and what it may do
+//!
+//! A key's `Hash`, `Eq`, `Clone`, `Drop` and `Debug`, a job's `Drop`, the handler, its error
+//! and the hooks are all user code. None of it runs while the dispatcher holds a lock of its
+//! own, except the key's `Eq`, which the map calls under one of its shard locks.
+//!
+//! | user code | runs | may call back into the dispatcher | if it panics |
+//! |---|---|---|---|
+//! | key `Hash` | once per `dispatch` or `flush_key`, on the caller's thread, before anything is reserved; never again (the map keeps the hash) | yes | the caller sees the panic; nothing was reserved |
+//! | key `Eq` | when the map looks the key up: on the caller's thread, or on a worker when an idle key is evicted; under a shard lock | no | on the caller's thread: the caller sees the panic, and the slot (and group count) the dispatch had taken is given back; on a worker: logged, and the key stays until it runs again or the shutdown |
+//! | key `Clone` | only in `close_now`, for a key whose mailbox a racing dispatch still holds | yes | that key's jobs cannot be handed back: dropped, logged at `error`, counted as handed back |
+//! | key `Drop` | when the key's mailbox is freed (eviction, shutdown), or by the caller for a key already mapped | yes | caught and logged |
+//! | key `Debug` | in log lines, when their level is enabled | yes | the line shows `<Debug panicked>` |
+//! | handler, job `Drop`, error `Display` and `Drop`, `on_error` | on a worker, for each job | yes, as [below](#shutdown) | counted as the job's panic; the key goes on |
+//! | `on_panic`, a panic payload's `Drop` | on a worker, after a job panicked | yes | caught and logged |
+//!
+//! A dispatch whose key's `Hash` or `Eq` panics is not accepted: its job and key are dropped as
+//! the panic unwinds. As anywhere in Rust, a `Drop` that panics while another panic unwinds
+//! aborts the process.
+//!
 //! # Logging
 //!
 //! Through the [`log`] crate, every line naming its dispatcher and key (hence `K: Debug`):
@@ -142,6 +162,7 @@ mod shuttle_tests;
 mod signal;
 mod stats;
 mod sync;
+mod unwind;
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

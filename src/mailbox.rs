@@ -79,7 +79,9 @@
 use crate::{
     gate::Gate,
     group::GroupState,
+    keymap::Keyed,
     sync::{lock, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering},
+    unwind::drop_contained,
 };
 use std::{collections::VecDeque, time::Instant};
 
@@ -106,6 +108,8 @@ pub(crate) type Marks = VecDeque<Mark>;
 pub(crate) struct Mailbox<K, J> {
     /// `None` only while the mailbox is a spare (see [`Mailbox::retire`]).
     key: Option<K>,
+    /// The key's hash, computed once by the producer that created the mailbox (see `keymap`).
+    hash: u64,
     inner: Mutex<Inner<J>>,
     /// `inner.queue.len()`, for the worker running the key to see without the lock how many
     /// jobs arrived behind its batch. Stored after the lock is released, so it may lag.
@@ -192,9 +196,10 @@ pub(crate) enum EndTurn {
 impl<K, J> Mailbox<K, J> {
     /// A mailbox holding `job` (counted in `group`, if any), Queued: its creator must put it in
     /// the ready queue.
-    pub(crate) fn new(key: K, job: J, group: Option<Arc<GroupState>>) -> Self {
+    pub(crate) fn new(key: K, hash: u64, job: J, group: Option<Arc<GroupState>>) -> Self {
         let mut mailbox = Mailbox {
             key: Some(key),
+            hash,
             inner: Mutex::new(Inner {
                 queue: VecDeque::with_capacity(1),
                 in_turn: 0,
@@ -219,15 +224,38 @@ impl<K, J> Mailbox<K, J> {
 
     /// Makes a spare the mailbox of `key`, holding `job`, as [`Mailbox::new`] would, but
     /// keeping its allocations.
-    pub(crate) fn reuse(&mut self, key: K, job: J, group: Option<Arc<GroupState>>) {
+    pub(crate) fn reuse(&mut self, key: K, hash: u64, job: J, group: Option<Arc<GroupState>>) {
         self.refill(job, group);
         self.key = Some(key);
+        self.hash = hash;
+    }
+
+    /// Takes a mailbox that [`Mailbox::new`] or [`Mailbox::reuse`] just made, and that was
+    /// never shared, apart again: its key, its job and the job's group. It is left a spare.
+    pub(crate) fn unmake(&mut self) -> (K, J, Option<Arc<GroupState>>) {
+        let inner = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner());
+        debug_assert_eq!((inner.state, inner.queue.len()), (State::Queued, 1));
+        let job = inner
+            .queue
+            .pop_front()
+            .expect("a new mailbox holds its job");
+        let group = inner.marks.pop_front().map(|mark| mark.state);
+        inner.state = State::Evicted;
+        self.queued.store(0, Ordering::Relaxed);
+        (
+            self.key.take().expect("a new mailbox has its key"),
+            job,
+            group,
+        )
     }
 
     /// Turns an evicted mailbox that nothing else refers to any more into a spare, dropping
-    /// its key (here: an evicted key is not kept alive by its spare) and a queue buffer grown
-    /// past [`SPARE_QUEUE_BYTES`]. Returns false, leaving it as it is, if it is not evicted and
-    /// empty, as eviction leaves it.
+    /// its key (here: an evicted key is not kept alive by its spare; the caller holds no lock)
+    /// and a queue buffer grown past [`SPARE_QUEUE_BYTES`]. Returns false, leaving it as it
+    /// is, if it is not evicted and empty, as eviction leaves it.
     pub(crate) fn retire(&mut self) -> bool {
         let inner = self
             .inner
@@ -244,8 +272,16 @@ impl<K, J> Mailbox<K, J> {
         {
             inner.queue = VecDeque::new();
         }
-        self.key = None;
+        if let Some(key) = self.key.take() {
+            drop_contained(key);
+        }
         true
+    }
+
+    /// The key of a mailbox that nothing else refers to any more, taken out of it (which is
+    /// left a spare).
+    pub(crate) fn into_key(mut self) -> K {
+        self.key.take().expect("a spare mailbox was shared")
     }
 
     fn refill(&mut self, job: J, group: Option<Arc<GroupState>>) {
@@ -277,12 +313,15 @@ impl<K, J> Mailbox<K, J> {
     ///
     /// The caller holds the map shard's lock (read or write) that found this mailbox, so the
     /// mailbox cannot be Evicted here.
+    ///
+    /// `accepted` runs under the lock once the job is queued, before any worker can take it.
     pub(crate) fn push(
         &self,
         job: J,
         group: &mut Option<Arc<GroupState>>,
         capacity: usize,
         gate: &Gate,
+        accepted: impl FnOnce(),
     ) -> Push<J> {
         let mut inner = lock(&self.inner);
         debug_assert_ne!(
@@ -299,6 +338,7 @@ impl<K, J> Mailbox<K, J> {
             return Push::Full(job);
         }
         inner.queue.push_back(job);
+        accepted();
         if group.is_some() {
             inner.mark_last(group);
         }
@@ -531,6 +571,14 @@ impl<K, J> Mailbox<K, J> {
         }
     }
 
+    /// Sweeper: forgets the key's idle-list entry without evicting it (its eviction failed),
+    /// so that the key is listed again when it next goes idle.
+    pub(crate) fn unlist(&self) {
+        let mut inner = lock(&self.inner);
+        inner.listed = false;
+        inner.used = false;
+    }
+
     /// Sweeper, for a listed key: true if it was listed or scheduled since the last sweep that
     /// met it, in which case it stays listed and the sweeper files its entry again instead of
     /// evicting it. A key that comes back between two sweeps is thus kept; one that stays idle
@@ -571,6 +619,28 @@ impl<K, J> Mailbox<K, J> {
     }
 }
 
+impl<K, J> Keyed for Mailbox<K, J> {
+    type Key = K;
+
+    fn stored_hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn key(&self) -> &K {
+        Mailbox::key(self)
+    }
+}
+
+impl<K, J> Drop for Mailbox<K, J> {
+    /// The last reference to a mailbox may go on a worker thread: the key's `Drop`, user code,
+    /// must not unwind there (see `unwind`).
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            drop_contained(key);
+        }
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -590,7 +660,7 @@ mod tests {
 
     #[test]
     fn new_mailbox_is_queued_with_its_job() {
-        let mb = Mailbox::new(1u8, 10u32, None);
+        let mb = Mailbox::new(1u8, 0, 10u32, None);
         assert_eq!(mb.state(), State::Queued);
         assert_eq!(mb.len(), 1);
     }
@@ -598,33 +668,33 @@ mod tests {
     #[test]
     fn pushes_behind_a_queued_key_do_not_schedule() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 10u32, None);
-        assert_eq!(mb.push(11, &mut None, 8, &gate), Push::Added);
+        let mb = Mailbox::new(1u8, 0, 10u32, None);
+        assert_eq!(mb.push(11, &mut None, 8, &gate, || {}), Push::Added);
         let mut batch = VecDeque::new();
         assert_eq!(mb.begin_turn(8, &mut batch, &mut Marks::new()), 2);
         assert_eq!(mb.state(), State::Running);
-        assert_eq!(mb.push(12, &mut None, 8, &gate), Push::Added);
+        assert_eq!(mb.push(12, &mut None, 8, &gate, || {}), Push::Added);
         assert_eq!(batch, [10, 11]);
     }
 
     #[test]
     fn capacity_counts_jobs_in_the_running_turn() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 10u32, None);
+        let mb = Mailbox::new(1u8, 0, 10u32, None);
         let mut batch = VecDeque::new();
         mb.begin_turn(8, &mut batch, &mut Marks::new());
-        assert_eq!(mb.push(11, &mut None, 1, &gate), Push::Full(11));
+        assert_eq!(mb.push(11, &mut None, 1, &gate, || {}), Push::Full(11));
         batch.clear();
         assert_eq!(end(&mb, &mut batch, false), EndTurn::Idle { list: true });
-        assert_eq!(mb.push(11, &mut None, 1, &gate), Push::Schedule);
+        assert_eq!(mb.push(11, &mut None, 1, &gate, || {}), Push::Schedule);
     }
 
     #[test]
     fn turn_takes_at_most_max_and_requeues_the_rest() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         for job in 1..5 {
-            mb.push(job, &mut None, 100, &gate);
+            mb.push(job, &mut None, 100, &gate, || {});
         }
         assert_eq!(turn(&mb, 3), [0, 1, 2]);
         assert_eq!(end(&mb, &mut VecDeque::new(), false), EndTurn::Requeue);
@@ -635,11 +705,11 @@ mod tests {
     #[test]
     fn idle_key_is_listed_once() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         turn(&mb, 8);
         let mut none = VecDeque::new();
         assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: true });
-        assert_eq!(mb.push(1, &mut None, 8, &gate), Push::Schedule);
+        assert_eq!(mb.push(1, &mut None, 8, &gate, || {}), Push::Schedule);
         turn(&mb, 8);
         assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: false });
     }
@@ -647,13 +717,13 @@ mod tests {
     #[test]
     fn a_key_listed_or_scheduled_since_the_last_sweep_gets_a_second_chance() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         turn(&mb, 8);
         let mut none = VecDeque::new();
         assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: true });
         assert!(mb.second_chance(), "listed since the last sweep");
         assert!(!mb.second_chance(), "idle from one sweep to the next");
-        assert_eq!(mb.push(1, &mut None, 8, &gate), Push::Schedule);
+        assert_eq!(mb.push(1, &mut None, 8, &gate, || {}), Push::Schedule);
         assert!(mb.second_chance(), "scheduled since it was listed");
         assert!(!mb.second_chance(), "the chance was used up");
         turn(&mb, 8);
@@ -665,7 +735,7 @@ mod tests {
     #[test]
     fn only_an_idle_key_is_evicted() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         assert!(!mb.try_evict(), "queued");
         turn(&mb, 8);
         assert!(!mb.try_evict(), "running");
@@ -678,17 +748,20 @@ mod tests {
     #[test]
     fn halted_turn_puts_leftovers_back_in_order() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         for job in 1..4 {
-            mb.push(job, &mut None, 100, &gate);
+            mb.push(job, &mut None, 100, &gate, || {});
         }
         let mut batch = VecDeque::new();
         mb.begin_turn(8, &mut batch, &mut Marks::new());
-        mb.push(4, &mut None, 100, &gate);
+        mb.push(4, &mut None, 100, &gate, || {});
         batch.pop_front(); // job 0 ran
         assert_eq!(end(&mb, &mut batch, true), EndTurn::Halted);
         gate.halt();
-        assert!(matches!(mb.push(5, &mut None, 100, &gate), Push::Halted(5)));
+        assert!(matches!(
+            mb.push(5, &mut None, 100, &gate, || {}),
+            Push::Halted(5)
+        ));
         let (left, flushes) = mb.take_all();
         assert_eq!(left, [1, 2, 3, 4]);
         assert!(flushes.is_empty());
@@ -697,7 +770,7 @@ mod tests {
 
     #[test]
     fn flush_of_an_idle_key_has_nothing_to_wait_for() {
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         turn(&mb, 8);
         end(&mb, &mut VecDeque::new(), false);
         assert!(mb.flush().is_none());
@@ -706,12 +779,12 @@ mod tests {
     #[test]
     fn flush_barrier_is_due_after_the_jobs_pushed_before_it() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
-        mb.push(1, &mut None, 100, &gate);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
+        mb.push(1, &mut None, 100, &gate, || {});
         let first = mb.flush().expect("jobs are queued");
         let again = mb.flush().expect("jobs are queued");
         assert!(Arc::ptr_eq(&first, &again), "same position, same barrier");
-        mb.push(2, &mut None, 100, &gate);
+        mb.push(2, &mut None, 100, &gate, || {});
         let second = mb.flush().expect("jobs are queued");
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         assert_eq!(mb.begin_turn(8, &mut batch, &mut due), 3);
@@ -727,13 +800,13 @@ mod tests {
     #[test]
     fn flush_during_a_turn_is_handed_out_when_the_turn_ends() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
-        mb.push(1, &mut None, 100, &gate);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
+        mb.push(1, &mut None, 100, &gate, || {});
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         mb.begin_turn(8, &mut batch, &mut due);
         assert!(due.is_empty());
         let during = mb.flush().expect("the turn is running");
-        mb.push(2, &mut None, 100, &gate);
+        mb.push(2, &mut None, 100, &gate, || {});
         let behind = mb.flush().expect("a job is queued");
         batch.clear();
         assert_eq!(mb.end_turn(&mut batch, &mut due, false), EndTurn::Requeue);
@@ -749,10 +822,10 @@ mod tests {
     #[test]
     fn halted_turn_keeps_its_unreached_barriers_for_take_all() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
-        mb.push(1, &mut None, 100, &gate);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
+        mb.push(1, &mut None, 100, &gate, || {});
         let first = mb.flush().expect("jobs are queued");
-        mb.push(2, &mut None, 100, &gate);
+        mb.push(2, &mut None, 100, &gate, || {});
         let second = mb.flush().expect("jobs are queued");
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         mb.begin_turn(8, &mut batch, &mut due);
@@ -773,10 +846,10 @@ mod tests {
     fn grouped_jobs_get_a_mark_and_plain_jobs_none() {
         let gate = Gate::new();
         let group = Arc::new(GroupState::new(0));
-        let mb = Mailbox::new(1u8, 0u32, Some(Arc::clone(&group)));
-        mb.push(1, &mut None, 100, &gate);
+        let mb = Mailbox::new(1u8, 0, 0u32, Some(Arc::clone(&group)));
+        mb.push(1, &mut None, 100, &gate, || {});
         let mut member = Some(Arc::clone(&group));
-        assert_eq!(mb.push(2, &mut member, 100, &gate), Push::Added);
+        assert_eq!(mb.push(2, &mut member, 100, &gate, || {}), Push::Added);
         assert!(member.is_none(), "the mailbox took the group with the job");
         // A flush behind job 2 shares no state with job 2's group.
         let barrier = mb.flush().expect("jobs are queued");
@@ -796,12 +869,12 @@ mod tests {
     fn refused_push_leaves_the_group_with_the_caller() {
         let gate = Gate::new();
         let group = Arc::new(GroupState::new(0));
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         let mut member = Some(Arc::clone(&group));
-        assert_eq!(mb.push(1, &mut member, 1, &gate), Push::Full(1));
+        assert_eq!(mb.push(1, &mut member, 1, &gate, || {}), Push::Full(1));
         assert!(member.is_some());
         gate.halt();
-        assert_eq!(mb.push(1, &mut member, 10, &gate), Push::Halted(1));
+        assert_eq!(mb.push(1, &mut member, 10, &gate, || {}), Push::Halted(1));
         assert!(member.is_some());
         let (left, marks) = mb.take_all();
         assert_eq!(left, [0]);
@@ -811,12 +884,12 @@ mod tests {
     #[test]
     fn a_turn_goes_on_with_jobs_pushed_during_its_batch() {
         let gate = Gate::new();
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         mb.begin_turn(8, &mut batch, &mut due);
         assert_eq!(mb.queued_hint(), 0);
-        assert_eq!(mb.push(1, &mut None, 100, &gate), Push::Added);
-        assert_eq!(mb.push(2, &mut None, 100, &gate), Push::Added);
+        assert_eq!(mb.push(1, &mut None, 100, &gate, || {}), Push::Added);
+        assert_eq!(mb.push(2, &mut None, 100, &gate, || {}), Push::Added);
         assert_eq!(
             mb.queued_hint(),
             2,
@@ -828,7 +901,7 @@ mod tests {
         assert_eq!(mb.state(), State::Running);
         assert_eq!(mb.len(), 2, "the new batch counts against the capacity");
         assert_eq!(
-            mb.push(3, &mut None, 100, &gate),
+            mb.push(3, &mut None, 100, &gate, || {}),
             Push::Added,
             "no schedule"
         );
@@ -838,7 +911,7 @@ mod tests {
 
     #[test]
     fn a_turn_with_nothing_behind_its_batch_ends_idle() {
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         mb.begin_turn(8, &mut batch, &mut due);
         batch.clear();
@@ -851,12 +924,12 @@ mod tests {
     fn going_on_hands_out_the_batch_barriers_before_the_next_jobs_marks() {
         let gate = Gate::new();
         let group = Arc::new(GroupState::new(0));
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         mb.begin_turn(8, &mut batch, &mut due);
         let barrier = mb.flush().expect("the batch is running");
         let mut member = Some(Arc::clone(&group));
-        assert_eq!(mb.push(1, &mut member, 100, &gate), Push::Added);
+        assert_eq!(mb.push(1, &mut member, 100, &gate, || {}), Push::Added);
         batch.clear();
         assert_eq!(mb.continue_turn(8, &mut batch, &mut due), 1);
         let positions: Vec<u64> = due.iter().map(|mark| mark.position).collect();
@@ -872,13 +945,13 @@ mod tests {
     #[test]
     fn an_evicted_mailbox_is_reused_for_another_key() {
         let group = Arc::new(GroupState::new(0));
-        let mut mb = Mailbox::new(1u8, 0u32, None);
+        let mut mb = Mailbox::new(1u8, 0, 0u32, None);
         turn(&mb, 8);
         end(&mb, &mut VecDeque::new(), false);
         assert!(mb.try_evict());
         assert!(mb.retire());
         assert!(mb.key.is_none(), "a spare does not keep its old key alive");
-        mb.reuse(2, 20, Some(Arc::clone(&group)));
+        mb.reuse(2, 0, 20, Some(Arc::clone(&group)));
         assert_eq!((*mb.key(), mb.state(), mb.len()), (2, State::Queued, 1));
         assert!(mb.queued_hint() > 0);
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
@@ -897,8 +970,19 @@ mod tests {
     }
 
     #[test]
+    fn a_new_mailbox_is_taken_apart_again() {
+        let group = Arc::new(GroupState::new(1));
+        let mut mb = Mailbox::new(3u8, 0, 30u32, Some(Arc::clone(&group)));
+        let (key, job, member) = mb.unmake();
+        assert_eq!((key, job), (3, 30));
+        assert!(member.is_some_and(|member| Arc::ptr_eq(&member, &group)));
+        assert_eq!(mb.state(), State::Evicted);
+        assert!(mb.retire(), "it is a spare");
+    }
+
+    #[test]
     fn room_wait_times_out_on_a_full_key() {
-        let mb = Mailbox::new(1u8, 0u32, None);
+        let mb = Mailbox::new(1u8, 0, 0u32, None);
         assert!(!mb.wait_for_room(1, Some(Instant::now())));
         assert!(mb.wait_for_room(2, None));
     }

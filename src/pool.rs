@@ -37,6 +37,10 @@ use std::{any::Any, cell::Cell, collections::VecDeque, fmt, time::Instant};
 /// spins at all (see [`PoolShared::spins`]).
 const SPIN_STEPS: u32 = 10;
 
+/// The most threads a pool may have: far more than any machine has cores, and few enough that
+/// a typo's `usize::MAX` is an error rather than an allocation failure.
+pub(crate) const MAX_WORKERS: usize = 1 << 16;
+
 /// Something that gives a pool work: a dispatcher.
 pub(crate) trait Source: Send + Sync + 'static {
     /// Runs ready keys while holding one of the source's tokens; returns once the token has
@@ -84,6 +88,8 @@ pub(crate) struct PoolShared {
     state: Mutex<PoolState>,
     /// Sleeping workers wait here.
     wake: Condvar,
+    /// Closers of the `WorkerPool` handle wait here for the first one to finish closing.
+    handle_closed: Condvar,
     /// `state.queue.len()`, readable without the lock by spinning and turn-taking workers.
     queued: AtomicUsize,
     /// Join handles of the threads, taken by whoever joins them.
@@ -107,6 +113,8 @@ struct PoolState {
     /// Whether a dispatcher may attach: while the handle lives, or until a private pool's one
     /// dispatcher has attached.
     accepting: bool,
+    /// Set once `close_handle` has closed every dispatcher that was attached.
+    closed_sources: bool,
     /// Set once no more work can come: workers exit when the queue is empty.
     shutdown: bool,
 }
@@ -197,6 +205,15 @@ impl PoolShared {
         if workers == 0 {
             return Err(BuildError::ZeroWorkers);
         }
+        if workers > MAX_WORKERS {
+            return Err(BuildError::TooManyWorkers {
+                workers,
+                max: MAX_WORKERS,
+            });
+        }
+        if name.contains('\0') {
+            return Err(BuildError::NameWithNul);
+        }
         let cpus = if pin {
             Some(affinity::plan(workers)?)
         } else {
@@ -228,9 +245,11 @@ impl PoolShared {
                 sources: Vec::new(),
                 handle,
                 accepting: true,
+                closed_sources: false,
                 shutdown: false,
             }),
             wake: Condvar::new(),
+            handle_closed: Condvar::new(),
             queued: AtomicUsize::new(0),
             threads: Mutex::new(Vec::with_capacity(workers)),
         });
@@ -442,11 +461,15 @@ impl PoolShared {
     }
 
     /// The `WorkerPool` handle is gone or was closed: closes every dispatcher still attached
-    /// (each drains and detaches), then shuts the pool down and joins it.
+    /// (each drains and detaches), then shuts the pool down and joins it. A second caller waits
+    /// for the first to get that far, except on one of the pool's threads.
     pub(crate) fn close_handle(&self) {
         let sources: Vec<_> = {
             let mut state = lock(&self.state);
             if !state.handle {
+                while !state.closed_sources && !self.is_current() {
+                    state = wait(&self.handle_closed, state);
+                }
                 drop(state);
                 self.join();
                 return;
@@ -462,6 +485,8 @@ impl PoolShared {
         if idle {
             self.shut_down();
         }
+        lock(&self.state).closed_sources = true;
+        self.handle_closed.notify_all();
         self.join();
     }
 

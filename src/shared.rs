@@ -62,13 +62,14 @@ use crate::{
     gate::{Gate, Refused},
     group::GroupState,
     handler::ErasedHandler,
-    keymap::KeyMap,
+    keymap::{Hashed, KeyMap, Keyed},
     mailbox::{Mailbox, Marks, Push},
     pool::{PoolShared, Source},
     ready::ReadyQueue,
     signal::Signal,
     stats::{Counters, Stats},
     sync::{dekker_fence, fence, lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak},
+    unwind::{contained, drop_contained, ShowKey},
 };
 use crossbeam_utils::CachePadded;
 use std::{
@@ -143,7 +144,7 @@ pub(crate) struct Closed {
 
 /// See the module docs.
 pub(crate) struct Shared<K, J> {
-    keys: KeyMap<K, Arc<Mailbox<K, J>>>,
+    keys: KeyMap<Arc<Mailbox<K, J>>>,
     gate: Gate,
     /// Padded, as the other fields written while jobs flow, so that their writes do not evict
     /// the read-mostly fields (map, handler, config) from the other threads' caches.
@@ -194,6 +195,47 @@ struct Sched<K, J> {
     searching: usize,
     /// Set once the shutdown has taken the lists: a sweep racing it files no key again.
     cleared: bool,
+}
+
+/// Gives back a slot of the gate that a dispatch took, unless disarmed: routing runs the key's
+/// `Eq`, which may panic.
+struct Reserved<'a, K, J>(&'a Shared<K, J>)
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static;
+
+impl<K, J> Reserved<'_, K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<K, J> Drop for Reserved<'_, K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    fn drop(&mut self) {
+        self.0.left(1);
+    }
+}
+
+/// What a producer's push did, as `route` sees it: the mailbox to schedule, if any, or the
+/// refused job with the mailbox to wait on if the key was full.
+type Pushed<K, J> = Result<Option<Arc<Mailbox<K, J>>>, (J, Option<Arc<Mailbox<K, J>>>)>;
+
+/// What happened to a new key's mailbox under the map's write lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filing {
+    Filed,
+    /// Another producer created the key first.
+    Present,
+    /// `close_now` has begun.
+    Halted,
 }
 
 /// What routing a job to its key's mailbox did.
@@ -282,6 +324,8 @@ where
         mut item: Item<J>,
         wait: Wait,
     ) -> Result<(), DispatchError<K, J>> {
+        // The key's one call of `Hash`, before anything that would need undoing if it panics.
+        let hash = self.keys.hash(&key);
         loop {
             if let Err((refused, emptied)) = self.gate.enter(self.config.capacity) {
                 if emptied {
@@ -300,7 +344,10 @@ where
                     }
                 }
             }
-            match self.route(key, item) {
+            let reserved = Reserved(self);
+            let routed = self.route(hash, key, item);
+            reserved.disarm();
+            match routed {
                 Routed::Added => return Ok(()),
                 Routed::Schedule(mailbox) => {
                     self.schedule(mailbox);
@@ -333,66 +380,91 @@ where
     }
 
     /// Pushes `item` into `key`'s mailbox, creating it if the key has none. The caller has
-    /// entered the gate.
-    fn route(&self, key: K, item: Item<J>) -> Routed<K, J> {
-        let capacity = self.config.key_capacity;
+    /// entered the gate. `hash` is the key's (see `keymap`).
+    fn route(&self, hash: u64, mut key: K, item: Item<J>) -> Routed<K, J> {
         // The mailbox takes the group only with the job; a refused job gets it back here.
-        let Item { job, mut group } = item;
-        // Fast path: the key has a mailbox; push under the shard's read lock.
-        let found = self.keys.get(&key, job, |mailbox, job| {
-            match mailbox.push(job, &mut group, capacity, &self.gate) {
-                Push::Added => Ok(None),
-                Push::Schedule => Ok(Some(Arc::clone(mailbox))),
-                Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
-                Push::Halted(job) => Err((job, None)),
-            }
-        });
-        let job = match found {
-            Ok(Ok(None)) => return Routed::Added,
-            Ok(Ok(Some(mailbox))) => return Routed::Schedule(mailbox),
-            Ok(Err((job, Some(mailbox)))) => {
-                return Routed::Full(key, Item { job, group }, mailbox);
-            }
-            Ok(Err((job, None))) => return Routed::Halted(key, Item { job, group }),
-            Err(job) => job,
-        };
-        // Slow path: create the mailbox under the shard's write lock, unless another producer
-        // did meanwhile.
-        let (routed, key) =
-            self.keys
-                .get_or_insert(key, job, |existing, key, job| match existing {
-                    Some(mailbox) => {
-                        let routed = match mailbox.push(job, &mut group, capacity, &self.gate) {
-                            Push::Added => Ok(None),
-                            Push::Schedule => Ok(Some(Arc::clone(mailbox))),
-                            Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
-                            Push::Halted(job) => Err((job, None)),
-                        };
-                        (routed, None)
-                    }
-                    // Checked under the write lock: `close_now` sets the flag before it drains the
-                    // map, so a mailbox created here is either drained or never created.
-                    None if self.gate.halt_seen() => (Err((job, None)), None),
-                    None => {
-                        log::debug!("{}: key {key:?} created", self.config.name);
-                        let mailbox = self.mailbox_for(key.clone(), job, group.take());
-                        (Ok(Some(Arc::clone(&mailbox))), Some(mailbox))
-                    }
+        let Item { mut job, mut group } = item;
+        loop {
+            // Fast path: the key has a mailbox; push under the shard's read lock.
+            let found = self
+                .keys
+                .get(Hashed { hash, key: &key }, job, |mailbox, job| {
+                    self.push(mailbox, job, &mut group)
                 });
-        match (routed, key) {
-            (Ok(None), _) => Routed::Added,
-            (Ok(Some(mailbox)), _) => Routed::Schedule(mailbox),
-            (Err((job, Some(mailbox))), Some(key)) => {
-                Routed::Full(key, Item { job, group }, mailbox)
+            match found {
+                Ok(Ok(None)) => return Routed::Added,
+                Ok(Ok(Some(mailbox))) => return Routed::Schedule(mailbox),
+                Ok(Err((job, Some(mailbox)))) => {
+                    return Routed::Full(key, Item { job, group }, mailbox);
+                }
+                Ok(Err((job, None))) => return Routed::Halted(key, Item { job, group }),
+                Err(refused) => job = refused,
             }
-            (Err((job, None)), Some(key)) => Routed::Halted(key, Item { job, group }),
-            (Err(_), None) => unreachable!("a refused job's key is handed back"),
+            // Slow path: a mailbox for the key, made before the shard's write lock is taken,
+            // filed under it unless another producer created the key meanwhile.
+            let mut mailbox = self.mailbox_for(key, hash, job, group.take());
+            let (filing, unfiled) =
+                self.keys
+                    .insert_unless_present(Arc::clone(&mailbox), |existing| {
+                        let filing = match existing {
+                            Some(_) => Filing::Present,
+                            // Checked under the write lock: `close_now` sets the flag before it
+                            // drains the map, so a mailbox filed here is either drained or
+                            // never filed.
+                            None if self.gate.halt_seen() => Filing::Halted,
+                            None => {
+                                self.counters.accepted();
+                                Filing::Filed
+                            }
+                        };
+                        (filing, filing == Filing::Filed)
+                    });
+            drop(unfiled);
+            if filing == Filing::Filed {
+                log::trace!(
+                    "{}: key {} created",
+                    self.config.name,
+                    ShowKey(mailbox.key())
+                );
+                return Routed::Schedule(mailbox);
+            }
+            let unshared = Arc::get_mut(&mut mailbox).expect("an unfiled mailbox is unshared");
+            (key, job, group) = unshared.unmake();
+            self.keep_spares(&mut vec![mailbox]);
+            if filing == Filing::Halted {
+                return Routed::Halted(key, Item { job, group });
+            }
+            // Present: push into the other producer's mailbox, through the fast path.
+        }
+    }
+
+    /// Pushes `job` into the mailbox found for its key, counting it if accepted.
+    fn push(
+        &self,
+        mailbox: &Arc<Mailbox<K, J>>,
+        job: J,
+        group: &mut Option<Arc<GroupState>>,
+    ) -> Pushed<K, J> {
+        let capacity = self.config.key_capacity;
+        match mailbox.push(job, group, capacity, &self.gate, || {
+            self.counters.accepted()
+        }) {
+            Push::Added => Ok(None),
+            Push::Schedule => Ok(Some(Arc::clone(mailbox))),
+            Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
+            Push::Halted(job) => Err((job, None)),
         }
     }
 
     /// A mailbox for a new key holding `job`: a spare one if there is one at hand, else a fresh
     /// one.
-    fn mailbox_for(&self, key: K, job: J, group: Option<Arc<GroupState>>) -> Arc<Mailbox<K, J>> {
+    fn mailbox_for(
+        &self,
+        key: K,
+        hash: u64,
+        job: J,
+        group: Option<Arc<GroupState>>,
+    ) -> Arc<Mailbox<K, J>> {
         // Not waiting for a sweeper that is putting spares back: allocating is as good.
         let spare = self
             .spares
@@ -402,10 +474,10 @@ where
         match spare {
             Some(mut mailbox) => {
                 let unshared = Arc::get_mut(&mut mailbox).expect("a spare mailbox is unshared");
-                unshared.reuse(key, job, group);
+                unshared.reuse(key, hash, job, group);
                 mailbox
             }
-            None => Arc::new(Mailbox::new(key, job, group)),
+            None => Arc::new(Mailbox::new(key, hash, job, group)),
         }
     }
 
@@ -565,10 +637,11 @@ where
 
     /// Registers a flush barrier behind `key`'s jobs; `None` if it has none queued or running.
     pub(crate) fn flush_barrier(&self, key: &K) -> Option<Arc<GroupState>> {
+        let hash = self.keys.hash(key);
         // Under the shard's read lock, so the mailbox found is the key's current one; one that
         // was evicted had finished every job pushed into it.
         self.keys
-            .get(key, (), |mailbox, ()| mailbox.flush())
+            .get(Hashed { hash, key }, (), |mailbox, ()| mailbox.flush())
             .ok()
             .flatten()
     }
@@ -578,15 +651,7 @@ where
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        // Once the shutdown has finished no job is pending: what the gate still counts are the
-        // transient reservations of dispatches on their way to being refused.
-        let pending = if *lock(&self.finished) {
-            0
-        } else {
-            self.gate.count()
-        };
-        self.counters
-            .snapshot(pending, self.keys.len(), self.pool.workers())
+        self.counters.snapshot(self.keys.len(), self.pool.workers())
     }
 
     /// Stops accepting, waits for every accepted job to finish, evicts every key and leaves
@@ -634,16 +699,14 @@ where
         self.room.notify();
         // Every turn puts its unstarted jobs back into its mailbox before it ends.
         self.idle.wait_until(None, || self.counters.turns() == 0);
-        let mut left = Vec::new();
+        let mut queues = Vec::new();
         let mut jobs = 0;
         let mut released = Marks::new();
-        self.keys.remove_where(|mailbox| {
+        let removed = self.keys.remove_where(|mailbox| {
             let (queue, marks) = mailbox.take_all();
             released.extend(marks);
-            if !queue.is_empty() {
-                jobs += queue.len();
-                left.push((mailbox.key().clone(), Vec::from(queue)));
-            }
+            jobs += queue.len();
+            queues.push(queue);
             true
         });
         // Outside the map's locks: one mark per handed-back job of a group, and the flush
@@ -652,6 +715,7 @@ where
             mark.state.handed_back();
         }
         self.clear_sched();
+        let left = self.hand_back(removed, queues);
         self.counters.handed_back(jobs);
         self.left(jobs);
         // Producers that entered the gate before it closed see the halt flag and leave.
@@ -665,6 +729,43 @@ where
         Ok(left)
     }
 
+    /// Pairs the mailboxes that `close_now` took out of the map with their jobs, by key.
+    ///
+    /// Each key is moved out of its mailbox, which nothing else refers to once the ready and
+    /// idle lists are cleared, except where a dispatch that raced `close_now` still holds it:
+    /// that key is cloned. Should that clone panic, the key's jobs cannot be handed back; they
+    /// are dropped, logged at `error` and counted as handed back.
+    fn hand_back(
+        &self,
+        removed: Vec<Arc<Mailbox<K, J>>>,
+        queues: Vec<VecDeque<J>>,
+    ) -> Vec<(K, Vec<J>)> {
+        let mut left = Vec::new();
+        for (mailbox, queue) in removed.into_iter().zip(queues) {
+            if queue.is_empty() {
+                continue;
+            }
+            let key = match Arc::try_unwrap(mailbox) {
+                Ok(mailbox) => Some(mailbox.into_key()),
+                Err(shared) => contained(|| shared.key().clone()),
+            };
+            match key {
+                Some(key) => left.push((key, Vec::from(queue))),
+                None => {
+                    log::error!(
+                        "{}: a key's Clone panicked in close_now; its {} jobs are dropped",
+                        self.config.name,
+                        queue.len()
+                    );
+                    for job in queue {
+                        drop_contained(job);
+                    }
+                }
+            }
+        }
+        left
+    }
+
     /// The last steps of a shutdown, once the gate is closed and empty: evict every key, leave
     /// the pool. Idempotent; never joins (the caller does, where it may).
     fn finish(&self) {
@@ -673,16 +774,19 @@ where
             return;
         }
         let name = &self.config.name;
-        self.keys.remove_where(|mailbox| {
+        let evicted = self.keys.remove_where(|mailbox| {
             let evicted = mailbox.try_evict();
             debug_assert!(evicted, "a key was busy after its dispatcher drained");
-            log::debug!("{name}: key {:?} evicted", mailbox.key());
             true
         });
         self.clear_sched();
         self.pool.detach(&self.as_source());
         *finished = true;
         drop(finished);
+        log::trace!("{name}: {} keys evicted", evicted.len());
+        // Outside every lock: dropping a key runs its `Drop`, which may call back into this
+        // dispatcher (for its stats, say).
+        drop(evicted);
         log::debug!("{name}: close done");
         self.idle.notify();
     }

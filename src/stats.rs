@@ -38,10 +38,15 @@ pub struct Stats {
     pub workers: usize,
 }
 
-/// The atomic counters behind [`Stats`]. `dispatched` and `queued` are derived from the gate
-/// instead of being counted on the dispatch path.
+/// Stripes of the accepted-jobs count (see [`Counters::accepted`]).
+const STRIPES: usize = 8;
+
+/// The atomic counters behind [`Stats`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Jobs accepted, counted on one of several stripes by each producer thread, so that
+    /// producers on different keys do not contend for one line; summed when read.
+    accepted: [CachePadded<AtomicU64>; STRIPES],
     /// Added once per batch of a turn, by the worker that ran it.
     completed: CachePadded<AtomicU64>,
     /// Workers inside a turn of this dispatcher.
@@ -54,12 +59,27 @@ pub(crate) struct Counters {
     handed_back: AtomicU64,
 }
 
-// ORDERING: every counter but the turn count is Relaxed. They synchronize nothing; a snapshot is documented as
-// approximate while jobs move, and once the dispatcher is idle the waits that establish idleness
-// (`wait_idle`, `close`) synchronize with the workers through the gate, which is SeqCst.
+// ORDERING: the counters synchronize nothing but their own snapshot, which is documented as
+// approximate while jobs move; once the dispatcher is idle the waits that establish idleness
+// (`wait_idle`, `close`) synchronize with the workers through the gate, which is SeqCst. The
+// exceptions: the turn count (see `turn_started`), and `completed` and `handed_back`, written
+// with Release and read with Acquire before the accepted count, so that a snapshot never counts
+// a job as finished without counting it as accepted.
 impl Counters {
+    /// A job was accepted: called under its mailbox's lock, before a worker can take it.
+    pub(crate) fn accepted(&self) {
+        thread_local! {
+            static STRIPE: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES
+            };
+        }
+        let stripe = STRIPE.with(|stripe| *stripe);
+        self.accepted[stripe].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn completed(&self, n: usize) {
-        self.completed.fetch_add(n as u64, Ordering::Relaxed);
+        self.completed.fetch_add(n as u64, Ordering::Release);
     }
 
     pub(crate) fn failed(&self) {
@@ -83,7 +103,7 @@ impl Counters {
     }
 
     pub(crate) fn handed_back(&self, n: usize) {
-        self.handed_back.fetch_add(n as u64, Ordering::Relaxed);
+        self.handed_back.fetch_add(n as u64, Ordering::Release);
     }
 
     // ORDERING: the turn count is SeqCst: `close_now` sets the halt flag and then waits for it
@@ -101,13 +121,19 @@ impl Counters {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// Builds a snapshot; `pending` is the gate's count of unfinished jobs.
-    pub(crate) fn snapshot(&self, pending: usize, keys: usize, workers: usize) -> Stats {
-        let completed = self.completed.load(Ordering::Relaxed);
-        let handed_back = self.handed_back.load(Ordering::Relaxed);
+    /// Builds a snapshot. Every counter in it only grows but `queued`, `running` and `blocked`.
+    pub(crate) fn snapshot(&self, keys: usize, workers: usize) -> Stats {
+        let completed = self.completed.load(Ordering::Acquire);
+        let handed_back = self.handed_back.load(Ordering::Acquire);
+        let dispatched: u64 = self
+            .accepted
+            .iter()
+            .map(|stripe| stripe.load(Ordering::Relaxed))
+            .sum();
+        let pending = dispatched.saturating_sub(completed + handed_back) as usize;
         let running = self.running.load(Ordering::Relaxed).min(pending);
         Stats {
-            dispatched: completed + handed_back + pending as u64,
+            dispatched,
             completed,
             failed: self.failed.load(Ordering::Relaxed),
             panicked: self.panicked.load(Ordering::Relaxed),
@@ -127,20 +153,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_derives_dispatched_and_queued() {
+    fn snapshot_derives_queued() {
         let c = Counters::default();
+        for _ in 0..10 {
+            c.accepted();
+        }
         c.completed(5);
         c.handed_back(2);
         c.failed();
         c.panicked();
         c.refused();
         c.turn_started();
-        let s = c.blocked(|| c.snapshot(3, 4, 8));
+        let s = c.blocked(|| c.snapshot(4, 8));
         assert_eq!(s.blocked, 1);
         assert_eq!(s.dispatched, 10);
         assert_eq!((s.completed, s.failed, s.panicked, s.refused), (5, 1, 1, 1));
         assert_eq!((s.queued, s.running, s.keys, s.workers), (2, 1, 4, 8));
         c.turn_ended();
-        assert_eq!(c.snapshot(0, 0, 8).running, 0);
+        assert_eq!(c.snapshot(0, 8).running, 0);
     }
 }

@@ -4,9 +4,11 @@
 use super::{Shared, IDLE_LIST_MAX, SPARES_MAX};
 use crate::{
     group::Outcome,
+    keymap::{Hashed, Keyed},
     mailbox::{EndTurn, Mailbox, Mark, Marks},
     pool::{Source, Worker},
     sync::{dekker_fence, fence, lock, spin_once, Arc, Fault, Ordering},
+    unwind::{contained, drop_contained, panic_message, Show, ShowKey},
 };
 use std::{
     any::Any,
@@ -188,7 +190,11 @@ where
 
     /// Runs one job, catching its panic, and says how it ended.
     fn run_job(&self, key: &K, job: J) -> Outcome {
-        log::trace!("{}: running a job of key {key:?}", self.config.name);
+        log::trace!(
+            "{}: running a job of key {}",
+            self.config.name,
+            ShowKey(key)
+        );
         let handler = &*self.handler;
         let mut outcome = Outcome::default();
         let ran = catch_unwind(AssertUnwindSafe(|| {
@@ -207,7 +213,12 @@ where
     /// Runs inside the job's `catch_unwind`: a panicking `on_error` counts as the job's panic.
     fn job_failed(&self, key: &K, err: &dyn Display) {
         self.counters.failed();
-        log::warn!("{}: job of key {key:?} failed: {err}", self.config.name);
+        log::warn!(
+            "{}: job of key {} failed: {}",
+            self.config.name,
+            ShowKey(key),
+            Show(err)
+        );
         if let Some(hook) = &self.on_error {
             hook(key, err);
         }
@@ -216,20 +227,23 @@ where
     fn job_panicked(&self, key: &K, payload: Box<dyn Any + Send>) {
         self.counters.panicked();
         log::error!(
-            "{}: job of key {key:?} panicked: {}",
+            "{}: job of key {} panicked: {}",
             self.config.name,
+            ShowKey(key),
             panic_message(&*payload)
         );
         if let Some(hook) = &self.on_panic {
-            if catch_unwind(AssertUnwindSafe(|| hook(key, &*payload))).is_err() {
+            if let Err(again) = catch_unwind(AssertUnwindSafe(|| hook(key, &*payload))) {
                 log::error!(
-                    "{}: on_panic hook panicked for key {key:?}",
-                    self.config.name
+                    "{}: on_panic hook panicked for key {}",
+                    self.config.name,
+                    ShowKey(key)
                 );
+                drop_contained(again);
             }
         }
         // A payload may panic in its own drop; that must not unwind into the worker.
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        drop_contained(payload);
     }
 
     /// Files the key whose turn just ended, and pops the next ready key. With none ready, it
@@ -341,12 +355,28 @@ where
             }
             swept += 1;
             let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict();
-            let evicted = self.keys.remove_if(mailbox.key(), |current| {
-                Arc::ptr_eq(current, &mailbox) && (early || current.try_evict())
+            let key = Hashed {
+                hash: mailbox.stored_hash(),
+                key: mailbox.key(),
+            };
+            // The map compares keys with their `Eq`; should it panic, the key stays, idle,
+            // until it runs again or the shutdown evicts it.
+            let evicted = contained(|| {
+                self.keys.remove_if(key, |current| {
+                    Arc::ptr_eq(current, &mailbox) && (early || current.try_evict())
+                })
             });
-            if evicted {
-                log::debug!("{}: key {:?} evicted", self.config.name, mailbox.key());
-                evicted_all.push(mailbox);
+            match evicted {
+                Some(true) => {
+                    log::trace!(
+                        "{}: key {} evicted",
+                        self.config.name,
+                        ShowKey(mailbox.key())
+                    );
+                    evicted_all.push(mailbox);
+                }
+                Some(false) => {}
+                None => mailbox.unlist(),
             }
         }
         if !kept.is_empty() {
@@ -410,22 +440,14 @@ where
         let Some(delay) = self.sweep_period() else {
             return;
         };
+        // An instant past what the clock can count is never due: no sweep then.
+        let Some(due) = Instant::now().checked_add(delay) else {
+            return;
+        };
         // ORDERING: SeqCst, paired with `on_timer`'s disarm-then-recheck.
         if !self.timer_set.swap(true, Ordering::SeqCst) {
-            self.pool
-                .set_timer(Instant::now() + delay, self.as_source());
+            self.pool.set_timer(due, self.as_source());
         }
-    }
-}
-
-/// The message of a panic payload, for the log.
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        message
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message
-    } else {
-        "Box<dyn Any>"
     }
 }
 
@@ -464,12 +486,12 @@ where
         self.sweep(idle, true);
         let listed = || !lock(&self.sched).idle.is_empty();
         if listed() {
-            return Some(now + period);
+            return now.checked_add(period);
         }
         // Disarm, then look again: a worker that listed a key meanwhile saw the timer armed.
         self.timer_set.store(false, Ordering::SeqCst);
         if listed() && !self.timer_set.swap(true, Ordering::SeqCst) {
-            return Some(now + period);
+            return now.checked_add(period);
         }
         None
     }
