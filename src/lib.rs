@@ -149,6 +149,7 @@ mod gate;
 mod group;
 mod handler;
 mod keymap;
+mod latch;
 mod mailbox;
 #[cfg(all(test, any(loom, feature = "shuttle")))]
 mod model_handle;
@@ -172,7 +173,8 @@ struct ReadmeDoctests;
 pub use builder::{Builder, DEFAULT_CAPACITY, DEFAULT_JOBS_PER_TURN};
 pub use dispatcher::{BoxedJob, CloseReport, Dispatcher};
 pub use error::{BuildError, DispatchError, WaitError};
-pub use group::{Group, GroupReport};
+pub use group::Group;
 pub use handler::{Handler, HandlerOutput, Never};
+pub use latch::GroupReport;
 pub use pool::{PoolBuilder, WorkerPool};
 pub use stats::Stats;

@@ -52,8 +52,8 @@
 //!
 //! Every job of a key has an absolute index, counted from the mailbox's first job; `taken` is
 //! the index of the queue's first job (jobs moved into turns so far, less any put back). A
-//! *mark* at position `p` is a group state to complete once the key's first `p` jobs have
-//! finished:
+//! *mark* at position `p` is a latch (see `latch`) to complete once the key's first `p` jobs
+//! have finished:
 //!
 //! - a job pushed with a group, at index `i`, gets a mark at `i + 1`: its group is completed,
 //!   with the job's outcome, right after it runs;
@@ -78,8 +78,8 @@
 
 use crate::{
     gate::Gate,
-    group::GroupState,
     keymap::Keyed,
+    latch::Latch,
     sync::{lock, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering},
     unwind::drop_contained,
 };
@@ -95,7 +95,7 @@ pub(crate) struct Mark {
     /// the mailbox's first job in `Inner::marks`, from the batch's first job in a batch's `due`.
     pub(crate) position: u64,
     /// The group (or barrier) to complete.
-    pub(crate) state: Arc<GroupState>,
+    pub(crate) state: Arc<Latch>,
     /// A flush barrier, which later flushes at the same position may share.
     flush: bool,
 }
@@ -148,7 +148,7 @@ impl<J> Inner<J> {
     /// Marks the job just pushed as one of `group`'s; kept out of line, off the path of jobs
     /// without a group.
     #[cold]
-    fn mark_last(&mut self, group: &mut Option<Arc<GroupState>>) {
+    fn mark_last(&mut self, group: &mut Option<Arc<Latch>>) {
         if let Some(state) = group.take() {
             let position = self.taken + self.queue.len() as u64;
             self.marks.push_back(Mark {
@@ -196,7 +196,7 @@ pub(crate) enum EndTurn {
 impl<K, J> Mailbox<K, J> {
     /// A mailbox holding `job` (counted in `group`, if any), Queued: its creator must put it in
     /// the ready queue.
-    pub(crate) fn new(key: K, hash: u64, job: J, group: Option<Arc<GroupState>>) -> Self {
+    pub(crate) fn new(key: K, hash: u64, job: J, group: Option<Arc<Latch>>) -> Self {
         let mut mailbox = Mailbox {
             key: Some(key),
             hash,
@@ -224,7 +224,7 @@ impl<K, J> Mailbox<K, J> {
 
     /// Makes a spare the mailbox of `key`, holding `job`, as [`Mailbox::new`] would, but
     /// keeping its allocations.
-    pub(crate) fn reuse(&mut self, key: K, hash: u64, job: J, group: Option<Arc<GroupState>>) {
+    pub(crate) fn reuse(&mut self, key: K, hash: u64, job: J, group: Option<Arc<Latch>>) {
         self.refill(job, group);
         self.key = Some(key);
         self.hash = hash;
@@ -232,7 +232,7 @@ impl<K, J> Mailbox<K, J> {
 
     /// Takes a mailbox that [`Mailbox::new`] or [`Mailbox::reuse`] just made, and that was
     /// never shared, apart again: its key, its job and the job's group. It is left a spare.
-    pub(crate) fn unmake(&mut self) -> (K, J, Option<Arc<GroupState>>) {
+    pub(crate) fn unmake(&mut self) -> (K, J, Option<Arc<Latch>>) {
         let inner = self
             .inner
             .get_mut()
@@ -284,7 +284,7 @@ impl<K, J> Mailbox<K, J> {
         self.key.take().expect("a spare mailbox was shared")
     }
 
-    fn refill(&mut self, job: J, group: Option<Arc<GroupState>>) {
+    fn refill(&mut self, job: J, group: Option<Arc<Latch>>) {
         let inner = self
             .inner
             .get_mut()
@@ -318,7 +318,7 @@ impl<K, J> Mailbox<K, J> {
     pub(crate) fn push(
         &self,
         job: J,
-        group: &mut Option<Arc<GroupState>>,
+        group: &mut Option<Arc<Latch>>,
         capacity: usize,
         gate: &Gate,
         accepted: impl FnOnce(),
@@ -379,7 +379,7 @@ impl<K, J> Mailbox<K, J> {
 
     /// Producer: registers a flush barrier behind every job pushed so far (see the module
     /// docs), or returns `None` if the key has no job queued or running.
-    pub(crate) fn flush(&self) -> Option<Arc<GroupState>> {
+    pub(crate) fn flush(&self) -> Option<Arc<Latch>> {
         let mut inner = lock(&self.inner);
         if inner.queue.is_empty() && inner.in_turn == 0 {
             // Idle or Evicted: every job pushed here has finished (or was handed back).
@@ -392,7 +392,7 @@ impl<K, J> Mailbox<K, J> {
                 return Some(Arc::clone(&last.state));
             }
         }
-        let barrier = Arc::new(GroupState::new(1));
+        let barrier = Arc::new(Latch::new(1));
         inner.marks.push_back(Mark {
             position,
             state: Arc::clone(&barrier),
@@ -845,7 +845,7 @@ mod tests {
     #[test]
     fn grouped_jobs_get_a_mark_and_plain_jobs_none() {
         let gate = Gate::new();
-        let group = Arc::new(GroupState::new(0));
+        let group = Arc::new(Latch::new(0));
         let mb = Mailbox::new(1u8, 0, 0u32, Some(Arc::clone(&group)));
         mb.push(1, &mut None, 100, &gate, || {});
         let mut member = Some(Arc::clone(&group));
@@ -868,7 +868,7 @@ mod tests {
     #[test]
     fn refused_push_leaves_the_group_with_the_caller() {
         let gate = Gate::new();
-        let group = Arc::new(GroupState::new(0));
+        let group = Arc::new(Latch::new(0));
         let mb = Mailbox::new(1u8, 0, 0u32, None);
         let mut member = Some(Arc::clone(&group));
         assert_eq!(mb.push(1, &mut member, 1, &gate, || {}), Push::Full(1));
@@ -923,7 +923,7 @@ mod tests {
     #[test]
     fn going_on_hands_out_the_batch_barriers_before_the_next_jobs_marks() {
         let gate = Gate::new();
-        let group = Arc::new(GroupState::new(0));
+        let group = Arc::new(Latch::new(0));
         let mb = Mailbox::new(1u8, 0, 0u32, None);
         let (mut batch, mut due) = (VecDeque::new(), Marks::new());
         mb.begin_turn(8, &mut batch, &mut due);
@@ -944,7 +944,7 @@ mod tests {
 
     #[test]
     fn an_evicted_mailbox_is_reused_for_another_key() {
-        let group = Arc::new(GroupState::new(0));
+        let group = Arc::new(Latch::new(0));
         let mut mb = Mailbox::new(1u8, 0, 0u32, None);
         turn(&mb, 8);
         end(&mb, &mut VecDeque::new(), false);
@@ -971,7 +971,7 @@ mod tests {
 
     #[test]
     fn a_new_mailbox_is_taken_apart_again() {
-        let group = Arc::new(GroupState::new(1));
+        let group = Arc::new(Latch::new(1));
         let mut mb = Mailbox::new(3u8, 0, 30u32, Some(Arc::clone(&group)));
         let (key, job, member) = mb.unmake();
         assert_eq!((key, job), (3, 30));

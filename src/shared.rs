@@ -60,9 +60,9 @@ use crate::{
     builder::Config,
     error::{DispatchError, WaitError},
     gate::{Gate, Refused},
-    group::GroupState,
     handler::ErasedHandler,
     keymap::{Hashed, KeyMap, Keyed},
+    latch::Latch,
     mailbox::{Mailbox, Marks, Push},
     pool::{PoolShared, Source},
     ready::ReadyQueue,
@@ -132,7 +132,7 @@ impl Wait {
 #[derive(Debug)]
 pub(crate) struct Item<J> {
     pub(crate) job: J,
-    pub(crate) group: Option<Arc<GroupState>>,
+    pub(crate) group: Option<Arc<Latch>>,
 }
 
 /// The result of [`Shared::close`].
@@ -443,7 +443,7 @@ where
         &self,
         mailbox: &Arc<Mailbox<K, J>>,
         job: J,
-        group: &mut Option<Arc<GroupState>>,
+        group: &mut Option<Arc<Latch>>,
     ) -> Pushed<K, J> {
         let capacity = self.config.key_capacity;
         match mailbox.push(job, group, capacity, &self.gate, || {
@@ -463,7 +463,7 @@ where
         key: K,
         hash: u64,
         job: J,
-        group: Option<Arc<GroupState>>,
+        group: Option<Arc<Latch>>,
     ) -> Arc<Mailbox<K, J>> {
         // Not waiting for a sweeper that is putting spares back: allocating is as good.
         let spare = self
@@ -636,7 +636,7 @@ where
     }
 
     /// Registers a flush barrier behind `key`'s jobs; `None` if it has none queued or running.
-    pub(crate) fn flush_barrier(&self, key: &K) -> Option<Arc<GroupState>> {
+    pub(crate) fn flush_barrier(&self, key: &K) -> Option<Arc<Latch>> {
         let hash = self.keys.hash(key);
         // Under the shard's read lock, so the mailbox found is the key's current one; one that
         // was evicted had finished every job pushed into it.

@@ -3,8 +3,8 @@
 
 use super::{Shared, IDLE_LIST_MAX, SPARES_MAX};
 use crate::{
-    group::Outcome,
     keymap::{Hashed, Keyed},
+    latch::Outcome,
     mailbox::{EndTurn, Mailbox, Mark, Marks},
     pool::{Source, Worker},
     sync::{dekker_fence, fence, lock, spin_once, Arc, Fault, Ordering},
