@@ -135,10 +135,11 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
-// Under loom or shuttle the spin counts are zero, so their loop bounds compare against zero.
+// Under loom or shuttle the spin counts are zero, so their loop bounds compare against zero
+// and their spin ranges are empty.
 #![cfg_attr(
     any(loom, feature = "shuttle"),
-    allow(clippy::absurd_extreme_comparisons)
+    allow(clippy::absurd_extreme_comparisons, clippy::reversed_empty_ranges)
 )]
 
 mod affinity;
