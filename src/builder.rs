@@ -1,12 +1,14 @@
-//! [`Builder`]: configures a dispatcher and checks the configuration before starting anything.
+//! [`Builder`]: configures a dispatcher and checks the configuration before starting anything;
+//! [`PoolBuilder`], the same for a shared [`WorkerPool`].
 
 use crate::{
-    dispatcher::{BoxedJob, Dispatcher},
+    config::{Config, ErrorHook, PanicHook},
+    dispatcher::Dispatcher,
     error::BuildError,
     gate::MAX_CAPACITY,
-    handler::Handler,
+    handler::{BoxedJob, Handler},
     pool::{default_workers, PoolShared, WorkerPool, DEFAULT_NAME},
-    shared::{ErrorHook, PanicHook, Shared},
+    shared::Shared,
     sync::Arc,
 };
 use std::{
@@ -24,19 +26,6 @@ pub const DEFAULT_CAPACITY: usize = 1 << 20;
 /// Jobs a key runs while others are ready before its thread goes to the next of them, unless
 /// [`Builder::jobs_per_turn`] says otherwise.
 pub const DEFAULT_JOBS_PER_TURN: usize = 64;
-
-/// A dispatcher's checked configuration.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    /// Used in log lines, and as the thread name prefix of a private pool.
-    pub(crate) name: String,
-    pub(crate) capacity: usize,
-    pub(crate) key_capacity: usize,
-    pub(crate) jobs_per_turn: usize,
-    pub(crate) max_parallel: usize,
-    /// `None`: the default eviction (see `Builder::idle_timeout`).
-    pub(crate) idle_timeout: Option<Duration>,
-}
 
 /// Configures and builds a [`Dispatcher`]; from [`Dispatcher::builder`].
 ///
@@ -323,5 +312,72 @@ impl<K, J> fmt::Debug for Builder<K, J> {
             .field("name", &self.name)
             .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+// The pool's constructors are here, beside its builder, so that the pool needs nothing from
+// this module.
+impl WorkerPool {
+    /// Starts a pool of `workers` threads named `keyed-dispatch-0`, `keyed-dispatch-1`, ...
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
+    /// started.
+    pub fn new(workers: usize) -> Result<WorkerPool, BuildError> {
+        WorkerPool::builder().workers(workers).build()
+    }
+
+    /// A builder to name the threads as well.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            workers: None,
+            name: None,
+            pin_workers: false,
+        }
+    }
+}
+
+/// Configures a [`WorkerPool`]: `WorkerPool::builder().workers(8).name("shared").build()`.
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    name: Option<String>,
+    pin_workers: bool,
+}
+
+impl PoolBuilder {
+    /// Number of threads; defaults to [`std::thread::available_parallelism`].
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Thread name prefix: threads are named `{name}-0`, `{name}-1`, ...; defaults to
+    /// `keyed-dispatch`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Pins thread `i` to the `i`-th CPU the building thread may run on; off by default. As
+    /// [`Builder::pin_workers`](crate::Builder::pin_workers), which says when it pays.
+    pub fn pin_workers(mut self, pin: bool) -> Self {
+        self.pin_workers = pin;
+        self
+    }
+
+    /// Starts the threads.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
+    /// started, [`BuildError::PinUnsupported`] or [`BuildError::PinRefused`] if a thread cannot
+    /// be pinned (those already started are stopped and joined).
+    pub fn build(self) -> Result<WorkerPool, BuildError> {
+        let workers = self.workers.unwrap_or_else(default_workers);
+        let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let shared = PoolShared::start(workers, name, true, self.pin_workers)?;
+        Ok(WorkerPool::from_shared(shared))
     }
 }

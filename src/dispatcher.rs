@@ -40,6 +40,7 @@ use crate::{
     builder::Builder,
     error::{DispatchError, WaitError},
     group::Group,
+    handler::BoxedJob,
     pool::Source,
     shared::{Item, Shared, Wait},
     stats::Stats,
@@ -50,10 +51,6 @@ use std::{
     hash::Hash,
     time::{Duration, Instant},
 };
-
-/// A job that is a closure: the job type of dispatchers built with
-/// [`Builder::build_spawner`] and fed with [`Dispatcher::spawn`].
-pub type BoxedJob = Box<dyn FnOnce() + Send + 'static>;
 
 /// Runs jobs one at a time per key, in dispatch order, and different keys in parallel on a
 /// bounded pool of threads.

@@ -25,8 +25,8 @@
 //! [`Dispatcher::flush_key`](crate::Dispatcher::flush_key): see `latch`.
 
 use crate::{
-    dispatcher::BoxedJob,
     error::{DispatchError, WaitError},
+    handler::BoxedJob,
     latch::{GroupReport, Latch},
     shared::{Item, Shared, Wait},
     sync::Arc,

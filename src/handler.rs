@@ -1,4 +1,5 @@
-//! The [`Handler`] trait: what a dispatcher runs for each job.
+//! The [`Handler`] trait: what a dispatcher runs for each job; [`BoxedJob`], the job that runs
+//! itself.
 
 use std::fmt::{self, Display};
 
@@ -103,6 +104,11 @@ where
         self(key, job).into_result()
     }
 }
+
+/// A job that is a closure: the job type of dispatchers built with
+/// [`Builder::build_spawner`](crate::Builder::build_spawner) and fed with
+/// [`Dispatcher::spawn`](crate::Dispatcher::spawn).
+pub type BoxedJob = Box<dyn FnOnce() + Send + 'static>;
 
 /// A [`Handler`] with its error type erased, so that a dispatcher stores any handler behind
 /// one pointer. `failed` is called with the error of a failed job, before it is dropped.

@@ -144,6 +144,7 @@
 
 mod affinity;
 mod builder;
+mod config;
 mod dispatcher;
 mod error;
 mod gate;
@@ -171,11 +172,11 @@ mod unwind;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use builder::{Builder, DEFAULT_CAPACITY, DEFAULT_JOBS_PER_TURN};
-pub use dispatcher::{BoxedJob, CloseReport, Dispatcher};
+pub use builder::{Builder, PoolBuilder, DEFAULT_CAPACITY, DEFAULT_JOBS_PER_TURN};
+pub use dispatcher::{CloseReport, Dispatcher};
 pub use error::{BuildError, DispatchError, WaitError};
 pub use group::Group;
-pub use handler::{Handler, HandlerOutput, Never};
+pub use handler::{BoxedJob, Handler, HandlerOutput, Never};
 pub use latch::GroupReport;
-pub use pool::{PoolBuilder, WorkerPool};
+pub use pool::WorkerPool;
 pub use stats::Stats;

@@ -575,25 +575,6 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts a pool of `workers` threads named `keyed-dispatch-0`, `keyed-dispatch-1`, ...
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
-    /// started.
-    pub fn new(workers: usize) -> Result<WorkerPool, BuildError> {
-        WorkerPool::builder().workers(workers).build()
-    }
-
-    /// A builder to name the threads as well.
-    pub fn builder() -> PoolBuilder {
-        PoolBuilder {
-            workers: None,
-            name: None,
-            pin_workers: false,
-        }
-    }
-
     /// The number of worker threads.
     pub fn workers(&self) -> usize {
         self.shared.workers
@@ -614,6 +595,10 @@ impl WorkerPool {
     pub(crate) fn shared(&self) -> &Arc<PoolShared> {
         &self.shared
     }
+
+    pub(crate) fn from_shared(shared: Arc<PoolShared>) -> WorkerPool {
+        WorkerPool { shared }
+    }
 }
 
 impl Drop for WorkerPool {
@@ -629,51 +614,6 @@ impl fmt::Debug for WorkerPool {
             .field("name", &self.shared.name)
             .field("workers", &self.shared.workers)
             .finish()
-    }
-}
-
-/// Configures a [`WorkerPool`]: `WorkerPool::builder().workers(8).name("shared").build()`.
-#[derive(Debug, Clone)]
-pub struct PoolBuilder {
-    workers: Option<usize>,
-    name: Option<String>,
-    pin_workers: bool,
-}
-
-impl PoolBuilder {
-    /// Number of threads; defaults to [`std::thread::available_parallelism`].
-    pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = Some(workers);
-        self
-    }
-
-    /// Thread name prefix: threads are named `{name}-0`, `{name}-1`, ...; defaults to
-    /// `keyed-dispatch`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Pins thread `i` to the `i`-th CPU the building thread may run on; off by default. As
-    /// [`Builder::pin_workers`](crate::Builder::pin_workers), which says when it pays.
-    pub fn pin_workers(mut self, pin: bool) -> Self {
-        self.pin_workers = pin;
-        self
-    }
-
-    /// Starts the threads.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
-    /// started, [`BuildError::PinUnsupported`] or [`BuildError::PinRefused`] if a thread cannot
-    /// be pinned (those already started are stopped and joined).
-    pub fn build(self) -> Result<WorkerPool, BuildError> {
-        let workers = self.workers.unwrap_or_else(default_workers);
-        let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);
-        Ok(WorkerPool {
-            shared: PoolShared::start(workers, name, true, self.pin_workers)?,
-        })
     }
 }
 

@@ -57,7 +57,7 @@
 mod turns;
 
 use crate::{
-    builder::Config,
+    config::{Config, ErrorHook, PanicHook},
     error::{DispatchError, WaitError},
     gate::{Gate, Refused},
     handler::ErasedHandler,
@@ -73,9 +73,8 @@ use crate::{
 };
 use crossbeam_utils::CachePadded;
 use std::{
-    any::Any,
     collections::VecDeque,
-    fmt::{self, Debug, Display},
+    fmt::{self, Debug},
     hash::Hash,
     time::{Duration, Instant},
 };
@@ -98,11 +97,6 @@ const SWEEP_PERIOD: Option<Duration> = if crate::sync::CHECKED {
 /// with a million keys coming and going, but then a dispatcher holds about a MiB of spares once
 /// it has seen enough keys.
 pub(crate) const SPARES_MAX: usize = 1024;
-
-/// The hook called with the payload of a panicking job.
-pub(crate) type PanicHook<K> = Box<dyn Fn(&K, &(dyn Any + Send)) + Send + Sync>;
-/// The hook called with the error of a failed job.
-pub(crate) type ErrorHook<K> = Box<dyn Fn(&K, &dyn Display) + Send + Sync>;
 
 /// How long a dispatch may wait for room.
 #[derive(Debug, Clone, Copy)]
