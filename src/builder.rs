@@ -3,12 +3,11 @@
 
 use crate::{
     config::{Config, ErrorHook, PanicHook},
-    dispatcher::Dispatcher,
+    dispatcher::{core::Core, Dispatcher},
     error::BuildError,
     gate::MAX_CAPACITY,
     handler::{BoxedJob, Handler},
     pool::{default_workers, PoolShared, WorkerPool, DEFAULT_NAME},
-    shared::Shared,
     sync::Arc,
 };
 use std::{
@@ -213,21 +212,21 @@ where
             Some(pool) => pool,
             None => PoolShared::start(workers, &config.name, false, self.pin_workers)?,
         };
-        let shared = Shared::new(
+        let core = Core::new(
             config,
             pool,
             Box::new(handler),
             self.on_panic,
             self.on_error,
         );
-        shared.pool().attach(shared.as_source())?;
+        core.pool().attach(core.as_source())?;
         log::debug!(
             "{}: dispatcher built on pool {} ({} workers)",
-            shared.config().name,
-            shared.pool().name(),
-            shared.pool().workers()
+            core.config().name,
+            core.pool().name(),
+            core.pool().workers()
         );
-        Ok(Dispatcher::from_shared(shared))
+        Ok(Dispatcher::from_core(core))
     }
 
     /// Checks the settings for a pool of `workers` threads.

@@ -61,7 +61,7 @@ impl Gate {
     /// reservation was undone here, and the bool says whether undoing it emptied the gate (the
     /// caller then wakes whoever waits for that, as after [`Gate::leave`]).
     // ORDERING: SeqCst, so that the count is in the single total order with the waiter counts
-    // read by `Shared::left` (the Dekker pair that makes `wait_idle` lose no wake-up).
+    // read by `Core::left` (the Dekker pair that makes `wait_idle` lose no wake-up).
     pub(crate) fn enter(&self, capacity: usize) -> Result<(), (Refused, bool)> {
         // A dispatch after close is refused without touching the count, so that a storm of
         // them neither contends with the workers nor shows up in the count. A stale copy only
@@ -116,7 +116,7 @@ impl Gate {
         self.word.load(Ordering::SeqCst) & CLOSED != 0
     }
 
-    // ORDERING: SeqCst, paired with the SeqCst turn count (see `Shared::run_turn`); a plain
+    // ORDERING: SeqCst, paired with the SeqCst turn count (see `Core::run_turn`); a plain
     // load on x86, made once per turn.
     pub(crate) fn is_halted(&self) -> bool {
         self.word.load(Ordering::SeqCst) & HALTED != 0
@@ -127,7 +127,7 @@ impl Gate {
     /// map's shard locks and the mailboxes' locks, so whoever holds one of those after it sees
     /// the flag, and whoever held it before has its job taken by `close_now`. Elsewhere it is a
     /// hint: a turn stops early when it sees it, and one that does not is simply waited for
-    /// (see `Shared::run_turn`).
+    /// (see `Core::run_turn`).
     // ORDERING: Relaxed; the locks above order it where it matters.
     pub(crate) fn halt_seen(&self) -> bool {
         self.copies.halted.load(Ordering::Relaxed)

@@ -25,10 +25,13 @@
 //! [`Dispatcher::flush_key`](crate::Dispatcher::flush_key): see `latch`.
 
 use crate::{
+    dispatcher::{
+        core::{Core, Item, Wait},
+        Dispatcher,
+    },
     error::{DispatchError, WaitError},
     handler::BoxedJob,
     latch::{GroupReport, Latch},
-    shared::{Item, Shared, Wait},
     sync::Arc,
 };
 use std::{
@@ -61,10 +64,10 @@ impl Drop for Counted<'_> {
 ///   too: clones of a group share its count, and jobs dispatched while others wait are waited
 ///   for by waits that have not yet returned. A group with no pending job is done.
 ///
-/// The group keeps its dispatcher's state alive, not the dispatcher: once every
-/// [`Dispatcher`](crate::Dispatcher) handle is dropped (which closes it), dispatching through
-/// the group returns `Closed`. A group stored in its own dispatcher's handler makes a reference
-/// cycle; store it in another dispatcher's handler, or pass it along with the job.
+/// The group keeps its dispatcher's state alive, not the dispatcher: once every [`Dispatcher`]
+/// handle is dropped (which closes it), dispatching through the group returns `Closed`. A group
+/// stored in its own dispatcher's handler makes a reference cycle; store it in another
+/// dispatcher's handler, or pass it along with the job.
 ///
 /// # Re-entrancy
 ///
@@ -99,8 +102,37 @@ impl Drop for Counted<'_> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Group<K, J> {
-    shared: Arc<Shared<K, J>>,
+    core: Arc<Core<K, J>>,
     state: Arc<Latch>,
+}
+
+// Here rather than in `dispatcher`, so that the dispatcher needs nothing from this module.
+impl<K, J> Dispatcher<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    /// A new, empty [`Group`] on this dispatcher: jobs dispatched through it are counted, so
+    /// that they can be waited for together, across keys. See [`Group`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u32| {})?;
+    /// let batch = d.group();
+    /// for n in 0..10 {
+    ///     batch.dispatch((n % 3) as u8, n)?;
+    /// }
+    /// let report = batch.wait()?;
+    /// assert_eq!(report.completed, 10);
+    /// assert!(report.all_succeeded());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn group(&self) -> Group<K, J> {
+        Group::new(Arc::clone(&self.core))
+    }
 }
 
 impl<K, J> Group<K, J>
@@ -108,9 +140,9 @@ where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
 {
-    pub(crate) fn new(shared: Arc<Shared<K, J>>) -> Self {
+    pub(crate) fn new(core: Arc<Core<K, J>>) -> Self {
         Group {
-            shared,
+            core,
             state: Arc::new(Latch::new(0)),
         }
     }
@@ -123,7 +155,7 @@ where
     /// As [`Dispatcher::dispatch`](crate::Dispatcher::dispatch): `Closed`, or `Full` from a
     /// handler. The error holds the key and job, and the job is not counted.
     pub fn dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
-        self.send(key, job, self.shared.blocking())
+        self.send(key, job, self.core.blocking())
     }
 
     /// Dispatches `job` on `key` if there is room right now, counting it in the group; never
@@ -161,7 +193,7 @@ where
             job,
             group: Some(Arc::clone(&self.state)),
         };
-        let sent = self.shared.send(key, item, wait);
+        let sent = self.core.send(key, item, wait);
         if sent.is_ok() {
             std::mem::forget(counted);
         }
@@ -190,7 +222,7 @@ where
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<GroupReport, WaitError> {
-        if self.shared.pool().is_current() {
+        if self.core.pool().is_current() {
             return Err(WaitError::WouldDeadlock);
         }
         if self.state.wait(deadline) {
@@ -241,7 +273,7 @@ impl<K, J> Clone for Group<K, J> {
     /// Another handle on the same group: both count the same jobs.
     fn clone(&self) -> Self {
         Group {
-            shared: Arc::clone(&self.shared),
+            core: Arc::clone(&self.core),
             state: Arc::clone(&self.state),
         }
     }
@@ -250,7 +282,7 @@ impl<K, J> Clone for Group<K, J> {
 impl<K, J> Debug for Group<K, J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Group")
-            .field("dispatcher", &self.shared)
+            .field("dispatcher", &self.core)
             .field("pending", &self.state.pending())
             .finish()
     }

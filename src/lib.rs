@@ -159,7 +159,6 @@ mod model_handle;
 mod models;
 mod pool;
 mod ready;
-mod shared;
 #[cfg(all(test, feature = "shuttle", not(loom)))]
 mod shuttle_tests;
 mod signal;

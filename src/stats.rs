@@ -107,7 +107,7 @@ impl Counters {
     }
 
     // ORDERING: the turn count is SeqCst: `close_now` sets the halt flag and then waits for it
-    // to reach zero, while a turn counts itself and then checks the flag (see `Shared::run_turn`).
+    // to reach zero, while a turn counts itself and then checks the flag (see `Core::run_turn`).
     pub(crate) fn turn_started(&self) {
         self.running.fetch_add(1, Ordering::SeqCst);
     }

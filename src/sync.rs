@@ -102,15 +102,15 @@ pub(crate) fn spin_once(step: u32) {
 pub(crate) enum Fault {
     /// `Mailbox::end_turn` makes the key Idle without looking at jobs pushed during the turn.
     IdleWithJobsLeft,
-    /// `Shared::close` reads the gate's count before it sets the closed flag, and waits only if
+    /// `Core::close` reads the gate's count before it sets the closed flag, and waits only if
     /// that count was not zero.
     CountBeforeClose,
-    /// `Shared::sweep` marks a key Evicted before it takes the map's lock, so that the Idle check
+    /// `Core::sweep` marks a key Evicted before it takes the map's lock, so that the Idle check
     /// and the removal are two critical sections.
     EvictBeforeMapLock,
     /// `Mailbox::end_turn` does not wake the producers waiting for room in the key.
     NoRoomWake,
-    /// `Shared::close` returns without waiting for the drain when another close set the flag.
+    /// `Core::close` returns without waiting for the drain when another close set the flag.
     LateCloseSkipsDrain,
     /// A token holder that runs out of ready keys gives its token back without looking at the
     /// ready queue again.

@@ -1,14 +1,15 @@
-//! The workers' side of the key protocol: turns of ready keys, the search for the next one,
-//! and the sweeps that evict idle keys (see the parent module's docs).
+//! The workers' side: turns of ready keys and the jobs in them. A worker holding one of the
+//! dispatcher's tokens runs a turn of each key it pops (see `tokens`), completes the marks due
+//! behind each job (see `core`), and catches each job's panic. Also what the pool calls: the
+//! [`Source`] impl, through which a worker runs the dispatcher's keys.
 
-use super::{Shared, IDLE_LIST_MAX, SPARES_MAX};
+use super::core::Core;
 use crate::{
-    keymap::{Hashed, Keyed},
     latch::Outcome,
     mailbox::{EndTurn, Mailbox, Mark, Marks},
     pool::{Source, Worker},
-    sync::{dekker_fence, fence, lock, spin_once, Arc, Fault, Ordering},
-    unwind::{contained, drop_contained, panic_message, Show, ShowKey},
+    sync::{dekker_fence, spin_once, Arc, Ordering},
+    unwind::{drop_contained, panic_message, Show, ShowKey},
 };
 use std::{
     any::Any,
@@ -19,10 +20,6 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     time::Instant,
 };
-
-/// How many spin steps a token holder waits for a ready key before it gives the token back,
-/// where the pool spins at all (see `PoolShared::spins`).
-const SEARCH_STEPS: u32 = 8;
 
 /// How many spin steps a turn waits for its key's next job before it ends.
 const LINGER_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 7 };
@@ -43,7 +40,7 @@ const GATHER_SPINS: u32 = if crate::sync::CHECKED { 0 } else { 32 };
 /// 64 bytes.
 const KEPT_BYTES: usize = 4096;
 
-impl<K, J> Shared<K, J>
+impl<K, J> Core<K, J>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
@@ -245,213 +242,9 @@ where
         // A payload may panic in its own drop; that must not unwind into the worker.
         drop_contained(payload);
     }
-
-    /// Files the key whose turn just ended, and pops the next ready key. With none ready, it
-    /// searches briefly, arms the sweep timer if keys are listed, and releases the token
-    /// (returning `None`) unless a key arrived meanwhile.
-    fn next_key(
-        &self,
-        ended: Option<(Arc<Mailbox<K, J>>, EndTurn)>,
-        worker: &Worker<'_>,
-    ) -> Option<Arc<Mailbox<K, J>>> {
-        if let Some((mailbox, end)) = ended {
-            if let Some(oldest) = self.file(mailbox, end) {
-                self.sweep(oldest, true);
-            }
-        }
-        loop {
-            if let Some(mailbox) = self.pop() {
-                return Some(mailbox);
-            }
-            if self.pool.spins() && !worker.others_waiting() && !self.gate.is_halted() {
-                self.search(worker);
-                if let Some(mailbox) = self.pop() {
-                    return Some(mailbox);
-                }
-            }
-            let mut sched = lock(&self.sched);
-            // At once in the models, where the timer's sweeps would do the same after two
-            // periods without work; after the shutdown too, which evicted every key but may
-            // have missed one filed since.
-            if (self.sweep_period().is_none() || sched.cleared) && !sched.idle.is_empty() {
-                let idle = std::mem::take(&mut sched.idle);
-                drop(sched);
-                self.sweep(idle, false);
-                if let Some(mailbox) = self.pop() {
-                    return Some(mailbox);
-                }
-                sched = lock(&self.sched);
-            }
-            let listed = !sched.idle.is_empty();
-            sched.tokens -= 1;
-            self.set_staffed(&sched);
-            drop(sched);
-            // ORDERING: SeqCst, the releasing side of the Dekker pair (see the module docs): a
-            // key pushed before `staffed` was stored is seen here, and its producer, having
-            // read `staffed` before, did not add a token for it.
-            fence(Ordering::SeqCst);
-            if !self.ready.is_empty() && !Fault::ReleaseWithoutRecheck.on() {
-                let mut sched = lock(&self.sched);
-                if sched.tokens < self.config.max_parallel {
-                    sched.tokens += 1;
-                    self.set_staffed(&sched);
-                    continue;
-                }
-                // Every token is out again: their holders will pop the key.
-            }
-            if listed {
-                self.set_timer();
-            }
-            return None;
-        }
-    }
-
-    /// Spins for a while, counted as searching, until a key is ready.
-    fn search(&self, worker: &Worker<'_>) {
-        let mut sched = lock(&self.sched);
-        sched.searching += 1;
-        self.set_staffed(&sched);
-        drop(sched);
-        let mut step = 0;
-        while step < SEARCH_STEPS && self.ready.is_empty() && !worker.others_waiting() {
-            spin_once(step);
-            step += 1;
-        }
-        let mut sched = lock(&self.sched);
-        sched.searching -= 1;
-        self.set_staffed(&sched);
-    }
-
-    /// Pops a ready key; if keys remain, brings in another thread unless one is searching or
-    /// every token is out.
-    fn pop(&self) -> Option<Arc<Mailbox<K, J>>> {
-        let mailbox = self.ready.pop()?;
-        if !self.ready.is_empty() {
-            self.add_token_if_needed();
-        }
-        Some(mailbox)
-    }
-
-    /// Evicts the keys of a swept part of the idle list that are still Idle. With
-    /// `second_chance`, keys listed or scheduled since the last sweep are filed again instead
-    /// (see `Mailbox::second_chance`).
-    pub(super) fn sweep(
-        &self,
-        idle: impl IntoIterator<Item = Arc<Mailbox<K, J>>>,
-        second_chance: bool,
-    ) {
-        let idle = idle.into_iter();
-        // Sized up front: grown from empty, they were reallocated ten times a sweep, through
-        // the allocator's locks that producers take too (with a million keys coming and
-        // going, sizing them made the dispatcher 1.4x faster).
-        let entries = idle.size_hint().0;
-        let mut swept = 0;
-        let mut kept = Vec::with_capacity(if second_chance { entries } else { 0 });
-        let mut evicted_all = Vec::with_capacity(entries);
-        for mailbox in idle {
-            if second_chance && mailbox.second_chance() {
-                kept.push(mailbox);
-                continue;
-            }
-            swept += 1;
-            let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict();
-            let key = Hashed {
-                hash: mailbox.stored_hash(),
-                key: mailbox.key(),
-            };
-            // The map compares keys with their `Eq`; should it panic, the key stays, idle,
-            // until it runs again or the shutdown evicts it.
-            let evicted = contained(|| {
-                self.keys.remove_if(key, |current| {
-                    Arc::ptr_eq(current, &mailbox) && (early || current.try_evict())
-                })
-            });
-            match evicted {
-                Some(true) => {
-                    log::trace!(
-                        "{}: key {} evicted",
-                        self.config.name,
-                        ShowKey(mailbox.key())
-                    );
-                    evicted_all.push(mailbox);
-                }
-                Some(false) => {}
-                None => mailbox.unlist(),
-            }
-        }
-        if !kept.is_empty() {
-            let mut sched = lock(&self.sched);
-            if sched.cleared {
-                // The shutdown evicted every key meanwhile.
-                swept += kept.len();
-            } else {
-                sched.idle.extend(kept.drain(..));
-                drop(sched);
-                // A timer that found the list empty meanwhile has disarmed.
-                self.set_timer();
-            }
-        }
-        self.keep_spares(&mut evicted_all);
-        // ORDERING: SeqCst, see `Signal`; the keys are out of the map before this is announced.
-        if swept > 0 && self.listed.fetch_sub(swept, Ordering::SeqCst) == swept {
-            self.progressed();
-        }
-    }
-
-    /// Hands this thread on to another source after a turn, if keys of this dispatcher are
-    /// ready: files the key and puts the token back at the end of the pool's queue. Returns
-    /// false, leaving `ended` to the caller, if no key is ready.
-    fn hand_on(&self, ended: &mut Option<(Arc<Mailbox<K, J>>, EndTurn)>) -> bool {
-        let requeue = matches!(ended, Some((_, EndTurn::Requeue)));
-        if self.ready.is_empty() && !requeue {
-            return false;
-        }
-        let overflow = ended
-            .take()
-            .and_then(|(mailbox, end)| self.file(mailbox, end));
-        // The ready keys first: the sweep can wait.
-        self.submit_token();
-        if let Some(oldest) = overflow {
-            self.sweep(oldest, true);
-        }
-        true
-    }
-
-    /// Files a key whose turn ended: back on the ready queue, or into the idle list. Returns
-    /// the oldest idle keys, for the caller to sweep, if the list grew too long.
-    fn file(&self, mailbox: Arc<Mailbox<K, J>>, end: EndTurn) -> Option<Vec<Arc<Mailbox<K, J>>>> {
-        match end {
-            EndTurn::Requeue => self.ready.push(mailbox),
-            EndTurn::Idle { list: true } => {
-                let mut sched = lock(&self.sched);
-                sched.idle.push_back(mailbox);
-                // Not with an idle timeout, which keeps every key for at least that long.
-                let overflow =
-                    sched.idle.len() > IDLE_LIST_MAX && self.config.idle_timeout.is_none();
-                return overflow.then(|| sched.idle.drain(..SPARES_MAX).collect());
-            }
-            EndTurn::Idle { list: false } | EndTurn::Halted => {}
-        }
-        None
-    }
-
-    /// Arms the pool timer that sweeps the idle list (see `sweep_period`).
-    fn set_timer(&self) {
-        let Some(delay) = self.sweep_period() else {
-            return;
-        };
-        // An instant past what the clock can count is never due: no sweep then.
-        let Some(due) = Instant::now().checked_add(delay) else {
-            return;
-        };
-        // ORDERING: SeqCst, paired with `on_timer`'s disarm-then-recheck.
-        if !self.timer_set.swap(true, Ordering::SeqCst) {
-            self.pool.set_timer(due, self.as_source());
-        }
-    }
 }
 
-impl<K, J> Source for Shared<K, J>
+impl<K, J> Source for Core<K, J>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
@@ -477,23 +270,9 @@ where
         worker.kept.put((batch, due));
     }
 
-    /// The sweep timer: sweeps the idle list, giving the keys listed or scheduled since the
-    /// last sweep a second chance, and comes back after another period while keys remain
-    /// listed.
+    /// The sweep timer: see `evict`.
     fn on_timer(&self, now: Instant) -> Option<Instant> {
-        let period = self.sweep_period()?;
-        let idle = std::mem::take(&mut lock(&self.sched).idle);
-        self.sweep(idle, true);
-        let listed = || !lock(&self.sched).idle.is_empty();
-        if listed() {
-            return now.checked_add(period);
-        }
-        // Disarm, then look again: a worker that listed a key meanwhile saw the timer armed.
-        self.timer_set.store(false, Ordering::SeqCst);
-        if listed() && !self.timer_set.swap(true, Ordering::SeqCst) {
-            return now.checked_add(period);
-        }
-        None
+        self.on_sweep_timer(now)
     }
 
     fn close_source(&self) {

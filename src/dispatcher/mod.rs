@@ -1,48 +1,31 @@
-//! [`Dispatcher`]: the handle producers dispatch through.
+//! [`Dispatcher`]: the handle producers dispatch through, and [`CloseReport`].
 //!
-//! # Shutdown sequence
+//! The handle forwards each call to the engine behind it, [`Core`]: the state it shares with the
+//! worker threads. The engine is split by concern, one file each, so that each protocol is told
+//! beside the code that runs it:
 //!
-//! [`Dispatcher::close`] (and `Drop`, which calls it):
-//!
-//! 1. Sets the gate's closed flag with one atomic read-modify-write. Every dispatch that entered
-//!    the gate before it is accepted and counted; every later one is refused with `Closed`.
-//! 2. Wakes producers waiting for global room, so that they see the flag and get their job back.
-//!    Producers waiting for room in one key's queue are woken by that key's next turn.
-//! 3. Waits until the gate's count of accepted, unfinished jobs reaches zero. Workers keep
-//!    running turns meanwhile, so every accepted job runs, in order per key.
-//! 4. Evicts every key still in the map and detaches from the pool. A private pool then has no
-//!    user left: it shuts down, and close joins its threads.
-//!
-//! [`Dispatcher::close_now`] differs in step 3: it also sets the halt flag, so that workers
-//! start no new job; it waits until every running turn has ended (each puts the jobs it had not
-//! started back at the front of its key's queue), takes every key's queue out of the map, and
-//! hands them back. Each handed-back job of a [`Group`] completes it as `handed_back`, and each
-//! pending [`flush_key`](Dispatcher::flush_key) barrier is released, so that no wait hangs on
-//! a job that will never run.
-//!
-//! The races these steps must win, and how:
-//!
-//! - *A dispatch racing close*: the dispatch's `fetch_add` on the gate and close's `fetch_or`
-//!   are ordered on one atomic word, so the dispatch is either counted (and close waits for it)
-//!   or refused.
-//! - *A dispatch racing close_now*: a producer that entered the gate just before the halt flag
-//!   checks the flag under the mailbox lock (or the map's write lock, when it creates the key),
-//!   which close_now also takes to drain that key, so its job is either drained or refused.
-//! - *Close racing close*: only the first sets the flag; all wait for the same drain; the
-//!   finishing steps run once under a lock, and every caller returns after the threads are
-//!   joined.
-//! - *Close from a handler*: waiting there could deadlock, since the jobs being drained (the
-//!   calling one included) need the pool's threads. Close then performs steps 1 and 2 only and
-//!   returns with [`CloseReport::drained`] false; the shutdown finishes when the last job does,
-//!   and a later `close` from outside (or `Drop`) still waits and joins.
+//! - `core`: the shared state, and what a job carries on its way to its key;
+//! - `route`: producers: gate, key map, mailbox; waiting for room; flush barriers;
+//! - `tokens`: the ready queue, and the tokens that bring threads to it (the protocol in
+//!   numbered steps, with why no wake-up is lost);
+//! - `worker`: turns of ready keys, running each job and catching its panic;
+//! - `evict`: the idle list, sweeps, spare mailboxes, the sweep timer;
+//! - `shutdown`: `close`, `close_now` and the waits; its docs number the shutdown steps and
+//!   the races they must win.
 
+pub(crate) mod core;
+mod evict;
+mod route;
+mod shutdown;
+mod tokens;
+mod worker;
+
+use self::core::{Core, Item, Wait};
 use crate::{
     builder::Builder,
     error::{DispatchError, WaitError},
-    group::Group,
     handler::BoxedJob,
     pool::Source,
-    shared::{Item, Shared, Wait},
     stats::Stats,
     sync::Arc,
 };
@@ -67,8 +50,10 @@ use std::{
 /// [`Group`]'s waits return [`WaitError::WouldDeadlock`] there (in a handler of any dispatcher
 /// on the same pool); `close` stops accepting but does not wait. Dropping the last handle
 /// inside a handler behaves like that `close`.
+///
+/// [`Group`]: crate::Group
 pub struct Dispatcher<K, J> {
-    shared: Arc<Shared<K, J>>,
+    pub(crate) core: Arc<Core<K, J>>,
     /// The same state, erased so that `Drop` (which cannot require `K`'s bounds) can close it.
     source: Arc<dyn Source>,
 }
@@ -97,9 +82,9 @@ where
         Builder::new()
     }
 
-    pub(crate) fn from_shared(shared: Arc<Shared<K, J>>) -> Self {
-        let source = Arc::clone(&shared) as Arc<dyn Source>;
-        Dispatcher { shared, source }
+    pub(crate) fn from_core(core: Arc<Core<K, J>>) -> Self {
+        let source = Arc::clone(&core) as Arc<dyn Source>;
+        Dispatcher { core, source }
     }
 
     /// Dispatches `job` on `key`. It runs after every job dispatched on `key` before this call
@@ -135,8 +120,8 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
-        self.shared
-            .send(key, Item { job, group: None }, self.shared.blocking())
+        self.core
+            .send(key, Item { job, group: None }, self.core.blocking())
     }
 
     /// Dispatches `job` on `key` if there is room right now; never blocks.
@@ -169,8 +154,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
-        self.shared
-            .send(key, Item { job, group: None }, Wait::Never)
+        self.core.send(key, Item { job, group: None }, Wait::Never)
     }
 
     /// Dispatches `job` on `key`, waiting at most `timeout` for room. Unlike
@@ -188,29 +172,7 @@ where
         timeout: Duration,
     ) -> Result<(), DispatchError<K, J>> {
         let item = Item { job, group: None };
-        self.shared.send(key, item, Wait::within(timeout))
-    }
-
-    /// A new, empty [`Group`] on this dispatcher: jobs dispatched through it are counted, so
-    /// that they can be waited for together, across keys. See [`Group`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use keyed_dispatch::Dispatcher;
-    ///
-    /// let d = Dispatcher::builder().build(|_: &u8, _: u32| {})?;
-    /// let batch = d.group();
-    /// for n in 0..10 {
-    ///     batch.dispatch((n % 3) as u8, n)?;
-    /// }
-    /// let report = batch.wait()?;
-    /// assert_eq!(report.completed, 10);
-    /// assert!(report.all_succeeded());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn group(&self) -> Group<K, J> {
-        Group::new(Arc::clone(&self.shared))
+        self.core.send(key, item, Wait::within(timeout))
     }
 
     /// Blocks until every job of `key` dispatched before this call has finished; returns at
@@ -252,7 +214,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn flush_key(&self, key: &K) -> Result<(), WaitError> {
-        self.shared.flush_key(key, None)
+        self.core.flush_key(key, None)
     }
 
     /// As [`flush_key`](Dispatcher::flush_key), waiting at most `timeout`.
@@ -262,7 +224,7 @@ where
     /// [`WaitError::Timeout`] if jobs of `key` dispatched before the call were still queued
     /// or running after `timeout`; [`WaitError::WouldDeadlock`] as for `flush_key`.
     pub fn flush_key_timeout(&self, key: &K, timeout: Duration) -> Result<(), WaitError> {
-        self.shared
+        self.core
             .flush_key(key, Instant::now().checked_add(timeout))
     }
 
@@ -274,22 +236,22 @@ where
     /// [`WaitError::WouldDeadlock`] at once when called on a worker thread of the dispatcher's
     /// pool (from a handler): the calling job itself would never finish.
     pub fn wait_idle(&self) -> Result<(), WaitError> {
-        self.shared.wait_idle()
+        self.core.wait_idle()
     }
 
     /// A snapshot of the counters; see [`Stats`].
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        self.core.stats()
     }
 
     /// Whether [`close`](Dispatcher::close) or [`close_now`](Dispatcher::close_now) has begun.
     pub fn is_closed(&self) -> bool {
-        self.shared.is_closed()
+        self.core.is_closed()
     }
 
     /// The name given by [`Builder::name`].
     pub fn name(&self) -> &str {
-        &self.shared.config().name
+        &self.core.config().name
     }
 
     /// Stops accepting jobs, runs every job already accepted, evicts every key and joins the
@@ -316,7 +278,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn close(&self) -> CloseReport {
-        let closed = self.shared.close();
+        let closed = self.core.close();
         CloseReport {
             stats: closed.stats,
             drained: closed.drained,
@@ -368,7 +330,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn close_now(&self) -> Result<Vec<(K, Vec<J>)>, WaitError> {
-        self.shared.close_now()
+        self.core.close_now()
     }
 }
 
@@ -423,7 +385,7 @@ impl<K, J> Drop for Dispatcher<K, J> {
 impl<K, J> Debug for Dispatcher<K, J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dispatcher")
-            .field("shared", &self.shared)
+            .field("core", &self.core)
             .finish()
     }
 }
@@ -453,7 +415,7 @@ mod tests {
         assert_eq!(starts.recv().unwrap(), 0);
         d.dispatch(7, 1).unwrap();
         // Registered behind jobs 0 and 1; job 2 comes after it.
-        let barrier = d.shared.flush_barrier(&7).expect("jobs are pending");
+        let barrier = d.core.flush_barrier(&7).expect("jobs are pending");
         d.dispatch(7, 2).unwrap();
         assert_eq!(barrier.pending(), 1);
         release.send(()).unwrap(); // job 0 finishes; jobs 1 and 2 run in the next turn
@@ -471,7 +433,7 @@ mod tests {
         );
         release.send(()).unwrap();
         d.flush_key(&7).unwrap();
-        assert!(d.shared.flush_barrier(&7).is_none());
+        assert!(d.core.flush_barrier(&7).is_none());
         assert_eq!(d.close().stats.completed, 3);
     }
 }

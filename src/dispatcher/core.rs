@@ -1,0 +1,193 @@
+//! The state a dispatcher's handle shares with the worker threads, [`Core`], and what a job
+//! carries on its way to its key ([`Item`], [`Wait`]).
+//!
+//! Both sides of the key protocol act on this state, each concern in a file of its own that
+//! holds its own `impl Core` block: producers routing jobs to mailboxes (`route`), the ready
+//! queue and the tokens that staff it (`tokens`), workers running turns (`worker`), eviction
+//! (`evict`) and the shutdown (`shutdown`). The fields are `pub(super)` for them.
+//!
+//! # Groups and flushes
+//!
+//! A producer routes an [`Item`]: a job and its group, if any. The mailbox queues the job and
+//! keeps the group beside the queue as a *mark* (see `mailbox`), as it keeps flush barriers.
+//! After each job of a turn the worker completes the marks due behind it: the job's group
+//! (see `group`), with the job's outcome whatever it was, and the flush barriers behind it;
+//! after each batch, the barriers registered during it. `close_now` completes the groups of the
+//! jobs it hands back, and releases the barriers of the keys it empties.
+
+use crate::{
+    config::{Config, ErrorHook, PanicHook},
+    gate::Gate,
+    handler::ErasedHandler,
+    keymap::KeyMap,
+    latch::Latch,
+    mailbox::Mailbox,
+    pool::{PoolShared, Source},
+    ready::ReadyQueue,
+    signal::Signal,
+    stats::{Counters, Stats},
+    sync::{Arc, AtomicBool, AtomicUsize, Mutex, Weak},
+};
+use crossbeam_utils::CachePadded;
+use std::{
+    collections::VecDeque,
+    fmt::{self, Debug},
+    hash::Hash,
+    time::{Duration, Instant},
+};
+
+/// How long a dispatch may wait for room.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// `try_dispatch`, or `dispatch` on a worker thread: refuse with `Full`.
+    Never,
+    /// `dispatch`.
+    Forever,
+    /// `dispatch_timeout`: refuse with `Timeout` after the instant.
+    Until(Instant),
+}
+
+impl Wait {
+    /// `dispatch_timeout`'s wait: until `timeout` from now (forever if that overflows).
+    pub(crate) fn within(timeout: Duration) -> Wait {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Wait::Forever, Wait::Until)
+    }
+}
+
+/// A job on its way to its key's mailbox, with the group it counts in (see `group`).
+///
+/// Only the job is queued; the mailbox keeps the group in a mark beside the queue, so a job
+/// outside any group is queued exactly as it came. A grouped job's `Arc` was cloned by its
+/// group's dispatch.
+#[derive(Debug)]
+pub(crate) struct Item<J> {
+    pub(crate) job: J,
+    pub(crate) group: Option<Arc<Latch>>,
+}
+
+/// See the module docs.
+pub(crate) struct Core<K, J> {
+    pub(super) keys: KeyMap<Arc<Mailbox<K, J>>>,
+    pub(super) gate: Gate,
+    /// Padded, as the other fields written while jobs flow, so that their writes do not evict
+    /// the read-mostly fields (map, handler, config) from the other threads' caches.
+    pub(super) sched: CachePadded<Mutex<Sched<K, J>>>,
+    /// Queued keys waiting for a turn, each once.
+    pub(super) ready: ReadyQueue<Arc<Mailbox<K, J>>>,
+    /// Whether the token holders out will see any key pushed on the ready queue: all
+    /// `max_parallel` tokens are out, or a holder is searching. Written under `sched`'s lock
+    /// whenever its counts change, so that a producer takes that lock only when a token may be
+    /// needed (see `tokens`).
+    pub(super) staffed: CachePadded<AtomicBool>,
+    /// Entries in `sched.idle`: keys that may still be in the map although idle.
+    pub(super) listed: CachePadded<AtomicUsize>,
+    /// Evicted mailboxes that nothing refers to any more, to be reused for new keys.
+    pub(super) spares: CachePadded<Spares<K, J>>,
+    pub(super) counters: Counters,
+    pub(super) handler: Box<dyn ErasedHandler<K, J>>,
+    pub(super) on_panic: Option<PanicHook<K>>,
+    pub(super) on_error: Option<ErrorHook<K>>,
+    pub(super) config: Config,
+    pub(super) pool: Arc<PoolShared>,
+    /// Announced when the gate empties, the idle list empties, or (after `close_now`) the last
+    /// running turn ends.
+    pub(super) idle: Signal,
+    /// Announced when jobs leave the gate or it closes: producers wait here for global room.
+    pub(super) room: Signal,
+    /// Whether the pool timer that sweeps the idle list is set.
+    pub(super) timer_set: AtomicBool,
+    /// Set by a `close` that could not wait (it ran on a worker thread): whoever empties the
+    /// gate afterwards finishes the shutdown.
+    pub(super) finish_pending: AtomicBool,
+    /// Whether the shutdown has finished: keys evicted, pool detached.
+    pub(super) finished: Mutex<bool>,
+    /// This dispatcher as the pool sees it.
+    pub(super) me: Weak<Self>,
+}
+
+/// Evicted mailboxes kept for reuse.
+pub(super) type Spares<K, J> = Mutex<Vec<Arc<Mailbox<K, J>>>>;
+
+/// Scheduling state, under one lock.
+pub(super) struct Sched<K, J> {
+    /// Idle keys to be swept, each once (see `Mailbox::listed`).
+    pub(super) idle: VecDeque<Arc<Mailbox<K, J>>>,
+    /// Tokens out: queued in the pool or held by a thread. At most `max_parallel`.
+    pub(super) tokens: usize,
+    /// Token holders spinning for a ready key.
+    pub(super) searching: usize,
+    /// Set once the shutdown has taken the lists: a sweep racing it files no key again.
+    pub(super) cleared: bool,
+}
+
+impl<K, J> Core<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    pub(crate) fn new(
+        config: Config,
+        pool: Arc<PoolShared>,
+        handler: Box<dyn ErasedHandler<K, J>>,
+        on_panic: Option<PanicHook<K>>,
+        on_error: Option<ErrorHook<K>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Core {
+            keys: KeyMap::new(),
+            gate: Gate::new(),
+            sched: CachePadded::new(Mutex::new(Sched {
+                idle: VecDeque::new(),
+                tokens: 0,
+                searching: 0,
+                cleared: false,
+            })),
+            ready: ReadyQueue::new(),
+            staffed: CachePadded::new(AtomicBool::new(false)),
+            listed: CachePadded::new(AtomicUsize::new(0)),
+            spares: CachePadded::new(Mutex::new(Vec::new())),
+            counters: Counters::default(),
+            handler,
+            on_panic,
+            on_error,
+            config,
+            pool,
+            idle: Signal::default(),
+            room: Signal::default(),
+            timer_set: AtomicBool::new(false),
+            finish_pending: AtomicBool::new(false),
+            finished: Mutex::new(false),
+            me: me.clone(),
+        })
+    }
+
+    /// This dispatcher as a weak pool source, to attach, detach and set timers.
+    pub(crate) fn as_source(&self) -> Weak<dyn Source> {
+        self.me.clone()
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<PoolShared> {
+        &self.pool
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.gate.is_closed()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters.snapshot(self.keys.len(), self.pool.workers())
+    }
+}
+
+impl<K, J> fmt::Debug for Core<K, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,310 @@
+//! Producers: a dispatch enters the gate, finds its key's mailbox in the map (or creates it
+//! under the shard's write lock) and pushes its job there, scheduling the key if that made it
+//! Queued (see `tokens`). Where there is no room, in the gate or in the key, it waits as its
+//! [`Wait`] allows. Flush barriers are registered here too, as a producer would push a job.
+
+use super::core::{Core, Item, Wait};
+use crate::{
+    error::{DispatchError, WaitError},
+    gate::Refused,
+    keymap::{Hashed, Keyed},
+    latch::Latch,
+    mailbox::{Mailbox, Push},
+    sync::Arc,
+    unwind::ShowKey,
+};
+use std::{fmt::Debug, hash::Hash, time::Instant};
+
+/// Gives back a slot of the gate that a dispatch took, unless disarmed: routing runs the key's
+/// `Eq`, which may panic.
+struct Reserved<'a, K, J>(&'a Core<K, J>)
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static;
+
+impl<K, J> Reserved<'_, K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<K, J> Drop for Reserved<'_, K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    fn drop(&mut self) {
+        self.0.left(1);
+    }
+}
+
+/// What a producer's push did, as `route` sees it: the mailbox to schedule, if any, or the
+/// refused job with the mailbox to wait on if the key was full.
+type Pushed<K, J> = Result<Option<Arc<Mailbox<K, J>>>, (J, Option<Arc<Mailbox<K, J>>>)>;
+
+/// What happened to a new key's mailbox under the map's write lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filing {
+    Filed,
+    /// Another producer created the key first.
+    Present,
+    /// `close_now` has begun.
+    Halted,
+}
+
+/// What routing a job to its key's mailbox did.
+enum Routed<K, J> {
+    /// Queued behind the key's other jobs.
+    Added,
+    /// Queued on an Idle or new key, which must be scheduled.
+    Schedule(Arc<Mailbox<K, J>>),
+    /// The key is full; wait on its mailbox for room.
+    Full(K, Item<J>, Arc<Mailbox<K, J>>),
+    /// `close_now` has begun.
+    Halted(K, Item<J>),
+}
+
+impl<K, J> Core<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    /// `dispatch`'s wait: forever, except on a worker thread of this dispatcher's pool, where
+    /// waiting for room could deadlock.
+    pub(crate) fn blocking(&self) -> Wait {
+        if self.pool.is_current() {
+            Wait::Never
+        } else {
+            Wait::Forever
+        }
+    }
+
+    /// Dispatches `item` on `key`, waiting for room as `wait` allows. A refused item's group
+    /// reference is dropped; the caller undoes its count.
+    pub(crate) fn send(
+        &self,
+        mut key: K,
+        mut item: Item<J>,
+        wait: Wait,
+    ) -> Result<(), DispatchError<K, J>> {
+        // The key's one call of `Hash`, before anything that would need undoing if it panics.
+        let hash = self.keys.hash(&key);
+        loop {
+            if let Err((refused, emptied)) = self.gate.enter(self.config.capacity) {
+                if emptied {
+                    self.progressed();
+                }
+                match refused {
+                    Refused::Closed => {
+                        let job = item.job;
+                        return Err(self.refuse(DispatchError::Closed { key, job }));
+                    }
+                    Refused::Full => {
+                        if self.wait_for_global_room(wait) {
+                            continue;
+                        }
+                        return Err(self.refuse(too_full(wait, key, item.job)));
+                    }
+                }
+            }
+            let reserved = Reserved(self);
+            let routed = self.route(hash, key, item);
+            reserved.disarm();
+            match routed {
+                Routed::Added => return Ok(()),
+                Routed::Schedule(mailbox) => {
+                    self.schedule(mailbox);
+                    return Ok(());
+                }
+                Routed::Halted(key, refused) => {
+                    self.left(1);
+                    let job = refused.job;
+                    return Err(self.refuse(DispatchError::Closed { key, job }));
+                }
+                Routed::Full(k, i, mailbox) => {
+                    self.left(1);
+                    let capacity = self.config.key_capacity;
+                    let room = match wait {
+                        Wait::Never => false,
+                        Wait::Forever => self
+                            .counters
+                            .blocked(|| mailbox.wait_for_room(capacity, None)),
+                        Wait::Until(deadline) => self
+                            .counters
+                            .blocked(|| mailbox.wait_for_room(capacity, Some(deadline))),
+                    };
+                    if !room {
+                        return Err(self.refuse(too_full(wait, k, i.job)));
+                    }
+                    (key, item) = (k, i);
+                }
+            }
+        }
+    }
+
+    /// Pushes `item` into `key`'s mailbox, creating it if the key has none. The caller has
+    /// entered the gate. `hash` is the key's (see `keymap`).
+    fn route(&self, hash: u64, mut key: K, item: Item<J>) -> Routed<K, J> {
+        // The mailbox takes the group only with the job; a refused job gets it back here.
+        let Item { mut job, mut group } = item;
+        loop {
+            // Fast path: the key has a mailbox; push under the shard's read lock.
+            let found = self
+                .keys
+                .get(Hashed { hash, key: &key }, job, |mailbox, job| {
+                    self.push(mailbox, job, &mut group)
+                });
+            match found {
+                Ok(Ok(None)) => return Routed::Added,
+                Ok(Ok(Some(mailbox))) => return Routed::Schedule(mailbox),
+                Ok(Err((job, Some(mailbox)))) => {
+                    return Routed::Full(key, Item { job, group }, mailbox);
+                }
+                Ok(Err((job, None))) => return Routed::Halted(key, Item { job, group }),
+                Err(refused) => job = refused,
+            }
+            // Slow path: a mailbox for the key, made before the shard's write lock is taken,
+            // filed under it unless another producer created the key meanwhile.
+            let mut mailbox = self.mailbox_for(key, hash, job, group.take());
+            let (filing, unfiled) =
+                self.keys
+                    .insert_unless_present(Arc::clone(&mailbox), |existing| {
+                        let filing = match existing {
+                            Some(_) => Filing::Present,
+                            // Checked under the write lock: `close_now` sets the flag before it
+                            // drains the map, so a mailbox filed here is either drained or
+                            // never filed.
+                            None if self.gate.halt_seen() => Filing::Halted,
+                            None => {
+                                self.counters.accepted();
+                                Filing::Filed
+                            }
+                        };
+                        (filing, filing == Filing::Filed)
+                    });
+            drop(unfiled);
+            if filing == Filing::Filed {
+                log::trace!(
+                    "{}: key {} created",
+                    self.config.name,
+                    ShowKey(mailbox.key())
+                );
+                return Routed::Schedule(mailbox);
+            }
+            let unshared = Arc::get_mut(&mut mailbox).expect("an unfiled mailbox is unshared");
+            (key, job, group) = unshared.unmake();
+            self.keep_spares(&mut vec![mailbox]);
+            if filing == Filing::Halted {
+                return Routed::Halted(key, Item { job, group });
+            }
+            // Present: push into the other producer's mailbox, through the fast path.
+        }
+    }
+
+    /// Pushes `job` into the mailbox found for its key, counting it if accepted.
+    fn push(
+        &self,
+        mailbox: &Arc<Mailbox<K, J>>,
+        job: J,
+        group: &mut Option<Arc<Latch>>,
+    ) -> Pushed<K, J> {
+        let capacity = self.config.key_capacity;
+        match mailbox.push(job, group, capacity, &self.gate, || {
+            self.counters.accepted()
+        }) {
+            Push::Added => Ok(None),
+            Push::Schedule => Ok(Some(Arc::clone(mailbox))),
+            Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
+            Push::Halted(job) => Err((job, None)),
+        }
+    }
+
+    /// A mailbox for a new key holding `job`: a spare one if there is one at hand, else a fresh
+    /// one.
+    fn mailbox_for(
+        &self,
+        key: K,
+        hash: u64,
+        job: J,
+        group: Option<Arc<Latch>>,
+    ) -> Arc<Mailbox<K, J>> {
+        // Not waiting for a sweeper that is putting spares back: allocating is as good.
+        let spare = self
+            .spares
+            .try_lock()
+            .ok()
+            .and_then(|mut spares| spares.pop());
+        match spare {
+            Some(mut mailbox) => {
+                let unshared = Arc::get_mut(&mut mailbox).expect("a spare mailbox is unshared");
+                unshared.reuse(key, hash, job, group);
+                mailbox
+            }
+            None => Arc::new(Mailbox::new(key, hash, job, group)),
+        }
+    }
+
+    /// Blocks until the gate has room or closes, as `wait` allows. Returns false if it may not
+    /// wait or timed out.
+    fn wait_for_global_room(&self, wait: Wait) -> bool {
+        let deadline = match wait {
+            Wait::Never => return false,
+            Wait::Forever => None,
+            Wait::Until(deadline) => Some(deadline),
+        };
+        let capacity = self.config.capacity;
+        self.counters.blocked(|| {
+            self.room.wait_until(deadline, || {
+                self.gate.is_closed() || self.gate.count() < capacity
+            })
+        })
+    }
+
+    fn refuse(&self, err: DispatchError<K, J>) -> DispatchError<K, J> {
+        self.counters.refused();
+        err
+    }
+
+    /// `n` jobs (or reservations) left the gate.
+    pub(super) fn left(&self, n: usize) {
+        if self.gate.leave(n) {
+            self.progressed();
+        }
+        self.room.notify();
+    }
+
+    /// Blocks until every job of `key` pushed before the call has finished (or was handed
+    /// back), or `deadline` passes. See `mailbox` for the barrier it waits on.
+    pub(crate) fn flush_key(&self, key: &K, deadline: Option<Instant>) -> Result<(), WaitError> {
+        if self.pool.is_current() {
+            return Err(WaitError::WouldDeadlock);
+        }
+        match self.flush_barrier(key) {
+            Some(barrier) if !barrier.wait(deadline) => Err(WaitError::Timeout),
+            _ => Ok(()),
+        }
+    }
+
+    /// Registers a flush barrier behind `key`'s jobs; `None` if it has none queued or running.
+    pub(crate) fn flush_barrier(&self, key: &K) -> Option<Arc<Latch>> {
+        let hash = self.keys.hash(key);
+        // Under the shard's read lock, so the mailbox found is the key's current one; one that
+        // was evicted had finished every job pushed into it.
+        self.keys
+            .get(Hashed { hash, key }, (), |mailbox, ()| mailbox.flush())
+            .ok()
+            .flatten()
+    }
+}
+
+/// The error for a dispatch that found no room and could not wait, or waited in vain.
+fn too_full<K, J>(wait: Wait, key: K, job: J) -> DispatchError<K, J> {
+    match wait {
+        Wait::Until(_) => DispatchError::Timeout { key, job },
+        Wait::Never | Wait::Forever => DispatchError::Full { key, job },
+    }
+}
