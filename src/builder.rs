@@ -219,7 +219,7 @@ where
             self.on_panic,
             self.on_error,
         );
-        core.pool().attach(core.as_source())?;
+        core.pool().attach(core.as_client())?;
         log::debug!(
             "{}: dispatcher built on pool {} ({} workers)",
             core.config().name,

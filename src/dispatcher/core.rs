@@ -22,7 +22,7 @@ use crate::{
     keymap::KeyMap,
     latch::Latch,
     mailbox::Mailbox,
-    pool::{PoolShared, Source},
+    pool::{Client, PoolShared},
     ready::ReadyQueue,
     signal::Signal,
     stats::{Counters, Stats},
@@ -162,8 +162,8 @@ where
         })
     }
 
-    /// This dispatcher as a weak pool source, to attach, detach and set timers.
-    pub(crate) fn as_source(&self) -> Weak<dyn Source> {
+    /// This dispatcher as a weak pool client, to attach, detach and set timers.
+    pub(crate) fn as_client(&self) -> Weak<dyn Client> {
         self.me.clone()
     }
 

@@ -160,7 +160,7 @@ where
         };
         // ORDERING: SeqCst, paired with `on_timer`'s disarm-then-recheck.
         if !self.timer_set.swap(true, Ordering::SeqCst) {
-            self.pool.set_timer(due, self.as_source());
+            self.pool.set_timer(due, self.as_client());
         }
     }
 

@@ -25,7 +25,7 @@ use crate::{
     builder::Builder,
     error::{DispatchError, WaitError},
     handler::BoxedJob,
-    pool::Source,
+    pool::Client,
     stats::Stats,
     sync::Arc,
 };
@@ -55,7 +55,7 @@ use std::{
 pub struct Dispatcher<K, J> {
     pub(crate) core: Arc<Core<K, J>>,
     /// The same state, erased so that `Drop` (which cannot require `K`'s bounds) can close it.
-    source: Arc<dyn Source>,
+    client: Arc<dyn Client>,
 }
 
 /// What [`Dispatcher::close`] found.
@@ -83,8 +83,8 @@ where
     }
 
     pub(crate) fn from_core(core: Arc<Core<K, J>>) -> Self {
-        let source = Arc::clone(&core) as Arc<dyn Source>;
-        Dispatcher { core, source }
+        let client = Arc::clone(&core) as Arc<dyn Client>;
+        Dispatcher { core, client }
     }
 
     /// Dispatches `job` on `key`. It runs after every job dispatched on `key` before this call
@@ -378,7 +378,7 @@ impl<K, J> Drop for Dispatcher<K, J> {
     /// thread (in a handler), it stops accepting and the shutdown finishes when the last job
     /// does; no accepted job is lost either way.
     fn drop(&mut self) {
-        self.source.close_source();
+        self.client.close_client();
     }
 }
 

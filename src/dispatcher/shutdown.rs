@@ -187,7 +187,7 @@ where
             true
         });
         self.clear_sched();
-        self.pool.detach(&self.as_source());
+        self.pool.detach(&self.as_client());
         *finished = true;
         drop(finished);
         log::trace!("{name}: {} keys evicted", evicted.len());

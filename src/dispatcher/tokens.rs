@@ -26,7 +26,7 @@
 //!    thread comes in while keys wait. A key whose turn ends with jobs left goes back on the
 //!    queue through its own holder ([`file`](Core::file)), which pops again: it needs no token.
 //! 5. **Search.** Finding the queue empty, a holder spins briefly for a key, counted in
-//!    `searching` (only where the pool spins at all, no other source waits for the thread and
+//!    `searching` (only where the pool spins at all, no other client waits for the thread and
 //!    `close_now` has not begun: see `PoolShared::spins`); meanwhile producers stop at step 2.
 //!    It pops once more when it stops.
 //! 6. **Release, then look again.** Still finding nothing, the holder gives its token back
@@ -202,7 +202,7 @@ where
         Some(mailbox)
     }
 
-    /// Hands this thread on to another source after a turn, if keys of this dispatcher are
+    /// Hands this thread on to another client after a turn, if keys of this dispatcher are
     /// ready: files the key and puts the token back at the end of the pool's queue. Returns
     /// false, leaving `ended` to the caller, if no key is ready.
     pub(super) fn hand_on(&self, ended: &mut Option<(Arc<Mailbox<K, J>>, EndTurn)>) -> bool {

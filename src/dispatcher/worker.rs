@@ -1,13 +1,13 @@
 //! The workers' side: turns of ready keys and the jobs in them. A worker holding one of the
 //! dispatcher's tokens runs a turn of each key it pops (see `tokens`), completes the marks due
 //! behind each job (see `core`), and catches each job's panic. Also what the pool calls: the
-//! [`Source`] impl, through which a worker runs the dispatcher's keys.
+//! [`Client`] impl, through which a worker runs the dispatcher's keys.
 
 use super::core::Core;
 use crate::{
     latch::Outcome,
     mailbox::{EndTurn, Mailbox, Mark, Marks},
-    pool::{Source, Worker},
+    pool::{Client, Worker},
     sync::{dekker_fence, spin_once, Arc, Ordering},
     unwind::{drop_contained, panic_message, Show, ShowKey},
 };
@@ -35,7 +35,7 @@ const GATHER_JOBS: usize = 32;
 const GATHER_SPINS: u32 = if crate::sync::CHECKED { 0 } else { 32 };
 
 /// The most buffer space, in bytes, that a worker keeps for each of its two turn buffers
-/// between tokens (see `pool::Kept`): a buffer swapped in from a key after a backlog may have
+/// between tokens (see `pool::TurnBuffers`): a buffer swapped in from a key after a backlog may have
 /// grown to the key's capacity. A batch of the default 64 jobs reaches it only with jobs over
 /// 64 bytes.
 const KEPT_BYTES: usize = 4096;
@@ -244,7 +244,7 @@ where
     }
 }
 
-impl<K, J> Source for Core<K, J>
+impl<K, J> Client for Core<K, J>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
@@ -252,7 +252,7 @@ where
     fn run(self: Arc<Self>, worker: &Worker<'_>) {
         // Empty between turns. Their allocations travel: a turn swaps `batch` with its key's
         // queue, so that the producer pushes into a buffer that has already grown.
-        let (mut batch, mut due): (VecDeque<J>, Marks) = worker.kept.take();
+        let (mut batch, mut due): (VecDeque<J>, Marks) = worker.turn_buffers.take();
         let mut ended = None;
         while let Some(mailbox) = self.next_key(ended.take(), worker) {
             let end = self.run_turn(&mailbox, &mut batch, &mut due, worker);
@@ -267,7 +267,7 @@ where
         );
         batch.shrink_to(KEPT_BYTES / size_of::<J>().max(1));
         due.shrink_to(KEPT_BYTES / size_of::<Mark>());
-        worker.kept.put((batch, due));
+        worker.turn_buffers.put((batch, due));
     }
 
     /// The sweep timer: see `evict`.
@@ -275,7 +275,7 @@ where
         self.on_sweep_timer(now)
     }
 
-    fn close_source(&self) {
+    fn close_client(&self) {
         self.close();
     }
 }

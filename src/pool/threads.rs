@@ -1,10 +1,5 @@
-//! The worker threads: a fixed number of them, shared by every dispatcher on the pool.
-//!
-//! Threads do not know about keys. They take *tokens* from the pool's FIFO queue; a token is a
-//! dispatcher's permission to use one thread (a dispatcher holds at most `max_parallel`), and a
-//! thread holding one runs that dispatcher's ready keys, a bounded turn each. When other tokens
-//! wait in the queue, the thread puts its token back at the end after each turn, so threads are
-//! shared fairly between dispatchers as turns are between keys.
+//! The worker threads: started, pinned, sleeping and waking, taking tokens and timers from the
+//! pool's queue, shutting down and joined.
 //!
 //! # Sleeping and waking
 //!
@@ -21,7 +16,14 @@
 //! (or [`WorkerPool::close`] was called) and every dispatcher on it has closed. Threads finish
 //! the tokens still queued, then exit; the thread that shut the pool down joins them, unless it
 //! is one of them.
+//!
+//! [`WorkerPool`]: super::WorkerPool
+//! [`WorkerPool::close`]: super::WorkerPool::close
 
+use super::{
+    client::{Client, TurnBuffers, Worker},
+    default_workers,
+};
 use crate::{
     affinity::{self, Cpu},
     error::BuildError,
@@ -31,7 +33,7 @@ use crate::{
     },
 };
 use crossbeam_channel::Sender;
-use std::{any::Any, cell::Cell, collections::VecDeque, fmt, time::Instant};
+use std::{cell::Cell, collections::VecDeque, fmt, time::Instant};
 
 /// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps, where it
 /// spins at all (see [`PoolShared::spins`]).
@@ -40,19 +42,6 @@ const SPIN_STEPS: u32 = 10;
 /// The most threads a pool may have: far more than any machine has cores, and few enough that
 /// a typo's `usize::MAX` is an error rather than an allocation failure.
 pub(crate) const MAX_WORKERS: usize = 1 << 16;
-
-/// Something that gives a pool work: a dispatcher.
-pub(crate) trait Source: Send + Sync + 'static {
-    /// Runs ready keys while holding one of the source's tokens; returns once the token has
-    /// been released or handed back to the pool's queue.
-    fn run(self: Arc<Self>, worker: &Worker<'_>);
-
-    /// A timer set with [`PoolShared::set_timer`] is due; returns when the next one is.
-    fn on_timer(&self, now: Instant) -> Option<Instant>;
-
-    /// Closes the source, draining its jobs: the pool is closing, or its handle was dropped.
-    fn close_source(&self);
-}
 
 #[cfg(not(any(loom, feature = "shuttle")))]
 thread_local! {
@@ -74,39 +63,39 @@ static NEXT_POOL_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 
 /// What a worker thread is handed.
 enum Work {
-    Run(Arc<dyn Source>),
-    Timer(Arc<dyn Source>),
+    Run(Arc<dyn Client>),
+    Timer(Arc<dyn Client>),
 }
 
 /// The state every worker and every dispatcher of a pool shares.
 pub(crate) struct PoolShared {
     id: usize,
-    workers: usize,
+    pub(super) workers: usize,
     /// See [`PoolShared::spins`].
     spins: bool,
-    name: String,
+    pub(super) name: String,
     state: Mutex<PoolState>,
     /// Sleeping workers wait here.
     wake: Condvar,
     /// Closers of the `WorkerPool` handle wait here for the first one to finish closing.
     handle_closed: Condvar,
     /// `state.queue.len()`, readable without the lock by spinning and turn-taking workers.
-    queued: AtomicUsize,
+    pub(super) queued: AtomicUsize,
     /// Join handles of the threads, taken by whoever joins them.
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 struct PoolState {
     /// Tokens waiting for a thread, in FIFO order.
-    queue: VecDeque<Arc<dyn Source>>,
+    queue: VecDeque<Arc<dyn Client>>,
     /// Workers spinning in `next_work` before they sleep.
     spinning: usize,
     /// Workers asleep on `wake`.
     sleeping: usize,
-    /// Timers of sources, each due at its instant.
-    timers: Vec<(Instant, Weak<dyn Source>)>,
+    /// Timers of clients, each due at its instant.
+    timers: Vec<(Instant, Weak<dyn Client>)>,
     /// Open dispatchers attached to the pool, for `WorkerPool::close`.
-    sources: Vec<Weak<dyn Source>>,
+    clients: Vec<Weak<dyn Client>>,
     /// Whether a `WorkerPool` handle still exists and has not been closed (a dispatcher's
     /// private pool has none).
     handle: bool,
@@ -114,64 +103,9 @@ struct PoolState {
     /// dispatcher has attached.
     accepting: bool,
     /// Set once `close_handle` has closed every dispatcher that was attached.
-    closed_sources: bool,
+    closed_clients: bool,
     /// Set once no more work can come: workers exit when the queue is empty.
     shutdown: bool,
-}
-
-/// Passed to a running source: what it may ask of the worker thread it runs on.
-pub(crate) struct Worker<'a> {
-    pool: &'a PoolShared,
-    /// What a source left on this thread for the next of its type (see [`Kept`]).
-    pub(crate) kept: Kept,
-}
-
-impl Worker<'_> {
-    /// Whether tokens wait in the pool's queue: a source holding a thread should hand it on
-    /// after its current turn.
-    ///
-    /// A dispatcher's own second token counts too, although handing the thread on to it gains
-    /// no fairness: the round trip through the pool lets jobs gather behind the keys, which
-    /// then run in larger batches with less contention with the producers on their locks.
-    /// Counting only other sources' tokens was slower in paired runs: 0.72x with 64 keys and
-    /// 0.90x with 10,000.
-    pub(crate) fn others_waiting(&self) -> bool {
-        // ORDERING: Relaxed; a stale answer costs one turn of unfairness, never correctness.
-        self.pool.queued.load(Ordering::Relaxed) > 0
-    }
-}
-
-/// A value that a source leaves on a worker thread for the next one of its type to take
-/// there: a dispatcher's turn buffers, so that a thread that gives its token back whenever the
-/// ready keys run out (as often as every few dozen jobs) does not free them and allocate them
-/// again at its next token.
-#[derive(Default)]
-pub(crate) struct Kept(Cell<Option<Box<dyn Any>>>);
-
-impl Kept {
-    /// Takes the value left by [`Kept::put`] if it is a `T`, or else a default one.
-    pub(crate) fn take<T: Default + 'static>(&self) -> T {
-        let mut kept = self.0.take();
-        let value = kept
-            .as_mut()
-            .and_then(|kept| kept.downcast_mut::<T>())
-            .map(std::mem::take)
-            .unwrap_or_default();
-        self.0.set(kept);
-        value
-    }
-
-    /// Leaves `value` in place of what was kept before. It allocates only for the first value
-    /// of its type in a row: where sources with different types take turns on the thread,
-    /// each replaces (and frees) the other's.
-    pub(crate) fn put<T: 'static>(&self, value: T) {
-        let mut kept = self.0.take();
-        match kept.as_mut().and_then(|kept| kept.downcast_mut::<T>()) {
-            Some(slot) => *slot = value,
-            None => kept = Some(Box::new(value)),
-        }
-        self.0.set(kept);
-    }
 }
 
 /// What a pinned thread reports before it takes work: its index, its CPU, whether it is pinned.
@@ -242,10 +176,10 @@ impl PoolShared {
                 spinning: 0,
                 sleeping: 0,
                 timers: Vec::new(),
-                sources: Vec::new(),
+                clients: Vec::new(),
                 handle,
                 accepting: true,
-                closed_sources: false,
+                closed_clients: false,
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -316,14 +250,14 @@ impl PoolShared {
         CURRENT_POOL.with(|current| current.set(self.id));
         let worker = Worker {
             pool: &self,
-            kept: Kept::default(),
+            turn_buffers: TurnBuffers::default(),
         };
         while let Some(work) = self.next_work() {
             match work {
-                Work::Run(source) => source.run(&worker),
-                Work::Timer(source) => {
-                    if let Some(due) = source.on_timer(Instant::now()) {
-                        self.set_timer(due, Arc::downgrade(&source));
+                Work::Run(client) => client.run(&worker),
+                Work::Timer(client) => {
+                    if let Some(due) = client.on_timer(Instant::now()) {
+                        self.set_timer(due, Arc::downgrade(&client));
                     }
                 }
             }
@@ -374,42 +308,42 @@ impl PoolShared {
 
     /// Takes the next token, or a due timer, from the locked state.
     fn pop(&self, state: &mut PoolState) -> Option<Work> {
-        if let Some(source) = state.queue.pop_front() {
+        if let Some(client) = state.queue.pop_front() {
             self.queued.store(state.queue.len(), Ordering::Relaxed);
             // More tokens than spinners can take: hand one to a sleeper too.
             if state.queue.len() > state.spinning && state.sleeping > 0 {
                 self.wake.notify_one();
             }
-            return Some(Work::Run(source));
+            return Some(Work::Run(client));
         }
         if state.timers.is_empty() {
             return None;
         }
         let now = Instant::now();
         while let Some(at) = state.timers.iter().position(|(due, _)| *due <= now) {
-            let (_, source) = state.timers.swap_remove(at);
-            if let Some(source) = source.upgrade() {
-                return Some(Work::Timer(source));
+            let (_, client) = state.timers.swap_remove(at);
+            if let Some(client) = client.upgrade() {
+                return Some(Work::Timer(client));
             }
         }
         None
     }
 
-    /// Queues a token of `source` and wakes a thread if none is spinning to take it.
+    /// Queues a token of `client` and wakes a thread if none is spinning to take it.
     ///
     /// Once the pool has shut down the token is dropped: its dispatcher has closed. A producer
     /// that added a token just as a holder already out ran the key it scheduled (and so let
     /// the close finish) may come here after the last thread has left. Queued, the token would
     /// keep its dispatcher alive, and through it this pool: a cycle that nothing breaks.
-    pub(crate) fn submit(&self, source: Arc<dyn Source>) {
+    pub(crate) fn submit(&self, client: Arc<dyn Client>) {
         let mut state = lock(&self.state);
         if state.shutdown && !crate::sync::Fault::TokenAfterShutdown.on() {
             drop(state);
             // Outside the lock: this may be the dispatcher's last reference.
-            drop(source);
+            drop(client);
             return;
         }
-        state.queue.push_back(source);
+        state.queue.push_back(client);
         // ORDERING: Relaxed; only a hint for spinners, who re-check under the lock.
         self.queued.store(state.queue.len(), Ordering::Relaxed);
         if state.sleeping > 0 && state.queue.len() > state.spinning {
@@ -417,13 +351,13 @@ impl PoolShared {
         }
     }
 
-    /// Calls `source.on_timer` on a worker thread once `due` has passed.
-    pub(crate) fn set_timer(&self, due: Instant, source: Weak<dyn Source>) {
+    /// Calls `client.on_timer` on a worker thread once `due` has passed.
+    pub(crate) fn set_timer(&self, due: Instant, client: Weak<dyn Client>) {
         let mut state = lock(&self.state);
         if state.shutdown {
             return;
         }
-        state.timers.push((due, source));
+        state.timers.push((due, client));
         if state.sleeping > 0 {
             // A sleeper may be waiting for a later timer, or for none: let it recompute.
             self.wake.notify_one();
@@ -431,29 +365,29 @@ impl PoolShared {
     }
 
     /// Attaches a dispatcher; fails once the pool is closing.
-    pub(crate) fn attach(&self, source: Weak<dyn Source>) -> Result<(), BuildError> {
+    pub(crate) fn attach(&self, client: Weak<dyn Client>) -> Result<(), BuildError> {
         let mut state = lock(&self.state);
         if !state.accepting {
             return Err(BuildError::PoolClosed);
         }
         state.accepting = state.handle;
-        state.sources.retain(|s| s.strong_count() > 0);
-        state.sources.push(source);
+        state.clients.retain(|s| s.strong_count() > 0);
+        state.clients.push(client);
         Ok(())
     }
 
     /// Detaches a closed dispatcher, and shuts the pool down if nothing can give it work any
     /// more. The caller then joins the threads with [`PoolShared::join`] where it may.
-    pub(crate) fn detach(&self, source: &Weak<dyn Source>) {
+    pub(crate) fn detach(&self, client: &Weak<dyn Client>) {
         let last = {
             let mut state = lock(&self.state);
             state
-                .sources
-                .retain(|s| !Weak::ptr_eq(s, source) && s.strong_count() > 0);
+                .clients
+                .retain(|s| !Weak::ptr_eq(s, client) && s.strong_count() > 0);
             state
                 .timers
-                .retain(|(_, s)| !Weak::ptr_eq(s, source) && s.strong_count() > 0);
-            state.sources.is_empty() && !state.handle
+                .retain(|(_, s)| !Weak::ptr_eq(s, client) && s.strong_count() > 0);
+            state.clients.is_empty() && !state.handle
         };
         if last {
             self.shut_down();
@@ -464,10 +398,10 @@ impl PoolShared {
     /// (each drains and detaches), then shuts the pool down and joins it. A second caller waits
     /// for the first to get that far, except on one of the pool's threads.
     pub(crate) fn close_handle(&self) {
-        let sources: Vec<_> = {
+        let clients: Vec<_> = {
             let mut state = lock(&self.state);
             if !state.handle {
-                while !state.closed_sources && !self.is_current() {
+                while !state.closed_clients && !self.is_current() {
                     state = wait(&self.handle_closed, state);
                 }
                 drop(state);
@@ -476,16 +410,16 @@ impl PoolShared {
             }
             state.handle = false;
             state.accepting = false;
-            state.sources.iter().filter_map(Weak::upgrade).collect()
+            state.clients.iter().filter_map(Weak::upgrade).collect()
         };
-        for source in sources {
-            source.close_source();
+        for client in clients {
+            client.close_client();
         }
-        let idle = lock(&self.state).sources.is_empty();
+        let idle = lock(&self.state).clients.is_empty();
         if idle {
             self.shut_down();
         }
-        lock(&self.state).closed_sources = true;
+        lock(&self.state).closed_clients = true;
         self.handle_closed.notify_all();
         self.join();
     }
@@ -529,106 +463,8 @@ impl fmt::Debug for PoolShared {
     }
 }
 
-/// A pool of worker threads that several dispatchers can share.
-///
-/// Each dispatcher built with [`Builder::pool`](crate::Builder::pool) runs its keys on these
-/// threads, with its own key type, job type and handler; [`max_parallel`] caps how many threads
-/// one dispatcher may use at once, and turns are handed out fairly between dispatchers as between
-/// keys. A dispatcher built without a pool owns a private one.
-///
-/// # Shutdown
-///
-/// [`close`](WorkerPool::close) (or dropping the handle) closes every dispatcher still on the
-/// pool, which drains each one, then stops and joins the threads. A dispatcher closed earlier
-/// simply leaves the pool; the others keep running.
-///
-/// Closing the pool while dispatchers are open is safe: each is closed exactly as by its own
-/// [`Dispatcher::close`](crate::Dispatcher::close), so every job it accepted runs (and every
-/// [`Group`](crate::Group) waiting on them completes), and from then on its dispatches return
-/// `Closed`; its handle stays usable for `stats`, `close` (which returns at once with the same
-/// counts) and the like. No dispatcher can be built on a closed pool
-/// ([`BuildError::PoolClosed`]).
-///
-/// [`max_parallel`]: crate::Builder::max_parallel
-///
-/// # Examples
-///
-/// ```
-/// use keyed_dispatch::{Dispatcher, WorkerPool};
-///
-/// let pool = WorkerPool::new(4)?;
-/// let emails = Dispatcher::builder()
-///     .pool(&pool)
-///     .max_parallel(2)
-///     .build(|to: &String, body: String| assert!(!body.is_empty() && !to.is_empty()))?;
-/// let ledger = Dispatcher::builder().pool(&pool).build(|_account: &u64, _amount: i64| {})?;
-/// emails.dispatch("ann@example.com".into(), "hello".into())?;
-/// ledger.dispatch(7, -30)?;
-/// emails.close(); // drains emails only; ledger keeps running
-/// ledger.dispatch(7, 30)?;
-/// pool.close(); // closes ledger, drains it, joins the threads
-/// assert!(ledger.dispatch(7, 1).unwrap_err().is_closed());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct WorkerPool {
-    shared: Arc<PoolShared>,
-}
-
-impl WorkerPool {
-    /// The number of worker threads.
-    pub fn workers(&self) -> usize {
-        self.shared.workers
-    }
-
-    /// Closes every dispatcher still on the pool, one after the other, each draining its
-    /// accepted jobs as [`Dispatcher::close`](crate::Dispatcher::close) does; then stops and
-    /// joins the threads. Idempotent. Dispatches on those dispatchers return `Closed` from then
-    /// on.
-    ///
-    /// Called from one of the pool's own threads (inside a handler), it closes the dispatchers
-    /// without waiting for them and does not join: the threads drain the work and exit by
-    /// themselves.
-    pub fn close(&self) {
-        self.shared.close_handle();
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<PoolShared> {
-        &self.shared
-    }
-
-    pub(crate) fn from_shared(shared: Arc<PoolShared>) -> WorkerPool {
-        WorkerPool { shared }
-    }
-}
-
-impl Drop for WorkerPool {
-    /// Same as [`close`](WorkerPool::close).
-    fn drop(&mut self) {
-        self.shared.close_handle();
-    }
-}
-
-impl fmt::Debug for WorkerPool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerPool")
-            .field("name", &self.shared.name)
-            .field("workers", &self.shared.workers)
-            .finish()
-    }
-}
-
-/// Thread name prefix when none is given.
-pub(crate) const DEFAULT_NAME: &str = "keyed-dispatch";
-
-/// The default number of workers: the machine's available parallelism.
-pub(crate) fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::Kept;
-
     #[test]
     #[cfg(all(target_os = "linux", not(any(loom, feature = "shuttle"))))] // real threads, /proc
     #[cfg_attr(miri, ignore = "reads the thread names from /proc")]
@@ -665,32 +501,5 @@ mod tests {
             );
             std::thread::yield_now();
         }
-    }
-
-    #[test]
-    fn kept_value_comes_back_once_and_only_as_its_own_type() {
-        let kept = Kept::default();
-        assert_eq!(kept.take::<Vec<u8>>(), Vec::<u8>::new());
-        kept.put(Vec::<u8>::with_capacity(64));
-        let buffer: Vec<u8> = kept.take();
-        assert!(buffer.capacity() >= 64, "the kept allocation came back");
-        assert_eq!(kept.take::<Vec<u8>>().capacity(), 0, "taken once");
-        kept.put(buffer);
-        assert_eq!(
-            kept.take::<Vec<u16>>(),
-            Vec::<u16>::new(),
-            "another type gets a default"
-        );
-        kept.put(String::from("x"));
-        assert_eq!(
-            kept.take::<String>(),
-            "x",
-            "a value of another type replaces it"
-        );
-        assert_eq!(
-            kept.take::<Vec<u8>>().capacity(),
-            0,
-            "replaced, not kept beside it"
-        );
     }
 }
