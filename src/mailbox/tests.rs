@@ -1,0 +1,343 @@
+use super::*;
+
+fn turn(mb: &Mailbox<u8, u32>, max: usize) -> Vec<u32> {
+    let mut batch = VecDeque::new();
+    mb.begin_turn(max, &mut batch, &mut Marks::new());
+    batch.into_iter().collect()
+}
+
+fn end(mb: &Mailbox<u8, u32>, leftovers: &mut VecDeque<u32>, halted: bool) -> EndTurn {
+    let mut due = Marks::new();
+    let end = mb.end_turn(leftovers, &mut due, halted);
+    assert!(due.is_empty());
+    end
+}
+
+#[test]
+fn new_mailbox_is_queued_with_its_job() {
+    let mb = Mailbox::new(1u8, 0, 10u32, None);
+    assert_eq!(mb.state(), State::Queued);
+    assert_eq!(mb.len(), 1);
+}
+
+#[test]
+fn pushes_behind_a_queued_key_do_not_schedule() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 10u32, None);
+    assert_eq!(mb.push(11, &mut None, 8, &gate, || {}), Push::Added);
+    let mut batch = VecDeque::new();
+    assert_eq!(mb.begin_turn(8, &mut batch, &mut Marks::new()), 2);
+    assert_eq!(mb.state(), State::Running);
+    assert_eq!(mb.push(12, &mut None, 8, &gate, || {}), Push::Added);
+    assert_eq!(batch, [10, 11]);
+}
+
+#[test]
+fn capacity_counts_jobs_in_the_running_turn() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 10u32, None);
+    let mut batch = VecDeque::new();
+    mb.begin_turn(8, &mut batch, &mut Marks::new());
+    assert_eq!(mb.push(11, &mut None, 1, &gate, || {}), Push::Full(11));
+    batch.clear();
+    assert_eq!(end(&mb, &mut batch, false), EndTurn::Idle { list: true });
+    assert_eq!(mb.push(11, &mut None, 1, &gate, || {}), Push::Schedule);
+}
+
+#[test]
+fn turn_takes_at_most_max_and_requeues_the_rest() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    for job in 1..5 {
+        mb.push(job, &mut None, 100, &gate, || {});
+    }
+    assert_eq!(turn(&mb, 3), [0, 1, 2]);
+    assert_eq!(end(&mb, &mut VecDeque::new(), false), EndTurn::Requeue);
+    assert_eq!(mb.state(), State::Queued);
+    assert_eq!(turn(&mb, 3), [3, 4]);
+}
+
+#[test]
+fn idle_key_is_listed_once() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    turn(&mb, 8);
+    let mut none = VecDeque::new();
+    assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: true });
+    assert_eq!(mb.push(1, &mut None, 8, &gate, || {}), Push::Schedule);
+    turn(&mb, 8);
+    assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: false });
+}
+
+#[test]
+fn a_key_listed_or_scheduled_since_the_last_sweep_gets_a_second_chance() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    turn(&mb, 8);
+    let mut none = VecDeque::new();
+    assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: true });
+    assert!(mb.second_chance(), "listed since the last sweep");
+    assert!(!mb.second_chance(), "idle from one sweep to the next");
+    assert_eq!(mb.push(1, &mut None, 8, &gate, || {}), Push::Schedule);
+    assert!(mb.second_chance(), "scheduled since it was listed");
+    assert!(!mb.second_chance(), "the chance was used up");
+    turn(&mb, 8);
+    assert_eq!(end(&mb, &mut none, false), EndTurn::Idle { list: false });
+    assert!(mb.try_evict());
+    assert!(!mb.second_chance(), "evicted: not listed any more");
+}
+
+#[test]
+fn only_an_idle_key_is_evicted() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    assert!(!mb.try_evict(), "queued");
+    turn(&mb, 8);
+    assert!(!mb.try_evict(), "running");
+    end(&mb, &mut VecDeque::new(), false);
+    assert!(mb.try_evict());
+    assert_eq!(mb.state(), State::Evicted);
+    let _ = gate;
+}
+
+#[test]
+fn halted_turn_puts_leftovers_back_in_order() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    for job in 1..4 {
+        mb.push(job, &mut None, 100, &gate, || {});
+    }
+    let mut batch = VecDeque::new();
+    mb.begin_turn(8, &mut batch, &mut Marks::new());
+    mb.push(4, &mut None, 100, &gate, || {});
+    batch.pop_front(); // job 0 ran
+    assert_eq!(end(&mb, &mut batch, true), EndTurn::Halted);
+    gate.halt();
+    assert!(matches!(
+        mb.push(5, &mut None, 100, &gate, || {}),
+        Push::Halted(5)
+    ));
+    let (left, flushes) = mb.take_all();
+    assert_eq!(left, [1, 2, 3, 4]);
+    assert!(flushes.is_empty());
+    assert_eq!(mb.state(), State::Evicted);
+}
+
+#[test]
+fn flush_of_an_idle_key_has_nothing_to_wait_for() {
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    turn(&mb, 8);
+    end(&mb, &mut VecDeque::new(), false);
+    assert!(mb.flush().is_none());
+}
+
+#[test]
+fn flush_barrier_is_due_after_the_jobs_pushed_before_it() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    mb.push(1, &mut None, 100, &gate, || {});
+    let first = mb.flush().expect("jobs are queued");
+    let again = mb.flush().expect("jobs are queued");
+    assert!(Arc::ptr_eq(&first, &again), "same position, same barrier");
+    mb.push(2, &mut None, 100, &gate, || {});
+    let second = mb.flush().expect("jobs are queued");
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    assert_eq!(mb.begin_turn(8, &mut batch, &mut due), 3);
+    // The first barrier is due once two jobs of the batch have finished, the second after
+    // three.
+    assert_eq!(due.len(), 2);
+    assert_eq!(due[0].position, 2);
+    assert!(Arc::ptr_eq(&due[0].state, &first));
+    assert_eq!(due[1].position, 3);
+    assert!(Arc::ptr_eq(&due[1].state, &second));
+}
+
+#[test]
+fn flush_during_a_turn_is_handed_out_when_the_turn_ends() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    mb.push(1, &mut None, 100, &gate, || {});
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    mb.begin_turn(8, &mut batch, &mut due);
+    assert!(due.is_empty());
+    let during = mb.flush().expect("the turn is running");
+    mb.push(2, &mut None, 100, &gate, || {});
+    let behind = mb.flush().expect("a job is queued");
+    batch.clear();
+    assert_eq!(mb.end_turn(&mut batch, &mut due, false), EndTurn::Requeue);
+    assert_eq!(due.len(), 1, "only the barrier behind the turn's jobs");
+    assert!(Arc::ptr_eq(&due[0].state, &during));
+    due.clear();
+    mb.begin_turn(8, &mut batch, &mut due);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].position, 1, "due after the one job of this turn");
+    assert!(Arc::ptr_eq(&due[0].state, &behind));
+}
+
+#[test]
+fn halted_turn_keeps_its_unreached_barriers_for_take_all() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    mb.push(1, &mut None, 100, &gate, || {});
+    let first = mb.flush().expect("jobs are queued");
+    mb.push(2, &mut None, 100, &gate, || {});
+    let second = mb.flush().expect("jobs are queued");
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    mb.begin_turn(8, &mut batch, &mut due);
+    // Jobs 0 and 1 ran, so the first barrier was completed in the turn; job 2 did not.
+    batch.drain(..2);
+    due.pop_front();
+    gate.halt();
+    assert_eq!(mb.end_turn(&mut batch, &mut due, true), EndTurn::Halted);
+    assert!(due.is_empty());
+    let (left, flushes) = mb.take_all();
+    assert_eq!(left, [2]);
+    assert_eq!(flushes.len(), 1);
+    assert!(Arc::ptr_eq(&flushes[0].state, &second));
+    drop(first);
+}
+
+#[test]
+fn grouped_jobs_get_a_mark_and_plain_jobs_none() {
+    let gate = Gate::new();
+    let group = Arc::new(Latch::new(0));
+    let mb = Mailbox::new(1u8, 0, 0u32, Some(Arc::clone(&group)));
+    mb.push(1, &mut None, 100, &gate, || {});
+    let mut member = Some(Arc::clone(&group));
+    assert_eq!(mb.push(2, &mut member, 100, &gate, || {}), Push::Added);
+    assert!(member.is_none(), "the mailbox took the group with the job");
+    // A flush behind job 2 shares no state with job 2's group.
+    let barrier = mb.flush().expect("jobs are queued");
+    assert!(!Arc::ptr_eq(&barrier, &group));
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    mb.begin_turn(8, &mut batch, &mut due);
+    let positions: Vec<u64> = due.iter().map(|mark| mark.position).collect();
+    assert_eq!(
+        positions,
+        [1, 3, 3],
+        "after jobs 0 and 2, and the barrier after job 2"
+    );
+    assert!(Arc::ptr_eq(&due[2].state, &barrier));
+}
+
+#[test]
+fn refused_push_leaves_the_group_with_the_caller() {
+    let gate = Gate::new();
+    let group = Arc::new(Latch::new(0));
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    let mut member = Some(Arc::clone(&group));
+    assert_eq!(mb.push(1, &mut member, 1, &gate, || {}), Push::Full(1));
+    assert!(member.is_some());
+    gate.halt();
+    assert_eq!(mb.push(1, &mut member, 10, &gate, || {}), Push::Halted(1));
+    assert!(member.is_some());
+    let (left, marks) = mb.take_all();
+    assert_eq!(left, [0]);
+    assert!(marks.is_empty());
+}
+
+#[test]
+fn a_turn_goes_on_with_jobs_pushed_during_its_batch() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    mb.begin_turn(8, &mut batch, &mut due);
+    assert_eq!(mb.queued_hint(), 0);
+    assert_eq!(mb.push(1, &mut None, 100, &gate, || {}), Push::Added);
+    assert_eq!(mb.push(2, &mut None, 100, &gate, || {}), Push::Added);
+    assert_eq!(
+        mb.queued_hint(),
+        2,
+        "the hint counts the jobs behind the batch"
+    );
+    batch.clear(); // job 0 ran
+    assert_eq!(mb.continue_turn(8, &mut batch, &mut due), 2);
+    assert_eq!(batch, [1, 2]);
+    assert_eq!(mb.state(), State::Running);
+    assert_eq!(mb.len(), 2, "the new batch counts against the capacity");
+    assert_eq!(
+        mb.push(3, &mut None, 100, &gate, || {}),
+        Push::Added,
+        "no schedule"
+    );
+    batch.clear();
+    assert_eq!(end(&mb, &mut batch, false), EndTurn::Requeue);
+}
+
+#[test]
+fn a_turn_with_nothing_behind_its_batch_ends_idle() {
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    mb.begin_turn(8, &mut batch, &mut due);
+    batch.clear();
+    assert_eq!(mb.continue_turn(8, &mut batch, &mut due), 0);
+    assert!(batch.is_empty() && due.is_empty());
+    assert_eq!(end(&mb, &mut batch, false), EndTurn::Idle { list: true });
+}
+
+#[test]
+fn going_on_hands_out_the_batch_barriers_before_the_next_jobs_marks() {
+    let gate = Gate::new();
+    let group = Arc::new(Latch::new(0));
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    mb.begin_turn(8, &mut batch, &mut due);
+    let barrier = mb.flush().expect("the batch is running");
+    let mut member = Some(Arc::clone(&group));
+    assert_eq!(mb.push(1, &mut member, 100, &gate, || {}), Push::Added);
+    batch.clear();
+    assert_eq!(mb.continue_turn(8, &mut batch, &mut due), 1);
+    let positions: Vec<u64> = due.iter().map(|mark| mark.position).collect();
+    assert_eq!(
+        positions,
+        [0, 1],
+        "the barrier before job 1, the group after it"
+    );
+    assert!(Arc::ptr_eq(&due[0].state, &barrier));
+    assert!(Arc::ptr_eq(&due[1].state, &group));
+}
+
+#[test]
+fn an_evicted_mailbox_is_reused_for_another_key() {
+    let group = Arc::new(Latch::new(0));
+    let mut mb = Mailbox::new(1u8, 0, 0u32, None);
+    turn(&mb, 8);
+    end(&mb, &mut VecDeque::new(), false);
+    assert!(mb.try_evict());
+    assert!(mb.retire());
+    assert!(mb.key.is_none(), "a spare does not keep its old key alive");
+    mb.reuse(2, 0, 20, Some(Arc::clone(&group)));
+    assert_eq!((*mb.key(), mb.state(), mb.len()), (2, State::Queued, 1));
+    assert!(mb.queued_hint() > 0);
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    assert_eq!(mb.begin_turn(8, &mut batch, &mut due), 1);
+    assert_eq!(batch, [20]);
+    assert_eq!(
+        due.len(),
+        1,
+        "the job's group, counted from the reused mailbox's start"
+    );
+    assert_eq!(due[0].position, 1);
+    assert_eq!(
+        end(&mb, &mut VecDeque::new(), false),
+        EndTurn::Idle { list: true }
+    );
+}
+
+#[test]
+fn a_new_mailbox_is_taken_apart_again() {
+    let group = Arc::new(Latch::new(1));
+    let mut mb = Mailbox::new(3u8, 0, 30u32, Some(Arc::clone(&group)));
+    let (key, job, member) = mb.unmake();
+    assert_eq!((key, job), (3, 30));
+    assert!(member.is_some_and(|member| Arc::ptr_eq(&member, &group)));
+    assert_eq!(mb.state(), State::Evicted);
+    assert!(mb.retire(), "it is a spare");
+}
+
+#[test]
+fn room_wait_times_out_on_a_full_key() {
+    let mb = Mailbox::new(1u8, 0, 0u32, None);
+    assert!(!mb.wait_for_room(1, Some(Instant::now())));
+    assert!(mb.wait_for_room(2, None));
+}

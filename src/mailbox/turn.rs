@@ -1,0 +1,162 @@
+//! The worker's side of a mailbox: the batches of a turn, the marks due within them, and the end
+//! of the turn that decides where the key goes next. Apart from the producers' side, which the
+//! parent module keeps with the state machine it draws.
+
+use super::{EndTurn, Inner, Mailbox, Marks, State};
+use crate::sync::{lock, Ordering};
+use std::collections::VecDeque;
+
+impl<K, J> Mailbox<K, J> {
+    /// Worker: starts a turn of the key it popped from the ready queue, moving up to `max`
+    /// jobs into `batch` (which must be empty). Returns how many.
+    ///
+    /// The marks that fall within the batch move into `due` (which must be empty), each with
+    /// the number of the batch's jobs that must finish before it is completed.
+    pub(crate) fn begin_turn(&self, max: usize, batch: &mut VecDeque<J>, due: &mut Marks) -> usize {
+        debug_assert!(batch.is_empty() && due.is_empty());
+        let mut inner = lock(&self.inner);
+        debug_assert_eq!(
+            inner.state,
+            State::Queued,
+            "a turn of a key that was not queued"
+        );
+        inner.state = State::Running;
+        self.take_batch(&mut inner, max, batch, due)
+    }
+
+    /// Worker: the turn's batch has run to its end and jobs wait behind it; goes on with the
+    /// next batch of up to `max`, in the same turn, as [`Mailbox::end_turn`] followed by
+    /// [`Mailbox::begin_turn`] would under one lock, without the key leaving the worker. Returns
+    /// how many jobs it took (none if the queue was empty: the caller then ends the turn).
+    ///
+    /// `due` (empty, as the batch left it) is refilled with the flush barriers registered
+    /// during the batch, at position 0 (due before the next job), then with the next batch's
+    /// marks.
+    pub(crate) fn continue_turn(
+        &self,
+        max: usize,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+    ) -> usize {
+        debug_assert!(batch.is_empty() && due.is_empty());
+        let mut inner = lock(&self.inner);
+        debug_assert_eq!(inner.state, State::Running);
+        if inner.queue.is_empty() {
+            return 0;
+        }
+        inner.in_turn = 0;
+        while inner
+            .marks
+            .front()
+            .is_some_and(|mark| mark.position <= inner.taken)
+        {
+            let mut mark = inner.marks.pop_front().expect("checked");
+            debug_assert!(mark.flush, "a job's mark outlived its batch");
+            mark.position = 0;
+            due.push_back(mark);
+        }
+        if inner.waiters > 0 && !crate::sync::Fault::NoRoomWake.on() {
+            self.room.notify_all();
+        }
+        self.take_batch(&mut inner, max, batch, due)
+    }
+
+    /// Moves up to `max` queued jobs into `batch`, and the marks that fall within it into
+    /// `due`, each with the number of the batch's jobs that must finish before it is due.
+    fn take_batch(
+        &self,
+        inner: &mut Inner<J>,
+        max: usize,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+    ) -> usize {
+        if inner.queue.len() <= max {
+            // Swapping keeps both buffers' allocations alive for reuse.
+            std::mem::swap(&mut inner.queue, batch);
+        } else {
+            batch.extend(inner.queue.drain(..max));
+        }
+        self.queued.store(inner.queue.len(), Ordering::Relaxed);
+        inner.in_turn = batch.len();
+        let start = inner.taken;
+        inner.taken += batch.len() as u64;
+        while inner
+            .marks
+            .front()
+            .is_some_and(|mark| mark.position <= inner.taken)
+        {
+            let mut mark = inner.marks.pop_front().expect("checked");
+            debug_assert!(mark.position > start, "a mark outlived its jobs");
+            mark.position = mark.position.saturating_sub(start);
+            due.push_back(mark);
+        }
+        inner.in_turn
+    }
+
+    /// Worker: how many jobs wait in the queue, as a hint read without the lock: it may lag a
+    /// push, or still count jobs that a batch already took.
+    pub(crate) fn queued_hint(&self) -> usize {
+        // ORDERING: Relaxed; `continue_turn` and `end_turn` look again under the lock.
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Worker: ends the turn. `leftovers` are the jobs of the turn that did not start (only
+    /// when `close_now` stopped it); they go back to the front of the queue, in order. `due`
+    /// holds the batch's marks not yet completed (as [`Mailbox::begin_turn`] or
+    /// [`Mailbox::continue_turn`] left them); they go
+    /// back too, and `due` is refilled with every mark whose jobs have now all finished (flush
+    /// barriers registered during the turn), for the worker to complete.
+    ///
+    /// With `halted`, the key is left Queued but out of the ready queue: `close_now` will take
+    /// its jobs. Otherwise the key is requeued or made Idle, to be entered in the idle list if
+    /// it is not there yet.
+    pub(crate) fn end_turn(
+        &self,
+        leftovers: &mut VecDeque<J>,
+        due: &mut Marks,
+        halted: bool,
+    ) -> EndTurn {
+        let mut inner = lock(&self.inner);
+        debug_assert_eq!(inner.state, State::Running);
+        let start = inner.taken - inner.in_turn as u64;
+        while let Some(mut mark) = due.pop_back() {
+            mark.position += start;
+            inner.marks.push_front(mark);
+        }
+        while let Some(job) = leftovers.pop_back() {
+            inner.queue.push_front(job);
+            inner.taken -= 1;
+        }
+        self.queued.store(inner.queue.len(), Ordering::Relaxed);
+        inner.in_turn = 0;
+        while inner
+            .marks
+            .front()
+            .is_some_and(|mark| mark.position <= inner.taken)
+        {
+            let mark = inner.marks.pop_front().expect("checked");
+            debug_assert!(mark.flush, "a job's mark outlived its turn");
+            due.push_back(mark);
+        }
+        if inner.waiters > 0 && !crate::sync::Fault::NoRoomWake.on() {
+            self.room.notify_all();
+        }
+        if halted {
+            inner.state = State::Queued;
+            EndTurn::Halted
+        } else if !inner.queue.is_empty() && !crate::sync::Fault::IdleWithJobsLeft.on() {
+            inner.state = State::Queued;
+            EndTurn::Requeue
+        } else {
+            inner.state = State::Idle;
+            let list = !inner.listed;
+            if list {
+                // Counted as used, so that the first sweep to meet it spares it: a key is
+                // evicted only once it has stayed idle from one sweep to the next.
+                inner.listed = true;
+                inner.used = true;
+            }
+            EndTurn::Idle { list }
+        }
+    }
+}
