@@ -293,7 +293,7 @@ mod loom_tests {
     use super::*;
 
     /// Through a dispatcher on one loom worker: a group's wait, then a flush of the group job's
-    /// key, each return after the job ran. Bounded to two preemptions, as in `models`.
+    /// key, each return after the job ran. Bounded to two preemptions, as in `tests::loom`.
     #[test]
     fn loom_group_and_flush_wait_for_the_worker() {
         let mut builder = loom::model::Builder::new();

@@ -153,17 +153,13 @@ mod handler;
 mod keymap;
 mod latch;
 mod mailbox;
-#[cfg(all(test, any(loom, feature = "shuttle")))]
-mod model_handle;
-#[cfg(all(test, loom))]
-mod models;
 mod pool;
 mod ready;
-#[cfg(all(test, feature = "shuttle", not(loom)))]
-mod shuttle_tests;
 mod signal;
 mod stats;
 mod sync;
+#[cfg(all(test, any(loom, feature = "shuttle")))]
+mod tests;
 mod unwind;
 
 /// The README's examples are compiled and run as doc tests.

@@ -94,10 +94,10 @@ pub(crate) fn spin_once(step: u32) {
     }
 }
 
-/// A fault that the loom models (`src/models.rs`) and the shuttle tests (`src/shuttle_tests.rs`)
-/// inject into the protocol, each at the one line it breaks, to show that the model written
-/// against it catches it. Only a loom or shuttle build can arm one; elsewhere [`Fault::on`] is a
-/// constant `false` and every check folds away.
+/// A fault that the loom models (`src/tests/loom.rs`) and the shuttle tests
+/// (`src/tests/shuttle.rs`) inject into the protocol, each at the one line it breaks, to show that
+/// the model written against it catches it. Only a loom or shuttle build can arm one; elsewhere
+/// [`Fault::on`] is a constant `false` and every check folds away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
     /// `Mailbox::end_turn` makes the key Idle without looking at jobs pushed during the turn.

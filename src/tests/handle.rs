@@ -1,5 +1,5 @@
-//! The dispatcher handle that the loom models (`models`) and the shuttle tests
-//! (`shuttle_tests`) share with the threads they spawn.
+//! The dispatcher handle that the loom models (`loom`) and the shuttle tests (`shuttle`) share
+//! with the threads they spawn.
 
 use crate::Dispatcher;
 use std::{ops::Deref, sync::Arc};

@@ -1,9 +1,9 @@
 //! Shuttle tests of the key protocol on the key map's `DashMap` code path, run through the real
-//! [`Dispatcher`]: `cargo test --release --features shuttle --lib shuttle_tests`.
+//! [`Dispatcher`]: `cargo test --release --features shuttle --lib tests::shuttle`.
 //!
 //! # Why shuttle
 //!
-//! The loom models (`src/models.rs`) cannot run `DashMap`: its shard locks are not loom's, so
+//! The loom models (`src/tests/loom.rs`) cannot run `DashMap`: its shard locks are not loom's, so
 //! under loom `keymap` swaps in a plain locked `HashMap` and the `DashMap` branch (entry API,
 //! `remove_if`, `retain`, read-locked lookups) is never checked. With the `shuttle` feature,
 //! `crate::sync` takes every lock, condition variable, atomic and thread from shuttle, and
@@ -45,8 +45,8 @@
 //! exists to close, and must fail.
 
 use crate::{
-    model_handle::Handle,
     sync::{lock, thread, wait, Condvar, Fault, Mutex as ModelMutex},
+    tests::handle::Handle,
     DispatchError, Dispatcher,
 };
 use shuttle::rand::{thread_rng, RngCore};

@@ -1,7 +1,7 @@
 //! Loom models of the key protocol, run through the real [`Dispatcher`]: its pool threads,
 //! gate, key map (a locked `HashMap` under loom), mailboxes and signals all come from
 //! `crate::sync`, so loom explores their interleavings. Run them with
-//! `RUSTFLAGS="--cfg loom" cargo test --lib --release --target-dir target/loom models`.
+//! `RUSTFLAGS="--cfg loom" cargo test --lib --release --target-dir target/loom tests::loom`.
 //!
 //! Every model records each job's start and end in a plain (not modeled) log, and checks that
 //! every accepted job ran exactly once, that each refused job came back whole in its error,
@@ -55,8 +55,8 @@
 //! of `SeqCst` accesses that those pairs rely on.
 
 use crate::{
-    model_handle::Handle,
     sync::{thread, Fault},
+    tests::handle::Handle,
     DispatchError, Dispatcher,
 };
 use std::sync::{Arc, Mutex};

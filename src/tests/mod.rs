@@ -1,0 +1,12 @@
+//! Model checks of the key protocol, test-only: the loom models (`loom`) and the shuttle tests
+//! (`shuttle`), run through the real dispatcher, and the handle they share (`handle`). Kept out
+//! of the production modules, as tokio keeps its `loom_*` tests under `runtime/tests`.
+//!
+//! Loom: `RUSTFLAGS="--cfg loom" cargo test --lib --release --target-dir target/loom tests::loom`.
+//! Shuttle: `cargo test --release --features shuttle --lib tests::shuttle`.
+
+mod handle;
+#[cfg(loom)]
+mod loom;
+#[cfg(all(feature = "shuttle", not(loom)))]
+mod shuttle;
