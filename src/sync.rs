@@ -97,7 +97,8 @@ pub(crate) fn spin_once(step: u32) {
 /// A fault that the loom models (`src/tests/loom.rs`) and the shuttle tests
 /// (`src/tests/shuttle.rs`) inject into the protocol, each at the one line it breaks, to show that
 /// the model written against it catches it. Only a loom or shuttle build can arm one; elsewhere
-/// [`Fault::on`] is a constant `false` and every check folds away.
+/// [`Fault::on`] is a constant `false` and every check folds away. The protocol's code asks
+/// through [`fault!`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
     /// `Mailbox::end_turn` makes the key Idle without looking at jobs pushed during the turn.
@@ -118,6 +119,16 @@ pub(crate) enum Fault {
     /// `PoolShared::submit` queues a token after the pool has shut down.
     TokenAfterShutdown,
 }
+
+/// Whether the [`Fault`] variant `$name` is armed: `fault!(NoRoomWake)`. The one way the
+/// protocol's code asks, at the one line each fault breaks; a constant `false` outside loom and
+/// shuttle (see [`Fault::on`]), so that every check folds away.
+macro_rules! fault {
+    ($name:ident) => {
+        $crate::sync::Fault::$name.on()
+    };
+}
+pub(crate) use fault;
 
 #[cfg(any(loom, feature = "shuttle"))]
 std::thread_local! {

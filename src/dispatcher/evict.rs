@@ -28,7 +28,7 @@ use super::core::Core;
 use crate::{
     keymap::{Hashed, Keyed},
     mailbox::{EndTurn, Mailbox},
-    sync::{lock, Arc, Ordering},
+    sync::{fault, lock, Arc, Ordering},
     unwind::{contained, ShowKey},
 };
 use std::{
@@ -83,7 +83,7 @@ where
                 continue;
             }
             swept += 1;
-            let early = crate::sync::Fault::EvictBeforeMapLock.on() && mailbox.try_evict();
+            let early = fault!(EvictBeforeMapLock) && mailbox.try_evict();
             let key = Hashed {
                 hash: mailbox.stored_hash(),
                 key: mailbox.key(),

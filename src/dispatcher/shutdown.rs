@@ -44,7 +44,7 @@ use crate::{
     error::WaitError,
     mailbox::{Mailbox, Marks},
     stats::Stats,
-    sync::{dekker_fence, lock, Arc, Ordering},
+    sync::{dekker_fence, fault, lock, Arc, Ordering},
     unwind::{contained, drop_contained},
 };
 use std::{collections::VecDeque, fmt::Debug, hash::Hash, time::Instant};
@@ -65,8 +65,8 @@ where
     /// the pool (joining it if this was its last user). On a worker thread it only stops
     /// accepting; the shutdown then finishes when the last job does.
     pub(crate) fn close(&self) -> Closed {
-        let skip_drain = (crate::sync::Fault::CountBeforeClose.on() && self.gate.count() == 0)
-            || (crate::sync::Fault::LateCloseSkipsDrain.on() && self.gate.is_closed());
+        let skip_drain = (fault!(CountBeforeClose) && self.gate.count() == 0)
+            || (fault!(LateCloseSkipsDrain) && self.gate.is_closed());
         if self.gate.close() {
             log::debug!("{}: close begun", self.config.name);
             self.room.notify();

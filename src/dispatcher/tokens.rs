@@ -59,7 +59,7 @@ use super::core::{Core, Sched};
 use crate::{
     mailbox::{EndTurn, Mailbox},
     pool::Worker,
-    sync::{fence, lock, spin_once, Arc, Fault, Ordering},
+    sync::{fault, fence, lock, spin_once, Arc, Ordering},
 };
 use std::{fmt::Debug, hash::Hash};
 
@@ -160,7 +160,7 @@ where
             // key pushed before `staffed` was stored is seen here, and its producer, having
             // read `staffed` before, did not add a token for it.
             fence(Ordering::SeqCst);
-            if !self.ready.is_empty() && !Fault::ReleaseWithoutRecheck.on() {
+            if !self.ready.is_empty() && !fault!(ReleaseWithoutRecheck) {
                 let mut sched = lock(&self.sched);
                 if sched.tokens < self.config.max_parallel {
                     sched.tokens += 1;

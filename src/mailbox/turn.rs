@@ -3,7 +3,7 @@
 //! parent module keeps with the state machine it draws.
 
 use super::{EndTurn, Inner, Mailbox, Marks, State};
-use crate::sync::{lock, Ordering};
+use crate::sync::{fault, lock, Ordering};
 use std::collections::VecDeque;
 
 impl<K, J> Mailbox<K, J> {
@@ -55,7 +55,7 @@ impl<K, J> Mailbox<K, J> {
             mark.position = 0;
             due.push_back(mark);
         }
-        if inner.waiters > 0 && !crate::sync::Fault::NoRoomWake.on() {
+        if inner.waiters > 0 && !fault!(NoRoomWake) {
             self.room.notify_all();
         }
         self.take_batch(&mut inner, max, batch, due)
@@ -138,13 +138,13 @@ impl<K, J> Mailbox<K, J> {
             debug_assert!(mark.flush, "a job's mark outlived its turn");
             due.push_back(mark);
         }
-        if inner.waiters > 0 && !crate::sync::Fault::NoRoomWake.on() {
+        if inner.waiters > 0 && !fault!(NoRoomWake) {
             self.room.notify_all();
         }
         if halted {
             inner.state = State::Queued;
             EndTurn::Halted
-        } else if !inner.queue.is_empty() && !crate::sync::Fault::IdleWithJobsLeft.on() {
+        } else if !inner.queue.is_empty() && !fault!(IdleWithJobsLeft) {
             inner.state = State::Queued;
             EndTurn::Requeue
         } else {

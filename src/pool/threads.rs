@@ -28,8 +28,8 @@ use crate::{
     affinity::{self, Cpu},
     error::BuildError,
     sync::{
-        lock, spin_once, thread, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering,
-        Weak, CHECKED,
+        fault, lock, spin_once, thread, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex,
+        Ordering, Weak, CHECKED,
     },
 };
 use crossbeam_channel::Sender;
@@ -337,7 +337,7 @@ impl PoolShared {
     /// keep its dispatcher alive, and through it this pool: a cycle that nothing breaks.
     pub(crate) fn submit(&self, client: Arc<dyn Client>) {
         let mut state = lock(&self.state);
-        if state.shutdown && !crate::sync::Fault::TokenAfterShutdown.on() {
+        if state.shutdown && !fault!(TokenAfterShutdown) {
             drop(state);
             // Outside the lock: this may be the dispatcher's last reference.
             drop(client);
