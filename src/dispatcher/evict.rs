@@ -38,7 +38,8 @@ use std::{
 };
 
 /// Idle keys kept in the idle list before its oldest entries are swept even though the
-/// dispatcher is busy.
+/// dispatcher is busy. Measured against a shorter list and a growing one (DESIGN.md, "Variants
+/// tried and dropped").
 const IDLE_LIST_MAX: usize = 4096;
 
 /// How often the idle list is swept while keys are listed, without an idle timeout (see the
@@ -51,9 +52,8 @@ pub(super) const SWEEP_PERIOD: Option<Duration> = if crate::sync::CHECKED {
 };
 
 /// Evicted mailboxes kept for new keys, so that keys coming and going do not allocate and free
-/// a mailbox each (across threads: a worker frees what a producer allocated). 4,096 was faster
-/// with a million keys coming and going, but then a dispatcher holds about a MiB of spares once
-/// it has seen enough keys.
+/// a mailbox each (across threads: a worker frees what a producer allocated). More were faster
+/// but hold more memory (DESIGN.md, "Variants tried and dropped").
 const SPARES_MAX: usize = 1024;
 
 impl<K, J> Core<K, J>
@@ -71,8 +71,8 @@ where
     ) {
         let idle = idle.into_iter();
         // Sized up front: grown from empty, they were reallocated ten times a sweep, through
-        // the allocator's locks that producers take too (with a million keys coming and
-        // going, sizing them made the dispatcher 1.4x faster).
+        // the allocator's locks that producers take too (DESIGN.md, "Variants tried and
+        // dropped").
         let entries = idle.size_hint().0;
         let mut swept = 0;
         let mut kept = Vec::with_capacity(if second_chance { entries } else { 0 });
@@ -158,7 +158,7 @@ where
         let Some(due) = Instant::now().checked_add(delay) else {
             return;
         };
-        // ORDERING: SeqCst, paired with `on_timer`'s disarm-then-recheck.
+        // ORDERING: SeqCst, paired with `on_sweep_timer`'s disarm-then-recheck.
         if !self.timer_set.swap(true, Ordering::SeqCst) {
             self.pool.set_timer(due, self.as_client());
         }

@@ -25,19 +25,19 @@ use std::{
 const LINGER_STEPS: u32 = if crate::sync::CHECKED { 0 } else { 7 };
 
 /// How many jobs a turn lets gather behind its batch, while they keep arriving, before it goes
-/// on with them (at most `jobs_per_turn`, and fewer than `key_capacity` allows).
+/// on with them (at most `jobs_per_turn`, and fewer than `key_capacity` allows). Measured
+/// against going on with whatever arrived (DESIGN.md, "Variants tried and dropped").
 const GATHER_JOBS: usize = 32;
 
-/// How many spin-loop hints a gathering turn waits between two looks at its key's queue: about
-/// half a microsecond where a hint takes 15 ns (as on the benchmark's VM), up to three times
-/// that on CPUs with a slow `pause`. None in the models, where spinning is only more steps to
-/// explore.
+/// How many spin-loop hints a gathering turn waits between two looks at its key's queue: well
+/// under a microsecond on common CPUs (figures in DESIGN.md, "Notes moved from the code"). None
+/// in the models, where spinning is only more steps to explore.
 const GATHER_SPINS: u32 = if crate::sync::CHECKED { 0 } else { 32 };
 
 /// The most buffer space, in bytes, that a worker keeps for each of its two turn buffers
-/// between tokens (see `pool::TurnBuffers`): a buffer swapped in from a key after a backlog may have
-/// grown to the key's capacity. A batch of the default 64 jobs reaches it only with jobs over
-/// 64 bytes.
+/// between tokens (see `pool::TurnBuffers`): a buffer swapped in from a key after a backlog may
+/// have grown to the key's capacity. A batch of the default 64 jobs reaches it only with jobs
+/// over 64 bytes.
 const KEPT_BYTES: usize = 4096;
 
 impl<K, J> Core<K, J>
@@ -135,9 +135,9 @@ where
     /// Jobs that are arriving while it looks are left to gather, up to [`GATHER_JOBS`], as long
     /// as each look finds more than the last: taken one or two at a time, every job of a key
     /// fed as fast as it runs would cost a hand-off of the key's lock between the producer and
-    /// the worker (with one key, paired runs went from about 3 to about 8 M jobs/s). A job
-    /// waits one look for this, and more only while others keep arriving behind it, at most
-    /// [`GATHER_JOBS`] looks (about 16 µs on the benchmark's VM).
+    /// the worker. A job waits one look for this, and more only while others keep arriving
+    /// behind it, at most [`GATHER_JOBS`] looks (figures in DESIGN.md, "Notes moved from the
+    /// code").
     fn more_jobs(&self, mailbox: &Mailbox<K, J>, ran: usize, worker: &Worker<'_>) -> bool {
         let gather = GATHER_JOBS.min(self.config.jobs_per_turn);
         let mut step = 0;

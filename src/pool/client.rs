@@ -34,8 +34,7 @@ impl Worker<'_> {
     /// A dispatcher's own second token counts too, although handing the thread on to it gains
     /// no fairness: the round trip through the pool lets jobs gather behind the keys, which
     /// then run in larger batches with less contention with the producers on their locks.
-    /// Counting only other clients' tokens was slower in paired runs: 0.72x with 64 keys and
-    /// 0.90x with 10,000.
+    /// Counting only other clients' tokens was slower (DESIGN.md, "Notes moved from the code").
     pub(crate) fn others_waiting(&self) -> bool {
         // ORDERING: Relaxed; a stale answer costs one turn of unfairness, never correctness.
         self.pool.queued.load(Ordering::Relaxed) > 0

@@ -218,10 +218,9 @@ impl PoolShared {
     /// they sleep: only where the pool's threads leave a core spare, never under a schedule
     /// checker. Where they fill every core, a spinning thread yields its core to whatever
     /// else wants it, and the kernel can then run a long job there for a whole time slice
-    /// while the spinner, once given work, waits: with two workers on two cores and one key
-    /// running 2 ms jobs, the other keys' p99 wait went from about 1.3 ms to about 0.1 ms
-    /// without spinning. Sleeping costs throughput on tiny jobs instead (a wake-up where a
-    /// spinner would have taken the work): 0.8x with 10,000 keys there.
+    /// while the spinner, once given work, waits behind it. Sleeping costs throughput on tiny
+    /// jobs instead (a wake-up where a spinner would have taken the work). Figures for both in
+    /// DESIGN.md, "Notes moved from the code".
     pub(crate) fn spins(&self) -> bool {
         self.spins
     }
