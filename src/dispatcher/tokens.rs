@@ -16,7 +16,7 @@
 //!    ([`schedule`](Core::schedule)), then issues a `SeqCst` fence and reads `staffed`
 //!    ([`add_token_if_needed`](Core::add_token_if_needed)).
 //! 2. **Staffed: nothing to do.** If `staffed` is set, every token is out or a holder is
-//!    searching, and one of them will pop the key (step 4 or 6); the producer takes no lock.
+//!    searching, and one of them will pop the key (steps 4 to 6); the producer takes no lock.
 //! 3. **Add a token.** Otherwise it takes the scheduler's lock and, if keys are still ready, no
 //!    holder is searching and fewer than `max_parallel` tokens are out, counts a new token
 //!    (updating `staffed`) and, after the lock, queues it in the pool, which wakes a thread
@@ -32,8 +32,8 @@
 //! 6. **Release, then look again.** Still finding nothing, the holder gives its token back
 //!    under the lock (updating `staffed`), then issues a `SeqCst` fence and looks at the ready
 //!    queue once more. If a key is there and fewer than `max_parallel` tokens are out, it takes
-//!    its token back and returns to step 4; if every token is out again, their holders will
-//!    pop it. Otherwise it arms the sweep timer if idle keys are listed (see `evict`) and
+//!    its token back and returns to step 4 (if every token is out again, their holders will pop
+//!    the key). Failing that, it arms the sweep timer if idle keys are listed (see `evict`) and
 //!    leaves the thread to the pool.
 //! 7. **Hand on.** After a turn, while other tokens wait in the pool's queue, a holder whose
 //!    dispatcher has keys ready puts its token back at the end of that queue
@@ -48,12 +48,12 @@
 //! **Why no wake-up is lost.** Holders that stay out pop the key by steps 4 to 6, and the pool
 //! loses no token it queues (see `pool`). What remains is a producer that reads `staffed`
 //! while the last holder that could see its key gives its token back. The holder stores
-//! `staffed` (step 6, or the end of a search) before its fence and its last look at the queue;
-//! the producer pushes before its fence and its read of `staffed` (step 1). With a `SeqCst`
-//! fence on each side (the Dekker pattern), at least one sees the other's write: either the
-//! holder finds the key and takes its token back, or the producer finds `staffed` cleared and
-//! adds a token by step 3, which checks again under the lock. If both happen, one token finds
-//! nothing and goes back by step 6: a wasted wake-up, never a lost one.
+//! `staffed` (step 6) before its fence and its last look at the queue; the producer pushes
+//! before its fence and its read of `staffed` (step 1). With a `SeqCst` fence on each side (the
+//! Dekker pattern), at least one sees the other's write: either the holder finds the key and
+//! takes its token back, or the producer finds `staffed` cleared and adds a token by step 3,
+//! which checks again under the lock. If both happen, one token finds nothing and goes back by
+//! step 6: a wasted wake-up, never a lost one.
 
 use super::core::{Core, Sched};
 use crate::{
