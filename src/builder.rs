@@ -128,16 +128,33 @@ where
         self
     }
 
-    /// The most jobs accepted and not yet finished, over all keys; defaults to
-    /// [`DEFAULT_CAPACITY`]. A full dispatcher makes [`dispatch`](Dispatcher::dispatch) wait,
-    /// and [`try_dispatch`](Dispatcher::try_dispatch) refuse with `Full`.
+    /// The most jobs that wait to run, over all keys; defaults to [`DEFAULT_CAPACITY`]. The jobs
+    /// running do not count: up to one per thread the dispatcher holds
+    /// ([`max_parallel`](Builder::max_parallel)) runs besides them, as a bounded channel of
+    /// capacity `n` holds `n` messages besides the one being handled. So at most
+    /// `capacity + max_parallel` jobs are accepted and unfinished at once, and that many jobs
+    /// is the most the dispatcher holds in memory. A full dispatcher makes
+    /// [`dispatch`](Dispatcher::dispatch) wait, and [`try_dispatch`](Dispatcher::try_dispatch)
+    /// refuse with [`Full`](crate::DispatchError::Full) and [`Bound::Dispatcher`].
+    ///
+    /// `capacity(0)` accepts a job only when a thread is free to run it.
+    ///
+    /// [`Bound::Dispatcher`]: crate::Bound::Dispatcher
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
     }
 
-    /// The most jobs accepted and not yet finished for any one key (backpressure on a hot key);
-    /// defaults to the global [`capacity`](Builder::capacity).
+    /// The most jobs of one key that wait behind the job it runs (backpressure on a hot key);
+    /// defaults to the global [`capacity`](Builder::capacity). A key holds at most
+    /// `key_capacity + 1` jobs accepted and unfinished; the jobs of a running batch (see
+    /// [`jobs_per_turn`](Builder::jobs_per_turn)) count until the batch ends. A full key makes
+    /// [`dispatch`](Dispatcher::dispatch) wait, and [`try_dispatch`](Dispatcher::try_dispatch)
+    /// refuse with [`Full`](crate::DispatchError::Full) and [`Bound::Key`].
+    ///
+    /// `key_capacity(0)` accepts a job of a key only while it has none.
+    ///
+    /// [`Bound::Key`]: crate::Bound::Key
     pub fn key_capacity(mut self, key_capacity: usize) -> Self {
         self.key_capacity = Some(key_capacity);
         self
@@ -240,9 +257,6 @@ where
         if self.workers == Some(0) {
             return Err(BuildError::ZeroWorkers);
         }
-        if self.capacity == 0 {
-            return Err(BuildError::ZeroCapacity);
-        }
         if self.capacity > MAX_CAPACITY {
             return Err(BuildError::CapacityTooLarge {
                 capacity: self.capacity,
@@ -250,9 +264,6 @@ where
             });
         }
         let key_capacity = self.key_capacity.unwrap_or(self.capacity);
-        if key_capacity == 0 {
-            return Err(BuildError::ZeroKeyCapacity);
-        }
         if key_capacity > self.capacity {
             return Err(BuildError::KeyCapacityAboveCapacity {
                 key_capacity,
@@ -274,7 +285,7 @@ where
         }
         Ok(Config {
             name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
-            capacity: self.capacity,
+            admitted: self.capacity + max_parallel,
             key_capacity,
             jobs_per_turn: self.jobs_per_turn,
             max_parallel,

@@ -8,7 +8,10 @@ use std::{any::Any, fmt::Display, time::Duration};
 pub(crate) struct Config {
     /// Used in log lines, and as the thread name prefix of a private pool.
     pub(crate) name: String,
-    pub(crate) capacity: usize,
+    /// The most jobs accepted and not yet finished at once: those that may wait
+    /// (`Builder::capacity`) and one running on each thread the dispatcher may hold.
+    pub(crate) admitted: usize,
+    /// The most jobs of a key that may wait behind the one it runs (`Builder::key_capacity`).
     pub(crate) key_capacity: usize,
     pub(crate) jobs_per_turn: usize,
     pub(crate) max_parallel: usize,

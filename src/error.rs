@@ -35,6 +35,8 @@ pub enum DispatchError<K, J> {
         key: K,
         /// The job that was passed in.
         job: J,
+        /// Which capacity was reached.
+        bound: Bound,
     },
     /// The queue stayed full for the whole timeout of
     /// [`dispatch_timeout`](crate::Dispatcher::dispatch_timeout).
@@ -54,13 +56,23 @@ pub enum DispatchError<K, J> {
     },
 }
 
+/// Which capacity a [`DispatchError::Full`] reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bound {
+    /// The key's: [`key_capacity`](crate::Builder::key_capacity) jobs wait behind the one it
+    /// runs.
+    Key,
+    /// The dispatcher's: [`capacity`](crate::Builder::capacity) jobs wait in all.
+    Dispatcher,
+}
+
 impl<K, J> DispatchError<K, J> {
     /// Returns the key and the job that were refused.
     pub fn into_inner(self) -> (K, J) {
         match self {
-            Self::Full { key, job } | Self::Timeout { key, job } | Self::Closed { key, job } => {
-                (key, job)
-            }
+            Self::Full { key, job, .. }
+            | Self::Timeout { key, job }
+            | Self::Closed { key, job } => (key, job),
         }
     }
 
@@ -88,6 +100,14 @@ impl<K, J> DispatchError<K, J> {
         matches!(self, Self::Full { .. })
     }
 
+    /// Which capacity a [`DispatchError::Full`] reached; `None` for the other variants.
+    pub fn bound(&self) -> Option<Bound> {
+        match self {
+            Self::Full { bound, .. } => Some(*bound),
+            _ => None,
+        }
+    }
+
     /// True for [`DispatchError::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
@@ -112,7 +132,13 @@ impl<K, J> fmt::Debug for DispatchError<K, J> {
 impl<K, J> fmt::Display for DispatchError<K, J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::Full { .. } => "dispatching on a full queue",
+            Self::Full {
+                bound: Bound::Key, ..
+            } => "dispatching on a full key",
+            Self::Full {
+                bound: Bound::Dispatcher,
+                ..
+            } => "dispatching on a full dispatcher",
             Self::Timeout { .. } => "timed out dispatching on a full queue",
             Self::Closed { .. } => "dispatching on a closed dispatcher",
         })
@@ -139,10 +165,6 @@ pub enum BuildError {
     },
     /// The thread name holds a NUL byte, which thread names cannot.
     NameWithNul,
-    /// `capacity(0)`: no job could ever be accepted.
-    ZeroCapacity,
-    /// `key_capacity(0)`: no job could ever be accepted.
-    ZeroKeyCapacity,
     /// `key_capacity` is larger than `capacity`, so it could never be reached.
     KeyCapacityAboveCapacity {
         /// The per-key capacity asked for.
@@ -198,8 +220,6 @@ impl fmt::Display for BuildError {
                 write!(f, "{workers} workers are more than a pool may have ({max})")
             }
             Self::NameWithNul => f.write_str("a thread name cannot hold a NUL byte"),
-            Self::ZeroCapacity => f.write_str("capacity must be at least 1"),
-            Self::ZeroKeyCapacity => f.write_str("key_capacity must be at least 1"),
             Self::KeyCapacityAboveCapacity {
                 key_capacity,
                 capacity,
@@ -283,12 +303,14 @@ mod tests {
         let err = DispatchError::Full {
             key: 3,
             job: vec![1, 2],
+            bound: Bound::Key,
         };
         assert!(err.is_full() && !err.is_closed() && !err.is_timeout());
+        assert_eq!(err.bound(), Some(Bound::Key));
         assert_eq!(*err.key(), 3);
         assert_eq!(err.job(), &vec![1, 2]);
         assert_eq!(format!("{err:?}"), "Full(..)");
-        assert_eq!(err.to_string(), "dispatching on a full queue");
+        assert_eq!(err.to_string(), "dispatching on a full key");
         assert_eq!(err.into_inner(), (3, vec![1, 2]));
     }
 

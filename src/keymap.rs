@@ -294,6 +294,14 @@ where
         removed
     }
 
+    /// Runs `f` on every value, one shard at a time under its read lock.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&V)) {
+        #[cfg(not(loom))]
+        self.map.iter().for_each(|entry| f(entry.value()));
+        #[cfg(loom)]
+        crate::sync::lock(&self.map).values().for_each(f);
+    }
+
     pub(crate) fn len(&self) -> usize {
         #[cfg(not(loom))]
         return self.map.len();

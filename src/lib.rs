@@ -169,7 +169,7 @@ struct ReadmeDoctests;
 
 pub use builder::{Builder, PoolBuilder, DEFAULT_CAPACITY, DEFAULT_JOBS_PER_TURN};
 pub use dispatcher::{CloseReport, Dispatcher};
-pub use error::{BuildError, DispatchError, WaitError};
+pub use error::{Bound, BuildError, DispatchError, WaitError};
 pub use group::Group;
 pub use handler::{BoxedJob, Handler, HandlerOutput, Never};
 pub use latch::GroupReport;

@@ -1,11 +1,12 @@
-//! Capacity: a full key or dispatcher blocks `dispatch`, refuses `try_dispatch` with `Full` and
-//! `dispatch_timeout` with `Timeout`, each handing the exact job back. Dispatching from a
-//! handler into a full queue refuses instead of deadlocking.
+//! Capacity: a full key or dispatcher blocks `dispatch`, refuses `try_dispatch` with `Full` (saying
+//! which bound it reached) and `dispatch_timeout` with `Timeout`, each handing the exact job back.
+//! A capacity counts the jobs that wait, not the ones running. Dispatching from a handler into a
+//! full queue refuses instead of deadlocking; `close` wakes every blocked producer at once.
 
 mod common;
 
 use common::{wait_for, Latch, Watchdog, HANG};
-use keyed_dispatch::{DispatchError, Dispatcher};
+use keyed_dispatch::{Bound, DispatchError, Dispatcher};
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -38,10 +39,11 @@ fn full_key_blocks_dispatch_until_its_job_finishes() {
     let (d, starts) = held(&latch, Dispatcher::builder().workers(2).key_capacity(1));
     d.dispatch(7, 0).unwrap();
     assert_eq!(starts.recv().unwrap(), (7, 0));
+    d.dispatch(7, 1).unwrap(); // waits behind the running job
     let returned = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
-            d.dispatch(7, 1).unwrap();
+            d.dispatch(7, 2).unwrap();
             returned.store(true, Ordering::SeqCst);
         });
         wait_for(|| d.stats().blocked == 1);
@@ -55,7 +57,7 @@ fn full_key_blocks_dispatch_until_its_job_finishes() {
         latch.open();
     });
     assert!(returned.load(Ordering::SeqCst));
-    assert_eq!(d.close().stats.completed, 3);
+    assert_eq!(d.close().stats.completed, 4);
 }
 
 #[test]
@@ -65,12 +67,20 @@ fn try_dispatch_on_a_full_key_hands_the_job_back() {
     let (d, starts) = held(&latch, Dispatcher::builder().workers(1).key_capacity(1));
     d.dispatch(1, 10).unwrap();
     starts.recv().unwrap();
-    match d.try_dispatch(1, 11) {
-        Err(DispatchError::Full { key: 1, job: 11 }) => {}
-        other => panic!("expected Full(1, 11), got {other:?}"),
+    d.try_dispatch(1, 11).unwrap();
+    let err = d.try_dispatch(1, 12).unwrap_err();
+    assert_eq!(err.bound(), Some(Bound::Key));
+    assert_eq!(err.to_string(), "dispatching on a full key");
+    match err {
+        DispatchError::Full {
+            key: 1,
+            job: 12,
+            bound: Bound::Key,
+        } => {}
+        other => panic!("expected Full(1, 12), got {other:?}"),
     }
     let stats = d.stats();
-    assert_eq!((stats.refused, stats.dispatched), (1, 1));
+    assert_eq!((stats.refused, stats.dispatched), (1, 2));
     latch.open();
     d.close();
 }
@@ -79,7 +89,7 @@ fn try_dispatch_on_a_full_key_hands_the_job_back() {
 fn dispatch_timeout_on_a_full_key_times_out_with_the_job() {
     let _watchdog = Watchdog::new("timeout", HANG);
     let latch = Latch::new();
-    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).key_capacity(1));
+    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).key_capacity(0));
     d.dispatch(1, 10).unwrap();
     starts.recv().unwrap();
     let err = d
@@ -97,11 +107,13 @@ fn dispatch_timeout_on_a_full_key_times_out_with_the_job() {
 fn full_dispatcher_refuses_other_keys_too() {
     let _watchdog = Watchdog::new("global full", HANG);
     let latch = Latch::new();
-    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).capacity(2));
+    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).capacity(1));
     d.dispatch(1, 0).unwrap();
     starts.recv().unwrap();
-    d.dispatch(2, 0).unwrap();
-    assert!(d.try_dispatch(3, 0).unwrap_err().is_full());
+    d.dispatch(2, 0).unwrap(); // waits: the running job does not count
+    let full = d.try_dispatch(3, 0).unwrap_err();
+    assert_eq!(full.bound(), Some(Bound::Dispatcher));
+    assert_eq!(full.to_string(), "dispatching on a full dispatcher");
     let err = d
         .dispatch_timeout(3, 0, Duration::from_millis(10))
         .unwrap_err();
@@ -119,7 +131,7 @@ fn full_dispatcher_refuses_other_keys_too() {
 fn close_wakes_producers_blocked_on_a_full_dispatcher() {
     let _watchdog = Watchdog::new("close wakes", HANG);
     let latch = Latch::new();
-    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).capacity(1));
+    let (d, starts) = held(&latch, Dispatcher::builder().workers(1).capacity(0));
     d.dispatch(1, 0).unwrap();
     starts.recv().unwrap();
     let d = &d;
@@ -150,7 +162,7 @@ fn dispatch_from_a_handler_into_its_own_full_key_refuses_instead_of_deadlocking(
     let d = Arc::new(
         Dispatcher::builder()
             .workers(1)
-            .key_capacity(1)
+            .key_capacity(0)
             .build(move |key: &u8, job: u32| {
                 if job == 0 {
                     let d = handle.lock().unwrap().upgrade().unwrap();
@@ -213,21 +225,25 @@ fn jobs_finished_on_a_busy_worker_make_room_at_once() {
         let stats = d.stats();
         stats.completed == 4 && stats.running + stats.queued == 1
     });
-    // The gate holds one unfinished job of five: four dispatches find room, and no more.
-    let tries: Vec<_> = (3..8).map(|job| d.try_dispatch(0, job)).collect();
+    // Key 2's job runs and does not count: five dispatches find room, and no more.
+    let tries: Vec<_> = (3..9).map(|job| d.try_dispatch(0, job)).collect();
     second.open();
-    assert!(tries[..4].iter().all(Result::is_ok), "{tries:?}");
+    assert!(tries[..5].iter().all(Result::is_ok), "{tries:?}");
     assert!(matches!(
-        tries[4],
-        Err(DispatchError::Full { key: 0, job: 7 })
+        tries[5],
+        Err(DispatchError::Full {
+            key: 0,
+            job: 8,
+            bound: Bound::Dispatcher
+        })
     ));
-    assert_eq!(d.close().stats.completed, 9);
+    assert_eq!(d.close().stats.completed, 10);
 }
 
 #[test]
 fn a_blocked_producer_gets_the_room_of_a_job_that_finished_on_a_busy_worker() {
     let _watchdog = Watchdog::new("blocked room", HANG);
-    let (d, starts, first, second) = one_worker_holding_keys_1_and_2(2);
+    let (d, starts, first, second) = one_worker_holding_keys_1_and_2(1);
     d.dispatch(1, 0).unwrap();
     assert_eq!(starts.recv().unwrap(), 1);
     d.dispatch(2, 0).unwrap();
@@ -246,4 +262,41 @@ fn a_blocked_producer_gets_the_room_of_a_job_that_finished_on_a_busy_worker() {
         second.open();
     });
     assert_eq!(d.close().stats.completed, 3);
+}
+
+#[test]
+fn close_wakes_producers_blocked_on_a_full_key_at_once() {
+    let _watchdog = Watchdog::new("close wakes key", HANG);
+    // The running job of key 1 waits until the producer blocked on key 1 has returned: only a
+    // close that wakes that producer at once lets either finish.
+    let (returned_tx, returned_rx) = mpsc::channel::<()>();
+    let returned_rx = Mutex::new(returned_rx);
+    let (started, starts) = mpsc::channel();
+    let started = Mutex::new(started);
+    let d = Dispatcher::builder()
+        .workers(1)
+        .key_capacity(0)
+        .build(move |_: &u32, job: u32| {
+            started.lock().unwrap().send(job).unwrap();
+            if job == 0 {
+                returned_rx.lock().unwrap().recv().unwrap();
+            }
+        })
+        .unwrap();
+    d.dispatch(1, 0).unwrap();
+    assert_eq!(starts.recv().unwrap(), 0);
+    let d = &d;
+    std::thread::scope(|s| {
+        let blocked = s.spawn(move || {
+            let result = d.dispatch(1, 1);
+            returned_tx.send(()).unwrap();
+            result
+        });
+        wait_for(|| d.stats().blocked == 1);
+        let report = d.close();
+        let err = blocked.join().unwrap().unwrap_err();
+        assert!(err.is_closed(), "{err:?}");
+        assert_eq!(err.into_inner(), (1, 1));
+        assert_eq!(report.stats.completed, 1);
+    });
 }

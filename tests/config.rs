@@ -11,6 +11,14 @@ fn build(builder: keyed_dispatch::Builder<u32, u32>) -> Result<Dispatcher<u32, u
 }
 
 #[test]
+fn zero_capacities_accept_one_job_per_free_thread_and_key() {
+    let d = build(Dispatcher::builder().workers(1).capacity(0).key_capacity(0)).unwrap();
+    d.dispatch(1, 0).unwrap();
+    d.dispatch(1, 1).unwrap();
+    assert_eq!(d.close().stats.completed, 2);
+}
+
+#[test]
 fn bad_configurations_are_typed_errors() {
     let b = Dispatcher::builder;
     assert!(matches!(
@@ -18,12 +26,12 @@ fn bad_configurations_are_typed_errors() {
         Err(BuildError::ZeroWorkers)
     ));
     assert!(matches!(
-        build(b().capacity(0)),
-        Err(BuildError::ZeroCapacity)
+        build(b().workers(usize::MAX)),
+        Err(BuildError::TooManyWorkers { .. })
     ));
     assert!(matches!(
-        build(b().key_capacity(0)),
-        Err(BuildError::ZeroKeyCapacity)
+        build(b().name("ledger\0")),
+        Err(BuildError::NameWithNul)
     ));
     assert!(matches!(
         build(b().jobs_per_turn(0)),
@@ -72,6 +80,10 @@ fn bad_configurations_are_typed_errors() {
         Err(BuildError::PoolClosed)
     ));
     assert!(matches!(WorkerPool::new(0), Err(BuildError::ZeroWorkers)));
+    assert!(matches!(
+        WorkerPool::builder().name("\0").build(),
+        Err(BuildError::NameWithNul)
+    ));
     let err = build(b().capacity(10).key_capacity(11)).unwrap_err();
     assert_eq!(
         err.to_string(),

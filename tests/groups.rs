@@ -186,7 +186,7 @@ fn refused_group_dispatch_is_not_counted_and_hands_the_job_back() {
     let started = Mutex::new(started);
     let d = Dispatcher::builder()
         .workers(1)
-        .key_capacity(1)
+        .key_capacity(0)
         .build(move |_: &u8, n: u32| {
             started.lock().unwrap().send(n).unwrap();
             held.wait();

@@ -5,7 +5,7 @@
 
 use super::core::{Core, Item, Wait};
 use crate::{
-    error::{DispatchError, WaitError},
+    error::{Bound, DispatchError, WaitError},
     gate::Refused,
     keymap::{Hashed, Keyed},
     latch::Latch,
@@ -94,7 +94,7 @@ where
         // The key's one call of `Hash`, before anything that would need undoing if it panics.
         let hash = self.keys.hash(&key);
         loop {
-            if let Err((refused, emptied)) = self.gate.enter(self.config.capacity) {
+            if let Err((refused, emptied)) = self.gate.enter(self.config.admitted) {
                 if emptied {
                     self.progressed();
                 }
@@ -107,7 +107,8 @@ where
                         if self.wait_for_global_room(wait) {
                             continue;
                         }
-                        return Err(self.refuse(too_full(wait, key, item.job)));
+                        let full = too_full(wait, key, item.job, Bound::Dispatcher);
+                        return Err(self.refuse(full));
                     }
                 }
             }
@@ -132,13 +133,13 @@ where
                         Wait::Never => false,
                         Wait::Forever => self
                             .counters
-                            .blocked(|| mailbox.wait_for_room(capacity, None)),
-                        Wait::Until(deadline) => self
-                            .counters
-                            .blocked(|| mailbox.wait_for_room(capacity, Some(deadline))),
+                            .blocked(|| mailbox.wait_for_room(capacity, None, &self.gate)),
+                        Wait::Until(deadline) => self.counters.blocked(|| {
+                            mailbox.wait_for_room(capacity, Some(deadline), &self.gate)
+                        }),
                     };
                     if !room {
-                        return Err(self.refuse(too_full(wait, k, i.job)));
+                        return Err(self.refuse(too_full(wait, k, i.job, Bound::Key)));
                     }
                     (key, item) = (k, i);
                 }
@@ -256,7 +257,7 @@ where
             Wait::Forever => None,
             Wait::Until(deadline) => Some(deadline),
         };
-        let capacity = self.config.capacity;
+        let capacity = self.config.admitted;
         self.counters.blocked(|| {
             self.room.wait_until(deadline, || {
                 self.gate.is_closed() || self.gate.count() < capacity
@@ -302,9 +303,9 @@ where
 }
 
 /// The error for a dispatch that found no room and could not wait, or waited in vain.
-fn too_full<K, J>(wait: Wait, key: K, job: J) -> DispatchError<K, J> {
+fn too_full<K, J>(wait: Wait, key: K, job: J, bound: Bound) -> DispatchError<K, J> {
     match wait {
         Wait::Until(_) => DispatchError::Timeout { key, job },
-        Wait::Never | Wait::Forever => DispatchError::Full { key, job },
+        Wait::Never | Wait::Forever => DispatchError::Full { key, job, bound },
     }
 }

@@ -8,7 +8,8 @@
 //! 1. Sets the gate's closed flag with one atomic read-modify-write. Every dispatch that entered
 //!    the gate before it is accepted and counted; every later one is refused with `Closed`.
 //! 2. Wakes producers waiting for global room, so that they see the flag and get their job back.
-//!    Producers waiting for room in one key's queue are woken by that key's next turn.
+//!    Producers waiting for room in one key's queue are woken too: each key's mailbox is
+//!    notified under its lock, where a waiting producer reads the flag, so none sleeps on.
 //! 3. Waits until the gate's count of accepted, unfinished jobs reaches zero. Workers keep
 //!    running turns meanwhile, so every accepted job runs, in order per key.
 //! 4. Evicts every key still in the map and detaches from the pool. A private pool then has no
@@ -70,6 +71,7 @@ where
         if self.gate.close() {
             log::debug!("{}: close begun", self.config.name);
             self.room.notify();
+            self.keys.for_each(|mailbox| mailbox.wake_producers());
         }
         if self.pool.is_current() {
             // ORDERING: SeqCst, see `progressed`.

@@ -153,7 +153,7 @@ where
                 // look, so there are at most `gather` of them.
                 if queued >= gather
                     || queued <= seen
-                    || queued + ran >= self.config.key_capacity
+                    || queued + ran > self.config.key_capacity
                     || GATHER_SPINS == 0
                 {
                     return true;
@@ -166,8 +166,8 @@ where
             }
             if step >= LINGER_STEPS
                 || (step == 0
-                    && (ran >= self.config.key_capacity
-                        || self.gate.count() >= self.config.capacity))
+                    && (ran > self.config.key_capacity
+                        || self.gate.count() >= self.config.admitted))
             {
                 return false;
             }

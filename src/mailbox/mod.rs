@@ -148,6 +148,12 @@ struct Inner<J> {
 }
 
 impl<J> Inner<J> {
+    /// Whether `capacity` jobs wait behind the one running (or to run next): the jobs of the
+    /// running batch count until the batch ends.
+    fn is_full(&self, capacity: usize) -> bool {
+        self.queue.len() + self.in_turn > capacity
+    }
+
     /// Marks the job just pushed as one of `group`'s; kept out of line, off the path of jobs
     /// without a group.
     #[cold]
@@ -337,7 +343,7 @@ impl<K, J> Mailbox<K, J> {
         if gate.halt_seen() {
             return Push::Halted(job);
         }
-        if inner.queue.len() + inner.in_turn >= capacity {
+        if inner.is_full(capacity) {
             return Push::Full(job);
         }
         inner.queue.push_back(job);
@@ -358,11 +364,19 @@ impl<K, J> Mailbox<K, J> {
         Push::Added
     }
 
-    /// Producer: blocks until the key has room, the mailbox is evicted (the caller retries
-    /// through the map) or `deadline` passes. Returns false on timeout.
-    pub(crate) fn wait_for_room(&self, capacity: usize, deadline: Option<Instant>) -> bool {
+    /// Producer: blocks until the key has room, the mailbox is evicted or the dispatcher closed
+    /// (the caller retries through the gate and the map), or `deadline` passes. Returns false
+    /// on timeout.
+    pub(crate) fn wait_for_room(
+        &self,
+        capacity: usize,
+        deadline: Option<Instant>,
+        gate: &Gate,
+    ) -> bool {
         let mut inner = lock(&self.inner);
-        while inner.state != State::Evicted && inner.queue.len() + inner.in_turn >= capacity {
+        // The closed flag is read under this lock, which `wake_producers` takes after setting
+        // it: a producer either sees it here or is waiting when the wake-up comes.
+        while inner.state != State::Evicted && inner.is_full(capacity) && !gate.is_closed() {
             inner.waiters += 1;
             inner = match deadline {
                 None => wait(&self.room, inner),
@@ -378,6 +392,15 @@ impl<K, J> Mailbox<K, J> {
             inner.waiters -= 1;
         }
         true
+    }
+
+    /// `close`: wakes the producers waiting for room in this key, so that they see the
+    /// dispatcher closed.
+    pub(crate) fn wake_producers(&self) {
+        let inner = lock(&self.inner);
+        if inner.waiters > 0 {
+            self.room.notify_all();
+        }
     }
 
     /// Producer: registers a flush barrier behind every job pushed so far (see the module

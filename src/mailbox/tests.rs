@@ -38,10 +38,20 @@ fn capacity_counts_jobs_in_the_running_turn() {
     let mb = Mailbox::new(1u8, 0, 10u32, None);
     let mut batch = VecDeque::new();
     mb.begin_turn(8, &mut batch, &mut Marks::new());
-    assert_eq!(mb.push(11, &mut None, 1, &gate, || {}), Push::Full(11));
+    assert_eq!(mb.push(11, &mut None, 1, &gate, || {}), Push::Added);
+    assert_eq!(
+        mb.push(12, &mut None, 1, &gate, || {}),
+        Push::Full(12),
+        "one job waits behind the running one"
+    );
+    assert_eq!(mb.push(12, &mut None, 0, &gate, || {}), Push::Full(12));
+    batch.clear();
+    assert_eq!(end(&mb, &mut batch, false), EndTurn::Requeue);
+    let mb = Mailbox::new(1u8, 0, 10u32, None);
+    mb.begin_turn(8, &mut batch, &mut Marks::new());
     batch.clear();
     assert_eq!(end(&mb, &mut batch, false), EndTurn::Idle { list: true });
-    assert_eq!(mb.push(11, &mut None, 1, &gate, || {}), Push::Schedule);
+    assert_eq!(mb.push(11, &mut None, 0, &gate, || {}), Push::Schedule);
 }
 
 #[test]
@@ -226,7 +236,7 @@ fn refused_push_leaves_the_group_with_the_caller() {
     let group = Arc::new(Latch::new(0));
     let mb = Mailbox::new(1u8, 0, 0u32, None);
     let mut member = Some(Arc::clone(&group));
-    assert_eq!(mb.push(1, &mut member, 1, &gate, || {}), Push::Full(1));
+    assert_eq!(mb.push(1, &mut member, 0, &gate, || {}), Push::Full(1));
     assert!(member.is_some());
     gate.halt();
     assert_eq!(mb.push(1, &mut member, 10, &gate, || {}), Push::Halted(1));
@@ -338,6 +348,12 @@ fn a_new_mailbox_is_taken_apart_again() {
 #[test]
 fn room_wait_times_out_on_a_full_key() {
     let mb = Mailbox::new(1u8, 0, 0u32, None);
-    assert!(!mb.wait_for_room(1, Some(Instant::now())));
-    assert!(mb.wait_for_room(2, None));
+    let gate = Gate::new();
+    assert!(!mb.wait_for_room(0, Some(Instant::now()), &gate));
+    assert!(mb.wait_for_room(1, None, &gate));
+    gate.close();
+    assert!(
+        mb.wait_for_room(0, None, &gate),
+        "a closed dispatcher has its producers retry, to be refused"
+    );
 }

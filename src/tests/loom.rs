@@ -23,7 +23,7 @@
 //!    the second starts. Twin: the sweep marks the key Evicted before it takes the map's lock
 //!    ([`Fault::EvictBeforeMapLock`]), so a producer can push into a mailbox that is leaving the
 //!    map.
-//! 4. [`blocked_producer_returns_when_close_runs`]: with `key_capacity(1)`, a producer blocked
+//! 4. [`blocked_producer_returns_when_close_runs`]: with `key_capacity(0)`, a producer blocked
 //!    on the full key while `close` runs returns, its job either run or handed back as
 //!    `Closed`. Twin: end of turn does not wake the producers waiting for room
 //!    ([`Fault::NoRoomWake`]).
@@ -325,7 +325,7 @@ fn eviction_outside_the_map_lock_loses_a_job() {
 fn blocked_model(fault: Option<Fault>) {
     explore(2, fault, || {
         let log = Log::default();
-        let d = log.dispatcher(1, 1);
+        let d = log.dispatcher(1, 0);
         d.dispatch(0, 0).unwrap();
         // Job 0 holds the key's one slot until its turn ends, so this blocks unless the turn
         // has ended already.

@@ -37,7 +37,8 @@ fn held_dispatcher(
 fn close_returns_sixteen_producers_blocked_on_full_keys_and_a_full_dispatcher() {
     let _watchdog = watchdog("blocked on close");
     let latch = Latch::new();
-    let (d, starts) = held_dispatcher(&latch, "bpclose", 2, 8, 1);
+    // Eight jobs at most: two running, six waiting; one per key.
+    let (d, starts) = held_dispatcher(&latch, "bpclose", 2, 6, 0);
     // Keys 0 and 1 hold both threads; keys 2 to 5 wait behind them, one job each.
     for key in 0..6 {
         d.dispatch(key, 0).unwrap();
@@ -100,7 +101,7 @@ fn blocked_round(seed: u64) {
     const PRODUCERS: usize = 16;
     let mut rng = Rng::new(seed);
     let workers = 1 + rng.below(3) as usize;
-    let key_capacity = 1 + rng.below(2) as usize;
+    let key_capacity = rng.below(2) as usize;
     let capacity = key_capacity + rng.below(8) as usize;
     let keys = 1 + rng.below(6);
     let order = rng.below(3);

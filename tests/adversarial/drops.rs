@@ -27,7 +27,7 @@ enum Act {
     Run,
     Panic,
     Hold(Arc<Latch>),
-    /// Dispatches two follow-ups into its own key (`key_capacity(2)`): one fits, one is
+    /// Dispatches two follow-ups into its own key (`key_capacity(1)`): one fits, one is
     /// refused `Full`.
     Reenter,
 }
@@ -126,8 +126,8 @@ fn every_job_value_is_dropped_once_whether_run_panicked_refused_or_handed_back()
     let d = Arc::new(
         Dispatcher::builder()
             .workers(1)
-            .key_capacity(2)
-            .capacity(4)
+            .key_capacity(1)
+            .capacity(3)
             .jobs_per_turn(8)
             .name("drops")
             .build(move |key: &u32, job: Tracked| {

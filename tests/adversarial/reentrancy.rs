@@ -63,7 +63,7 @@ impl Chains {
     }
 
     /// The handler of a chain dispatcher: dispatches the next hop into its own key, which its
-    /// running job fills (`key_capacity(1)`), so that it must be refused at once, and into the
+    /// running job fills (`key_capacity(0)`), so that it must be refused at once, and into the
     /// next key, where it may be accepted. `close_at`: the job count at which a handler closes
     /// the dispatcher.
     fn handler(
@@ -131,8 +131,8 @@ fn chain_dispatcher(
     let d = Arc::new(
         Dispatcher::builder()
             .workers(2)
-            .key_capacity(1)
-            .capacity(6)
+            .key_capacity(0)
+            .capacity(4)
             .name(name)
             .build(chains.handler(&me, close_at))
             .unwrap(),
