@@ -138,7 +138,7 @@
 // Under loom or shuttle the spin counts are zero, so their loop bounds compare against zero
 // and their spin ranges are empty.
 #![cfg_attr(
-    any(loom, feature = "shuttle"),
+    any(loom, shuttle),
     allow(clippy::absurd_extreme_comparisons, clippy::reversed_empty_ranges)
 )]
 
@@ -158,7 +158,7 @@ mod ready;
 mod signal;
 mod stats;
 mod sync;
-#[cfg(all(test, any(loom, feature = "shuttle")))]
+#[cfg(all(test, any(loom, shuttle)))]
 mod tests;
 mod unwind;
 

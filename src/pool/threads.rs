@@ -43,7 +43,7 @@ const SPIN_STEPS: u32 = 10;
 /// a typo's `usize::MAX` is an error rather than an allocation failure.
 pub(crate) const MAX_WORKERS: usize = 1 << 16;
 
-#[cfg(not(any(loom, feature = "shuttle")))]
+#[cfg(not(any(loom, shuttle)))]
 thread_local! {
     /// The id of the pool this thread works for; 0 on threads that are not workers.
     static CURRENT_POOL: Cell<usize> = const { Cell::new(0) };
@@ -54,7 +54,7 @@ loom::thread_local! {
     static CURRENT_POOL: Cell<usize> = Cell::new(0);
 }
 // Shuttle too: its threads are coroutines on the thread that runs the test.
-#[cfg(all(feature = "shuttle", not(loom)))]
+#[cfg(all(shuttle, not(loom)))]
 shuttle::thread_local! {
     static CURRENT_POOL: Cell<usize> = Cell::new(0);
 }
@@ -465,7 +465,7 @@ impl fmt::Debug for PoolShared {
 #[cfg(test)]
 mod tests {
     #[test]
-    #[cfg(all(target_os = "linux", not(any(loom, feature = "shuttle"))))] // real threads, /proc
+    #[cfg(all(target_os = "linux", not(any(loom, shuttle))))] // real threads, /proc
     #[cfg_attr(miri, ignore = "reads the thread names from /proc")]
     fn a_refused_pin_is_a_typed_error_and_stops_the_started_threads() {
         use super::PoolShared;
