@@ -137,7 +137,8 @@ pub enum BuildError {
         /// The most a pool may have.
         max: usize,
     },
-    /// The thread name holds a NUL byte, which thread names cannot.
+    /// A thread name holds a NUL byte, which thread names cannot: the `name` given, or a name
+    /// that the `thread_name` function returned.
     NameWithNul,
     /// `capacity(0)`: no job could ever be accepted.
     ZeroCapacity,
@@ -188,6 +189,13 @@ pub enum BuildError {
     /// Both `pin_workers(true)` and `pool(&pool)` were set: pinning is the pool's setting
     /// ([`PoolBuilder::pin_workers`](crate::PoolBuilder::pin_workers)).
     PinWithPool,
+    /// One of `thread_name`, `stack_size`, `on_thread_start` or `on_thread_stop` was set
+    /// together with `pool(&pool)`: the threads are the pool's, so these are the pool's settings
+    /// ([`PoolBuilder`](crate::PoolBuilder)).
+    ThreadSettingsWithPool {
+        /// The first of them that was set, by its builder method's name.
+        setting: &'static str,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -235,6 +243,10 @@ impl fmt::Display for BuildError {
             }
             Self::PinWithPool => f.write_str(
                 "pin_workers(true) and pool(&pool) cannot both be set: pinning is the pool's setting",
+            ),
+            Self::ThreadSettingsWithPool { setting } => write!(
+                f,
+                "{setting} and pool(&pool) cannot both be set: the threads are the pool's"
             ),
         }
     }

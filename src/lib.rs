@@ -121,6 +121,8 @@
 //! | key `Debug` | in log lines, when their level is enabled | yes | the line shows `<Debug panicked>` |
 //! | handler, job `Drop`, error `Display` and `Drop`, `on_error` | on a worker, for each job | yes, as [below](#shutdown) | counted as the job's panic; the key goes on |
 //! | `on_panic`, a panic payload's `Drop` | on a worker, after a job panicked | yes | caught and logged |
+//! | `thread_name` | in `build`, on the caller's thread, once per worker before any starts | yes | `build` panics; no thread was started |
+//! | `on_thread_start`, `on_thread_stop` | on each worker, before it takes work / right before it exits | yes, as from a handler | caught and logged at `error`; the thread goes on |
 //!
 //! A dispatch whose key's `Hash` or `Eq` panics is not accepted: its job and key are dropped as
 //! the panic unwinds. As anywhere in Rust, a `Drop` that panics while another panic unwinds
