@@ -2,7 +2,7 @@
 //! [`PoolBuilder`], the same for a shared [`WorkerPool`].
 
 use crate::{
-    config::{Config, ErrorHook, PanicHook},
+    config::{Config, ErrorHook, PanicHook, ThreadSettings},
     dispatcher::{core::Core, Dispatcher},
     error::BuildError,
     gate::MAX_CAPACITY,
@@ -54,7 +54,8 @@ pub const DEFAULT_JOBS_PER_TURN: usize = 64;
 /// ```
 pub struct Builder<K, J> {
     workers: Option<usize>,
-    pin_workers: bool,
+    /// The private pool's thread settings: none of them may be set with `pool`.
+    threads: ThreadSettings,
     pool: Option<Arc<PoolShared>>,
     max_parallel: Option<usize>,
     capacity: usize,
@@ -75,7 +76,7 @@ where
     pub(crate) fn new() -> Self {
         Builder {
             workers: None,
-            pin_workers: false,
+            threads: ThreadSettings::default(),
             pool: None,
             max_parallel: None,
             capacity: DEFAULT_CAPACITY,
@@ -112,11 +113,148 @@ where
     /// Offered on Linux, Android and FreeBSD, where a thread's affinity is a hard mask;
     /// elsewhere [`build`](Builder::build) returns [`BuildError::PinUnsupported`].
     pub fn pin_workers(mut self, pin: bool) -> Self {
-        self.pin_workers = pin;
+        self.threads.pin = pin;
         self
     }
 
-    /// Runs the dispatcher on a shared [`WorkerPool`] instead of threads of its own.
+    /// Names thread `i` of the dispatcher's private pool `name(i)`, in place of the default
+    /// `{name}-{i}` (see [`name`](Builder::name), which still names the dispatcher in log
+    /// lines). As with [`std::thread::Builder::name`], Linux shows only the first 15 bytes of a
+    /// name in `/proc` and tools such as `top`. Not to be combined with
+    /// [`pool`](Builder::pool): name the shared pool's threads instead
+    /// ([`PoolBuilder::thread_name`]).
+    ///
+    /// [`build`](Builder::build) calls `name` once for each thread, on the calling thread,
+    /// before it starts any of them; a name holding a NUL byte is
+    /// [`BuildError::NameWithNul`], and nothing is started.
+    ///
+    /// # Panics
+    ///
+    /// `build` panics if `name` does, with no thread started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder()
+    ///     .workers(2)
+    ///     .thread_name(|i| format!("ledger-worker-{i}"))
+    ///     .build(|_: &u64, _: i64| {
+    ///         let name = std::thread::current().name().map(str::to_owned);
+    ///         assert!(name.unwrap().starts_with("ledger-worker-"));
+    ///     })?;
+    /// d.dispatch(1, 10)?;
+    /// assert_eq!(d.close().stats.panicked, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn thread_name(mut self, name: impl Fn(usize) -> String + Send + Sync + 'static) -> Self {
+        self.threads.name = Some(Arc::new(name));
+        self
+    }
+
+    /// The stack size, in bytes, of each thread of the dispatcher's private pool, as
+    /// [`std::thread::Builder::stack_size`] sets it: for handlers that need a deep stack. The
+    /// default is the standard library's (2 MiB, unless `RUST_MIN_STACK` says otherwise). Not to
+    /// be combined with [`pool`](Builder::pool) ([`PoolBuilder::stack_size`] instead).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder()
+    ///     .stack_size(8 << 20) // 8 MiB for each worker thread
+    ///     .build(|_: &u64, document: String| {
+    ///         // A deeply recursive parse of `document`, say.
+    ///         assert!(!document.is_empty());
+    ///     })?;
+    /// d.dispatch(1, "[[[[]]]]".to_owned())?;
+    /// assert_eq!(d.close().stats.panicked, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.threads.stack_size = Some(bytes);
+        self
+    }
+
+    /// Runs `hook` on each thread of the dispatcher's private pool when the thread starts:
+    /// before it takes any work (and after it is pinned, with
+    /// [`pin_workers`](Builder::pin_workers)). For per-thread setup, such as registering the
+    /// thread with a profiler or setting a thread local. Not to be combined with
+    /// [`pool`](Builder::pool) ([`PoolBuilder::on_thread_start`] instead).
+    ///
+    /// A panic in `hook` is caught and logged at `error`; the thread then goes on as if the hook
+    /// had returned. A hook that blocks holds its thread: the pool's other threads take the work
+    /// meanwhile, and [`close`](crate::Dispatcher::close) waits for it. `build` may return
+    /// before every thread has run it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+    ///
+    /// let started = Arc::new(AtomicUsize::new(0));
+    /// let count = Arc::clone(&started);
+    /// let d = Dispatcher::builder()
+    ///     .workers(3)
+    ///     .on_thread_start(move || {
+    ///         count.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .build(|_: &u64, _: i64| {})?;
+    /// d.close(); // joins the threads, so each has run the hook
+    /// assert_eq!(started.load(Ordering::SeqCst), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_thread_start(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.threads.on_start = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` on each thread of the dispatcher's private pool right before the thread
+    /// exits, once the pool has shut down: the last thing it does. [`close`](crate::Dispatcher::close)
+    /// (or the drop of the dispatcher) joins the threads, so every thread has run it by the
+    /// time `close` returns, except where `close` is called from inside a handler, which cannot
+    /// wait for its own thread. Each thread that ran the
+    /// [`on_thread_start`](Builder::on_thread_start) hook runs this one, also when `build`
+    /// failed after it started. Not to be combined with [`pool`](Builder::pool)
+    /// ([`PoolBuilder::on_thread_stop`] instead).
+    ///
+    /// A panic in `hook` is caught and logged at `error`; the thread then exits as if the hook
+    /// had returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+    ///
+    /// let stopped = Arc::new(AtomicUsize::new(0));
+    /// let count = Arc::clone(&stopped);
+    /// let d = Dispatcher::builder()
+    ///     .workers(2)
+    ///     .on_thread_stop(move || {
+    ///         count.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .build(|_: &u64, _: i64| {})?;
+    /// d.dispatch(7, 1)?;
+    /// assert_eq!(stopped.load(Ordering::SeqCst), 0);
+    /// d.close();
+    /// assert_eq!(stopped.load(Ordering::SeqCst), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_thread_stop(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.threads.on_stop = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs the dispatcher on a shared [`WorkerPool`] instead of threads of its own. The
+    /// threads' settings are then the pool's: [`workers`](Builder::workers),
+    /// [`pin_workers`](Builder::pin_workers), [`thread_name`](Builder::thread_name),
+    /// [`stack_size`](Builder::stack_size), [`on_thread_start`](Builder::on_thread_start) and
+    /// [`on_thread_stop`](Builder::on_thread_stop) cannot be set with it, and
+    /// [`build`](Builder::build) says so with a [`BuildError`].
     pub fn pool(mut self, pool: &WorkerPool) -> Self {
         self.pool = Some(Arc::clone(pool.shared()));
         self
@@ -170,7 +308,8 @@ where
     }
 
     /// Names the dispatcher in log lines, and its private pool's threads (`{name}-0`,
-    /// `{name}-1`, ...); defaults to `keyed-dispatch`.
+    /// `{name}-1`, ..., unless [`thread_name`](Builder::thread_name) names them); defaults to
+    /// `keyed-dispatch`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -216,7 +355,8 @@ where
     /// # Errors
     ///
     /// A [`BuildError`] naming the setting that cannot work (zero workers, zero capacity, a
-    /// key capacity above the capacity, ...), [`BuildError::PoolClosed`] for a closed pool, or
+    /// key capacity above the capacity, a thread setting beside [`pool`](Builder::pool), a
+    /// thread name with a NUL byte, ...), [`BuildError::PoolClosed`] for a closed pool, or
     /// [`BuildError::Spawn`] if a thread could not be started (or [`BuildError::PinUnsupported`]
     /// or [`BuildError::PinRefused`] if it could not be pinned). Nothing keeps running then.
     pub fn build<H: Handler<K, J>>(self, handler: H) -> Result<Dispatcher<K, J>, BuildError> {
@@ -227,7 +367,7 @@ where
         let config = self.check(workers)?;
         let pool = match self.pool {
             Some(pool) => pool,
-            None => PoolShared::start(workers, &config.name, false, self.pin_workers)?,
+            None => PoolShared::start(workers, &config.name, false, &self.threads)?,
         };
         let core = Core::new(
             config,
@@ -251,8 +391,11 @@ where
         if self.workers.is_some() && self.pool.is_some() {
             return Err(BuildError::WorkersWithPool);
         }
-        if self.pin_workers && self.pool.is_some() {
+        if self.threads.pin && self.pool.is_some() {
             return Err(BuildError::PinWithPool);
+        }
+        if let (Some(setting), Some(_)) = (self.threads.first_set(), &self.pool) {
+            return Err(BuildError::ThreadSettingsWithPool { setting });
         }
         if self.workers == Some(0) {
             return Err(BuildError::ZeroWorkers);
@@ -313,7 +456,7 @@ impl<K, J> fmt::Debug for Builder<K, J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("workers", &self.workers)
-            .field("pin_workers", &self.pin_workers)
+            .field("threads", &self.threads)
             .field("pool", &self.pool)
             .field("max_parallel", &self.max_parallel)
             .field("capacity", &self.capacity)
@@ -338,12 +481,12 @@ impl WorkerPool {
         WorkerPool::builder().workers(workers).build()
     }
 
-    /// A builder to name the threads as well.
+    /// A builder to set the threads up as well: their names, stack size, pinning and hooks.
     pub fn builder() -> PoolBuilder {
         PoolBuilder {
             workers: None,
             name: None,
-            pin_workers: false,
+            threads: ThreadSettings::default(),
         }
     }
 }
@@ -353,7 +496,7 @@ impl WorkerPool {
 pub struct PoolBuilder {
     workers: Option<usize>,
     name: Option<String>,
-    pin_workers: bool,
+    threads: ThreadSettings,
 }
 
 impl PoolBuilder {
@@ -363,8 +506,8 @@ impl PoolBuilder {
         self
     }
 
-    /// Thread name prefix: threads are named `{name}-0`, `{name}-1`, ...; defaults to
-    /// `keyed-dispatch`.
+    /// Names the pool in log lines, and its threads `{name}-0`, `{name}-1`, ... (unless
+    /// [`thread_name`](PoolBuilder::thread_name) names them); defaults to `keyed-dispatch`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -373,7 +516,110 @@ impl PoolBuilder {
     /// Pins thread `i` to the `i`-th CPU the building thread may run on; off by default. As
     /// [`Builder::pin_workers`](crate::Builder::pin_workers), which says when it pays.
     pub fn pin_workers(mut self, pin: bool) -> Self {
-        self.pin_workers = pin;
+        self.threads.pin = pin;
+        self
+    }
+
+    /// Names thread `i` `name(i)`, in place of the default `{name}-{i}`; called once for each
+    /// thread by [`build`](PoolBuilder::build) before it starts any. As
+    /// [`Builder::thread_name`](crate::Builder::thread_name): a name holding a NUL byte is
+    /// [`BuildError::NameWithNul`].
+    ///
+    /// # Panics
+    ///
+    /// `build` panics if `name` does, with no thread started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::WorkerPool;
+    ///
+    /// let pool = WorkerPool::builder()
+    ///     .workers(2)
+    ///     .thread_name(|i| format!("io-{i}"))
+    ///     .build()?;
+    /// pool.close();
+    ///
+    /// let err = WorkerPool::builder().thread_name(|_| "a\0b".into()).build().unwrap_err();
+    /// assert!(matches!(err, keyed_dispatch::BuildError::NameWithNul));
+    /// # Ok::<(), keyed_dispatch::BuildError>(())
+    /// ```
+    pub fn thread_name(mut self, name: impl Fn(usize) -> String + Send + Sync + 'static) -> Self {
+        self.threads.name = Some(Arc::new(name));
+        self
+    }
+
+    /// The stack size, in bytes, of each thread, as [`std::thread::Builder::stack_size`] sets
+    /// it; defaults to the standard library's (2 MiB, unless `RUST_MIN_STACK` says otherwise).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::WorkerPool;
+    ///
+    /// let pool = WorkerPool::builder().workers(2).stack_size(8 << 20).build()?;
+    /// pool.close();
+    /// # Ok::<(), keyed_dispatch::BuildError>(())
+    /// ```
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.threads.stack_size = Some(bytes);
+        self
+    }
+
+    /// Runs `hook` on each thread when it starts, before it takes any work (and after it is
+    /// pinned, with [`pin_workers`](PoolBuilder::pin_workers)). As
+    /// [`Builder::on_thread_start`](crate::Builder::on_thread_start): a panic in `hook` is
+    /// caught and logged at `error`, and the thread goes on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::WorkerPool;
+    /// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+    ///
+    /// let started = Arc::new(AtomicUsize::new(0));
+    /// let count = Arc::clone(&started);
+    /// let pool = WorkerPool::builder()
+    ///     .workers(2)
+    ///     .on_thread_start(move || {
+    ///         count.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .build()?;
+    /// pool.close(); // joins the threads, so each has run the hook
+    /// assert_eq!(started.load(Ordering::SeqCst), 2);
+    /// # Ok::<(), keyed_dispatch::BuildError>(())
+    /// ```
+    pub fn on_thread_start(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.threads.on_start = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` on each thread right before it exits, once the pool has shut down.
+    /// [`WorkerPool::close`] (or the drop of the pool) joins the threads, so every thread has
+    /// run it by the time `close` returns, unless `close` is called from one of the pool's
+    /// threads. As [`Builder::on_thread_stop`](crate::Builder::on_thread_stop): a panic in
+    /// `hook` is caught and logged at `error`, and the thread exits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::WorkerPool;
+    /// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+    ///
+    /// let stopped = Arc::new(AtomicUsize::new(0));
+    /// let count = Arc::clone(&stopped);
+    /// let pool = WorkerPool::builder()
+    ///     .workers(2)
+    ///     .on_thread_stop(move || {
+    ///         count.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .build()?;
+    /// pool.close();
+    /// assert_eq!(stopped.load(Ordering::SeqCst), 2);
+    /// # Ok::<(), keyed_dispatch::BuildError>(())
+    /// ```
+    pub fn on_thread_stop(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.threads.on_stop = Some(Arc::new(hook));
         self
     }
 
@@ -381,13 +627,14 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
-    /// started, [`BuildError::PinUnsupported`] or [`BuildError::PinRefused`] if a thread cannot
-    /// be pinned (those already started are stopped and joined).
+    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::NameWithNul`] for a thread
+    /// name with a NUL byte, [`BuildError::Spawn`] if a thread cannot be started,
+    /// [`BuildError::PinUnsupported`] or [`BuildError::PinRefused`] if a thread cannot be
+    /// pinned (those already started are stopped and joined).
     pub fn build(self) -> Result<WorkerPool, BuildError> {
         let workers = self.workers.unwrap_or_else(default_workers);
         let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);
-        let shared = PoolShared::start(workers, name, true, self.pin_workers)?;
+        let shared = PoolShared::start(workers, name, true, &self.threads)?;
         Ok(WorkerPool::from_shared(shared))
     }
 }

@@ -163,7 +163,8 @@ pub enum BuildError {
         /// The most a pool may have.
         max: usize,
     },
-    /// The thread name holds a NUL byte, which thread names cannot.
+    /// A thread name holds a NUL byte, which thread names cannot: the `name` given, or a name
+    /// that the `thread_name` function returned.
     NameWithNul,
     /// `key_capacity` is larger than `capacity`, so it could never be reached.
     KeyCapacityAboveCapacity {
@@ -210,6 +211,13 @@ pub enum BuildError {
     /// Both `pin_workers(true)` and `pool(&pool)` were set: pinning is the pool's setting
     /// ([`PoolBuilder::pin_workers`](crate::PoolBuilder::pin_workers)).
     PinWithPool,
+    /// One of `thread_name`, `stack_size`, `on_thread_start` or `on_thread_stop` was set
+    /// together with `pool(&pool)`: the threads are the pool's, so these are the pool's settings
+    /// ([`PoolBuilder`](crate::PoolBuilder)).
+    ThreadSettingsWithPool {
+        /// The first of them that was set, by its builder method's name.
+        setting: &'static str,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -255,6 +263,10 @@ impl fmt::Display for BuildError {
             }
             Self::PinWithPool => f.write_str(
                 "pin_workers(true) and pool(&pool) cannot both be set: pinning is the pool's setting",
+            ),
+            Self::ThreadSettingsWithPool { setting } => write!(
+                f,
+                "{setting} and pool(&pool) cannot both be set: the threads are the pool's"
             ),
         }
     }

@@ -1,6 +1,6 @@
 //! The routing table from keys to mailboxes: a `DashMap`, or a plain locked `HashMap` under
-//! `cfg(loom)`, where the model checker must see every lock the protocol takes. Under the
-//! `shuttle` feature the `DashMap` path runs unchanged on `shuttle_dashmap::DashMap`, which has
+//! `cfg(loom)`, where the model checker must see every lock the protocol takes. Under
+//! `cfg(shuttle)` the `DashMap` path runs unchanged on `shuttle_dashmap::DashMap`, which has
 //! `DashMap`'s API over one shuttle `RwLock` (read-locked lookups, write-locked entries), so that
 //! shuttle sees every lock it takes.
 //!
@@ -29,9 +29,9 @@ use std::{
     hash::{BuildHasher, Hash, Hasher},
 };
 
-#[cfg(not(any(loom, feature = "shuttle")))]
+#[cfg(not(any(loom, shuttle)))]
 use dashmap::{mapref::entry::Entry, DashMap};
-#[cfg(all(feature = "shuttle", not(loom)))]
+#[cfg(all(shuttle, not(loom)))]
 use shuttle_dashmap::{DashMap, Entry};
 
 /// A value the map can file under its key: it knows its key and the key's stored hash.
@@ -131,7 +131,7 @@ impl<V: Keyed> Hash for Slot<V> {
 }
 
 /// The map's hasher: passes the stored hash through.
-#[cfg_attr(all(feature = "shuttle", not(loom)), allow(dead_code))] // its map has no hasher
+#[cfg_attr(all(shuttle, not(loom)), allow(dead_code))] // its map has no hasher
 #[derive(Debug, Clone, Copy, Default)]
 struct PassThrough;
 
@@ -143,7 +143,7 @@ impl BuildHasher for PassThrough {
     }
 }
 
-#[cfg_attr(all(feature = "shuttle", not(loom)), allow(dead_code))] // its map has no hasher
+#[cfg_attr(all(shuttle, not(loom)), allow(dead_code))] // its map has no hasher
 struct Stored(u64);
 
 impl Hasher for Stored {
@@ -163,10 +163,10 @@ impl Hasher for Stored {
     }
 }
 
-#[cfg(not(any(loom, feature = "shuttle")))]
+#[cfg(not(any(loom, shuttle)))]
 type Map<V> = DashMap<Slot<V>, V, PassThrough>;
 // Hashed by its own hasher, from the stored hash all the same.
-#[cfg(all(feature = "shuttle", not(loom)))]
+#[cfg(all(shuttle, not(loom)))]
 type Map<V> = DashMap<Slot<V>, V>;
 
 /// See the module docs.

@@ -121,6 +121,8 @@
 //! | key `Debug` | in log lines, when their level is enabled | yes | the line shows `<Debug panicked>` |
 //! | handler, job `Drop`, error `Display` and `Drop`, `on_error` | on a worker, for each job | yes, as [below](#shutdown) | counted as the job's panic; the key goes on |
 //! | `on_panic`, a panic payload's `Drop` | on a worker, after a job panicked | yes | caught and logged |
+//! | `thread_name` | in `build`, on the caller's thread, once per worker before any starts | yes | `build` panics; no thread was started |
+//! | `on_thread_start`, `on_thread_stop` | on each worker, before it takes work / right before it exits | yes, as from a handler | caught and logged at `error`; the thread goes on |
 //!
 //! A dispatch whose key's `Hash` or `Eq` panics is not accepted: its job and key are dropped as
 //! the panic unwinds. As anywhere in Rust, a `Drop` that panics while another panic unwinds
@@ -138,7 +140,7 @@
 // Under loom or shuttle the spin counts are zero, so their loop bounds compare against zero
 // and their spin ranges are empty.
 #![cfg_attr(
-    any(loom, feature = "shuttle"),
+    any(loom, shuttle),
     allow(clippy::absurd_extreme_comparisons, clippy::reversed_empty_ranges)
 )]
 
@@ -158,7 +160,7 @@ mod ready;
 mod signal;
 mod stats;
 mod sync;
-#[cfg(all(test, any(loom, feature = "shuttle")))]
+#[cfg(all(test, any(loom, shuttle)))]
 mod tests;
 mod unwind;
 

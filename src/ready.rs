@@ -13,25 +13,25 @@
 //! in push order, and a push that `SeqCst` fences order before [`ReadyQueue::is_empty`] is seen
 //! by it.
 
-#[cfg(any(loom, feature = "shuttle"))]
+#[cfg(any(loom, shuttle))]
 use crate::sync::{lock, AtomicUsize, Mutex, Ordering};
-#[cfg(any(loom, feature = "shuttle"))]
+#[cfg(any(loom, shuttle))]
 use std::collections::VecDeque;
 
 /// See the module docs.
 pub(crate) struct ReadyQueue<T> {
-    #[cfg(not(any(loom, feature = "shuttle")))]
+    #[cfg(not(any(loom, shuttle)))]
     sender: crossbeam_channel::Sender<T>,
-    #[cfg(not(any(loom, feature = "shuttle")))]
+    #[cfg(not(any(loom, shuttle)))]
     receiver: crossbeam_channel::Receiver<T>,
-    #[cfg(any(loom, feature = "shuttle"))]
+    #[cfg(any(loom, shuttle))]
     queue: Mutex<VecDeque<T>>,
     /// `queue.len()`, changed under the lock.
-    #[cfg(any(loom, feature = "shuttle"))]
+    #[cfg(any(loom, shuttle))]
     len: AtomicUsize,
 }
 
-#[cfg(not(any(loom, feature = "shuttle")))]
+#[cfg(not(any(loom, shuttle)))]
 impl<T> ReadyQueue<T> {
     pub(crate) fn new() -> Self {
         let (sender, receiver) = crossbeam_channel::unbounded();
@@ -58,7 +58,7 @@ impl<T> ReadyQueue<T> {
     }
 }
 
-#[cfg(any(loom, feature = "shuttle"))]
+#[cfg(any(loom, shuttle))]
 impl<T> ReadyQueue<T> {
     pub(crate) fn new() -> Self {
         ReadyQueue {
@@ -93,7 +93,7 @@ impl<T> ReadyQueue<T> {
     }
 }
 
-#[cfg(all(test, not(any(loom, feature = "shuttle"))))]
+#[cfg(all(test, not(any(loom, shuttle))))]
 mod tests {
     use super::ReadyQueue;
 

@@ -1,9 +1,9 @@
 //! The synchronization primitives the protocol runs on: `std`'s, `loom`'s under `cfg(loom)`, or
-//! `shuttle`'s under the `shuttle` feature (when not under loom).
+//! `shuttle`'s under `cfg(shuttle)` (when not under loom).
 //!
 //! Every lock, condition variable, atomic and thread that takes part in the key protocol comes
-//! from here, so that `RUSTFLAGS="--cfg loom"` or `--features shuttle` puts the whole protocol
-//! under a schedule checker. `Arc` stays `std`'s in every build: loom's `Arc` cannot be coerced
+//! from here, so that `RUSTFLAGS="--cfg loom"` or `RUSTFLAGS="--cfg shuttle"` puts the whole
+//! protocol under a schedule checker. `Arc` stays `std`'s in every build: loom's `Arc` cannot be coerced
 //! to `Arc<dyn Trait>` (shuttle's is `std`'s), and reference counts are not part of the protocol
 //! being checked.
 
@@ -11,9 +11,9 @@ pub(crate) use std::sync::{Arc, Weak};
 
 /// Whether a schedule checker (loom or shuttle) runs the protocol: spin loops then take zero
 /// steps, since a checker cannot explore unbounded spinning and gains nothing from bounded spins.
-pub(crate) const CHECKED: bool = cfg!(any(loom, feature = "shuttle"));
+pub(crate) const CHECKED: bool = cfg!(any(loom, shuttle));
 
-#[cfg(not(any(loom, feature = "shuttle")))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use std::{
     sync::{
         atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -31,7 +31,7 @@ pub(crate) use loom::{
     thread,
 };
 
-#[cfg(all(feature = "shuttle", not(loom)))]
+#[cfg(all(shuttle, not(loom)))]
 pub(crate) use shuttle::{
     sync::{
         atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -130,7 +130,7 @@ macro_rules! fault {
 }
 pub(crate) use fault;
 
-#[cfg(any(loom, feature = "shuttle"))]
+#[cfg(any(loom, shuttle))]
 std::thread_local! {
     /// The armed fault. A std thread local: loom and shuttle run a model's threads as coroutines
     /// on the thread that calls the model, so all of them see what that test armed, and no other
@@ -140,20 +140,20 @@ std::thread_local! {
 
 impl Fault {
     /// Whether this fault is armed.
-    #[cfg(any(loom, feature = "shuttle"))]
+    #[cfg(any(loom, shuttle))]
     pub(crate) fn on(self) -> bool {
         ARMED.with(|armed| armed.get() == Some(self))
     }
 
     /// Whether this fault is armed: never, outside loom and shuttle.
-    #[cfg(not(any(loom, feature = "shuttle")))]
+    #[cfg(not(any(loom, shuttle)))]
     #[inline(always)]
     pub(crate) const fn on(self) -> bool {
         false
     }
 
     /// Arms `fault` (or none) for the models run next on this thread.
-    #[cfg(all(test, any(loom, feature = "shuttle")))]
+    #[cfg(all(test, any(loom, shuttle)))]
     pub(crate) fn arm(fault: Option<Fault>) {
         ARMED.with(|armed| armed.set(fault));
     }

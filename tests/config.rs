@@ -4,7 +4,13 @@
 use keyed_dispatch::{
     BuildError, CloseReport, DispatchError, Dispatcher, Stats, WaitError, WorkerPool,
 };
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 fn build(builder: keyed_dispatch::Builder<u32, u32>) -> Result<Dispatcher<u32, u32>, BuildError> {
     builder.build(|_: &u32, _: u32| {})
@@ -68,6 +74,37 @@ fn bad_configurations_are_typed_errors() {
         build(b().pin_workers(true).pool(&pool)),
         Err(BuildError::PinWithPool)
     ));
+    // The threads' other settings are the pool's too, whichever order they are set in.
+    assert!(matches!(
+        build(b().pool(&pool).thread_name(|i| format!("w{i}"))),
+        Err(BuildError::ThreadSettingsWithPool {
+            setting: "thread_name"
+        })
+    ));
+    assert!(matches!(
+        build(b().stack_size(1 << 20).pool(&pool)),
+        Err(BuildError::ThreadSettingsWithPool {
+            setting: "stack_size"
+        })
+    ));
+    assert!(matches!(
+        build(b().on_thread_start(|| {}).pool(&pool)),
+        Err(BuildError::ThreadSettingsWithPool {
+            setting: "on_thread_start"
+        })
+    ));
+    assert!(matches!(
+        build(b().pool(&pool).on_thread_stop(|| {})),
+        Err(BuildError::ThreadSettingsWithPool {
+            setting: "on_thread_stop"
+        })
+    ));
+    assert_eq!(
+        build(b().pool(&pool).stack_size(1 << 20))
+            .unwrap_err()
+            .to_string(),
+        "stack_size and pool(&pool) cannot both be set: the threads are the pool's"
+    );
     // Where a thread's affinity is only a hint, pinning is refused rather than pretended.
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     assert!(matches!(
@@ -89,6 +126,54 @@ fn bad_configurations_are_typed_errors() {
         err.to_string(),
         "key_capacity (11) is larger than capacity (10)"
     );
+}
+
+#[test]
+fn a_thread_name_with_nul_is_a_typed_error_and_starts_nothing() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&started);
+    let built = Dispatcher::builder()
+        .workers(3)
+        .thread_name(|i| {
+            if i == 2 {
+                "bad\0name".into()
+            } else {
+                format!("ok-{i}")
+            }
+        })
+        .on_thread_start(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .build(|_: &u32, _: u32| {});
+    assert!(matches!(built, Err(BuildError::NameWithNul)));
+    let count = Arc::clone(&started);
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .thread_name(|i| {
+            if i == 0 {
+                "ok".into()
+            } else {
+                format!("{i}\0")
+            }
+        })
+        .on_thread_start(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .build();
+    assert!(matches!(pool, Err(BuildError::NameWithNul)));
+    // The names are checked before the first thread starts. A thread started and then stopped
+    // by the failed build would have run its start hook before `build` returned, since the
+    // failure path joins the threads it started; none did.
+    assert_eq!(started.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        BuildError::NameWithNul.to_string(),
+        "a thread name cannot hold a NUL byte"
+    );
+    // The default names, from a prefix holding a NUL, are checked the same way.
+    assert!(matches!(
+        build(Dispatcher::builder().workers(1).name("a\0b")),
+        Err(BuildError::NameWithNul)
+    ));
 }
 
 #[test]

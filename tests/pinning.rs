@@ -100,3 +100,31 @@ fn unpinned_workers_may_run_on_every_cpu() {
     });
     assert!(seen.values().all(|seen| *seen == cpus), "{seen:?}");
 }
+
+#[test]
+fn the_start_hook_runs_on_the_pinned_thread() {
+    let _watchdog = Watchdog::new("start hook after pinning", HANG);
+    let cpus = allowed();
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let saw = Arc::clone(&seen);
+    let d = Dispatcher::builder()
+        .workers(2)
+        .name("pin-hook")
+        .pin_workers(true)
+        .on_thread_start(move || {
+            let name = thread::current().name().unwrap().to_owned();
+            saw.lock().unwrap().insert(name, allowed());
+        })
+        .build(|_: &u32, _: u32| {})
+        .unwrap();
+    d.close(); // joins the threads: every start hook has run
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    for index in 0..2 {
+        assert_eq!(
+            seen[&format!("pin-hook-{index}")],
+            [cpus[index % cpus.len()]],
+            "worker {index}"
+        );
+    }
+}

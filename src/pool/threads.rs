@@ -26,14 +26,22 @@ use super::{
 };
 use crate::{
     affinity::{self, Cpu},
+    config::{ThreadHook, ThreadSettings},
     error::BuildError,
     sync::{
         fault, lock, spin_once, thread, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex,
         Ordering, Weak, CHECKED,
     },
+    unwind::{drop_contained, panic_message},
 };
 use crossbeam_channel::Sender;
-use std::{cell::Cell, collections::VecDeque, fmt, time::Instant};
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    fmt,
+    panic::{catch_unwind, AssertUnwindSafe},
+    time::Instant,
+};
 
 /// How many spin steps (see `sync::spin_once`) an idle thread takes before it sleeps, where it
 /// spins at all (see [`PoolShared::spins`]).
@@ -43,7 +51,7 @@ const SPIN_STEPS: u32 = 10;
 /// a typo's `usize::MAX` is an error rather than an allocation failure.
 pub(crate) const MAX_WORKERS: usize = 1 << 16;
 
-#[cfg(not(any(loom, feature = "shuttle")))]
+#[cfg(not(any(loom, shuttle)))]
 thread_local! {
     /// The id of the pool this thread works for; 0 on threads that are not workers.
     static CURRENT_POOL: Cell<usize> = const { Cell::new(0) };
@@ -54,7 +62,7 @@ loom::thread_local! {
     static CURRENT_POOL: Cell<usize> = Cell::new(0);
 }
 // Shuttle too: its threads are coroutines on the thread that runs the test.
-#[cfg(all(feature = "shuttle", not(loom)))]
+#[cfg(all(shuttle, not(loom)))]
 shuttle::thread_local! {
     static CURRENT_POOL: Cell<usize> = Cell::new(0);
 }
@@ -83,6 +91,10 @@ pub(crate) struct PoolShared {
     pub(super) queued: AtomicUsize,
     /// Join handles of the threads, taken by whoever joins them.
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// Run by each thread before it takes work (see [`PoolShared::main`]).
+    on_start: Option<ThreadHook>,
+    /// Run by each thread right before it exits.
+    on_stop: Option<ThreadHook>,
 }
 
 struct PoolState {
@@ -127,14 +139,15 @@ impl Drop for AbortOnPanic {
 }
 
 impl PoolShared {
-    /// Starts `workers` threads named `{name}-{i}`. `handle` says whether a `WorkerPool` handle
-    /// owns the pool (else it is private to the one dispatcher that attaches right away); `pin`,
-    /// whether each thread is pinned to a CPU of its own (see `affinity`).
+    /// Starts `workers` threads, named `{name}-{i}` unless `threads` names them otherwise, and
+    /// set up as `threads` says (stack size, pinning, hooks). `handle` says whether a
+    /// `WorkerPool` handle owns the pool (else it is private to the one dispatcher that attaches
+    /// right away).
     pub(crate) fn start(
         workers: usize,
         name: &str,
         handle: bool,
-        pin: bool,
+        threads: &ThreadSettings,
     ) -> Result<Arc<Self>, BuildError> {
         if workers == 0 {
             return Err(BuildError::ZeroWorkers);
@@ -145,24 +158,25 @@ impl PoolShared {
                 max: MAX_WORKERS,
             });
         }
-        if name.contains('\0') {
-            return Err(BuildError::NameWithNul);
-        }
-        let cpus = if pin {
+        let cpus = if threads.pin {
             Some(affinity::plan(workers)?)
         } else {
             None
         };
-        Self::start_on(workers, name, handle, cpus)
+        Self::start_on(workers, name, handle, threads, cpus)
     }
 
-    /// As `start`, with thread `i` pinned to `cpus[i]` where `cpus` is given.
+    /// As `start`, with thread `i` pinned to `cpus[i]` where `cpus` is given (whatever
+    /// `threads.pin` says).
     fn start_on(
         workers: usize,
         name: &str,
         handle: bool,
+        threads: &ThreadSettings,
         cpus: Option<Vec<Cpu>>,
     ) -> Result<Arc<Self>, BuildError> {
+        // Every name is made and checked before the first thread starts.
+        let names = threads.names(name, workers)?;
         // Each pinned thread says whether it could pin itself before it takes any work. A real
         // channel, not a modeled one: the models never pin.
         let (pinned_tx, pinned_rx) = crossbeam_channel::bounded(workers);
@@ -186,13 +200,17 @@ impl PoolShared {
             handle_closed: Condvar::new(),
             queued: AtomicUsize::new(0),
             threads: Mutex::new(Vec::with_capacity(workers)),
+            on_start: threads.on_start.clone(),
+            on_stop: threads.on_stop.clone(),
         });
-        for index in 0..workers {
+        for (index, thread_name) in names.into_iter().enumerate() {
             let worker = Arc::clone(&pool);
             let pin = cpus.as_ref().map(|cpus| (cpus[index], pinned_tx.clone()));
-            let spawned = thread::Builder::new()
-                .name(format!("{name}-{index}"))
-                .spawn(move || worker.main(index, pin));
+            let mut builder = thread::Builder::new().name(thread_name);
+            if let Some(size) = threads.stack_size {
+                builder = builder.stack_size(size);
+            }
+            let spawned = builder.spawn(move || worker.main(index, pin));
             match spawned {
                 Ok(handle) => lock(&pool.threads).push(handle),
                 Err(err) => {
@@ -239,7 +257,13 @@ impl PoolShared {
     }
 
     /// A worker thread's life: pinned first where `pin` says so (reporting whether it could
-    /// be), then the work until the pool shuts down.
+    /// be), then the start hook, the work until the pool shuts down, and the stop hook.
+    ///
+    /// Every thread that runs the start hook runs the stop hook, also when the pool's start
+    /// failed after the thread's (a refused pin): the pool then shuts down at once, and the
+    /// thread finds no work. The thread counts as the pool's in both hooks (see
+    /// [`PoolShared::is_current`]), so that a hook that closes a dispatcher or the pool does not
+    /// wait for itself.
     fn main(self: Arc<Self>, index: usize, pin: Option<(Cpu, Sender<Pinned>)>) {
         let guard = AbortOnPanic;
         if let Some((cpu, pinned)) = pin {
@@ -247,6 +271,7 @@ impl PoolShared {
             let _ = pinned.send((index, cpu, affinity::pin_current(cpu)));
         }
         CURRENT_POOL.with(|current| current.set(self.id));
+        self.run_hook(self.on_start.as_ref(), "on_thread_start", index);
         let worker = Worker {
             pool: &self,
             turn_buffers: TurnBuffers::default(),
@@ -261,8 +286,25 @@ impl PoolShared {
                 }
             }
         }
+        drop(worker);
+        self.run_hook(self.on_stop.as_ref(), "on_thread_stop", index);
         log::debug!("pool {} worker {index} stopped", self.name);
         std::mem::forget(guard);
+    }
+
+    /// Runs a thread hook, if set, catching and logging its panic: the thread goes on as if the
+    /// hook had returned. Unwinding on would abort the process (`AbortOnPanic`).
+    fn run_hook(&self, hook: Option<&ThreadHook>, which: &str, index: usize) {
+        let Some(hook) = hook else { return };
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| hook())) {
+            log::error!(
+                "pool {} worker {index}: {which} panicked: {}",
+                self.name,
+                panic_message(&*payload)
+            );
+            // A payload may panic in its own drop; that must not unwind into the worker.
+            drop_contained(payload);
+        }
     }
 
     /// Blocks until there is work for this thread; `None` once the pool has shut down and its
@@ -465,7 +507,7 @@ impl fmt::Debug for PoolShared {
 #[cfg(test)]
 mod tests {
     #[test]
-    #[cfg(all(target_os = "linux", not(any(loom, feature = "shuttle"))))] // real threads, /proc
+    #[cfg(all(target_os = "linux", not(any(loom, shuttle))))] // real threads, /proc
     #[cfg_attr(miri, ignore = "reads the thread names from /proc")]
     fn a_refused_pin_is_a_typed_error_and_stops_the_started_threads() {
         use super::PoolShared;
@@ -477,7 +519,8 @@ mod tests {
         const NO_SUCH_CPU: usize = 1023;
         let allowed = affinity::plan(1).unwrap()[0];
         let cpus = vec![allowed, Cpu(NO_SUCH_CPU), allowed];
-        let refused = PoolShared::start_on(3, "pin-refused", true, Some(cpus));
+        let threads = crate::config::ThreadSettings::default();
+        let refused = PoolShared::start_on(3, "pin-refused", true, &threads, Some(cpus));
         assert!(matches!(
             refused,
             Err(BuildError::PinRefused {

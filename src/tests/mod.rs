@@ -3,10 +3,11 @@
 //! of the production modules, as tokio keeps its `loom_*` tests under `runtime/tests`.
 //!
 //! Loom: `RUSTFLAGS="--cfg loom" cargo test --lib --release --target-dir target/loom tests::loom`.
-//! Shuttle: `cargo test --release --features shuttle --lib tests::shuttle`.
+//! Shuttle: `RUSTFLAGS="--cfg shuttle" cargo test --release --lib --target-dir target/shuttle
+//! tests::shuttle` (Rust 1.85+).
 
 mod handle;
 #[cfg(loom)]
 mod loom;
-#[cfg(all(feature = "shuttle", not(loom)))]
+#[cfg(all(shuttle, not(loom)))]
 mod shuttle;

@@ -1,11 +1,12 @@
 //! Shuttle tests of the key protocol on the key map's `DashMap` code path, run through the real
-//! [`Dispatcher`]: `cargo test --release --features shuttle --lib tests::shuttle`.
+//! [`Dispatcher`]: `RUSTFLAGS="--cfg shuttle" cargo test --release --lib --target-dir
+//! target/shuttle tests::shuttle` (Rust 1.85 or later: `shuttle-dashmap` is edition 2024).
 //!
 //! # Why shuttle
 //!
 //! The loom models (`src/tests/loom.rs`) cannot run `DashMap`: its shard locks are not loom's, so
 //! under loom `keymap` swaps in a plain locked `HashMap` and the `DashMap` branch (entry API,
-//! `remove_if`, `retain`, read-locked lookups) is never checked. With the `shuttle` feature,
+//! `remove_if`, `retain`, read-locked lookups) is never checked. Under `cfg(shuttle)`,
 //! `crate::sync` takes every lock, condition variable, atomic and thread from shuttle, and
 //! `keymap` runs its `DashMap` branch unchanged on `shuttle_dashmap::DashMap`: `DashMap`'s API
 //! over one shuttle `RwLock`, so lookups share a read lock and entries, removals and sweeps
