@@ -117,7 +117,7 @@
 //! | key `Hash` | once per `dispatch` or `flush_key`, on the caller's thread, before anything is reserved; never again (the map keeps the hash) | yes | the caller sees the panic; nothing was reserved |
 //! | key `Eq` | when the map looks the key up: on the caller's thread, or on a worker when an idle key is evicted; under a shard lock | no | on the caller's thread: the caller sees the panic, and the slot (and group count) the dispatch had taken is given back; on a worker: logged, and the key stays until it runs again or the shutdown |
 //! | key `Clone` | only in `close_now`, for a key whose mailbox a racing dispatch still holds | yes | that key's jobs cannot be handed back: dropped, logged at `error`, counted as handed back |
-//! | key `Drop` | when the key's mailbox is freed (eviction, shutdown), or by the caller for a key already mapped | yes | caught and logged |
+//! | key `Drop` | when the key's mailbox is freed (eviction, shutdown), or in `dispatch` once the job is queued where the key already has a mailbox | yes | caught and logged: the dispatch still returns `Ok` |
 //! | key `Debug` | in log lines, when their level is enabled | yes | the line shows `<Debug panicked>` |
 //! | handler, job `Drop`, error `Display` and `Drop`, `on_error` | on a worker, for each job | yes, as [below](#shutdown) | counted as the job's panic; the key goes on |
 //! | `on_panic`, a panic payload's `Drop` | on a worker, after a job panicked | yes | caught and logged |

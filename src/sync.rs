@@ -118,6 +118,11 @@ pub(crate) enum Fault {
     ReleaseWithoutRecheck,
     /// `PoolShared::submit` queues a token after the pool has shut down.
     TokenAfterShutdown,
+    /// `Core::close` does not wake the producers waiting for room in a key.
+    CloseLeavesKeyWaiters,
+    /// A second `WorkerPool::close` returns without waiting for the first to close the
+    /// dispatchers.
+    SecondPoolCloseSkipsWait,
 }
 
 /// Whether the [`Fault`] variant `$name` is armed: `fault!(NoRoomWake)`. The one way the

@@ -11,7 +11,7 @@ use crate::{
     latch::Latch,
     mailbox::{Mailbox, Push},
     sync::Arc,
-    unwind::ShowKey,
+    unwind::{drop_contained, ShowKey},
 };
 use std::{fmt::Debug, hash::Hash, time::Instant};
 
@@ -58,10 +58,11 @@ enum Filing {
 
 /// What routing a job to its key's mailbox did.
 enum Routed<K, J> {
-    /// Queued behind the key's other jobs.
-    Added,
+    /// Queued behind the key's other jobs; the key, unless the map keeps it, comes back to be
+    /// dropped once the job's slot is no longer the caller's to give back.
+    Added(Option<K>),
     /// Queued on an Idle or new key, which must be scheduled.
-    Schedule(Arc<Mailbox<K, J>>),
+    Schedule(Arc<Mailbox<K, J>>, Option<K>),
     /// The key is full; wait on its mailbox for room.
     Full(K, Item<J>, Arc<Mailbox<K, J>>),
     /// `close_now` has begun.
@@ -116,9 +117,13 @@ where
             let routed = self.route(hash, key, item);
             reserved.disarm();
             match routed {
-                Routed::Added => return Ok(()),
-                Routed::Schedule(mailbox) => {
+                Routed::Added(key) => {
+                    drop_accepted(key);
+                    return Ok(());
+                }
+                Routed::Schedule(mailbox, key) => {
                     self.schedule(mailbox);
+                    drop_accepted(key);
                     return Ok(());
                 }
                 Routed::Halted(key, refused) => {
@@ -160,8 +165,8 @@ where
                     self.push(mailbox, job, &mut group)
                 });
             match found {
-                Ok(Ok(None)) => return Routed::Added,
-                Ok(Ok(Some(mailbox))) => return Routed::Schedule(mailbox),
+                Ok(Ok(None)) => return Routed::Added(Some(key)),
+                Ok(Ok(Some(mailbox))) => return Routed::Schedule(mailbox, Some(key)),
                 Ok(Err((job, Some(mailbox)))) => {
                     return Routed::Full(key, Item { job, group }, mailbox);
                 }
@@ -194,7 +199,7 @@ where
                     self.config.name,
                     ShowKey(mailbox.key())
                 );
-                return Routed::Schedule(mailbox);
+                return Routed::Schedule(mailbox, None);
             }
             let unshared = Arc::get_mut(&mut mailbox).expect("an unfiled mailbox is unshared");
             (key, job, group) = unshared.unmake();
@@ -299,6 +304,14 @@ where
             .get(Hashed { hash, key }, (), |mailbox, ()| mailbox.flush())
             .ok()
             .flatten()
+    }
+}
+
+/// Drops the key of an accepted dispatch. The job is queued: a panic of the key's `Drop` must not
+/// make the caller think otherwise, so it is caught and logged (see `unwind`).
+fn drop_accepted<K>(key: Option<K>) {
+    if let Some(key) = key {
+        drop_contained(key);
     }
 }
 

@@ -71,7 +71,9 @@ where
         if self.gate.close() {
             log::debug!("{}: close begun", self.config.name);
             self.room.notify();
-            self.keys.for_each(|mailbox| mailbox.wake_producers());
+            if !fault!(CloseLeavesKeyWaiters) {
+                self.keys.for_each(|mailbox| mailbox.wake_producers());
+            }
         }
         if self.pool.is_current() {
             // ORDERING: SeqCst, see `progressed`.

@@ -442,7 +442,10 @@ impl PoolShared {
         let clients: Vec<_> = {
             let mut state = lock(&self.state);
             if !state.handle {
-                while !state.closed_clients && !self.is_current() {
+                while !state.closed_clients
+                    && !self.is_current()
+                    && !fault!(SecondPoolCloseSkipsWait)
+                {
                     state = wait(&self.handle_closed, state);
                 }
                 drop(state);

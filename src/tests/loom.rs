@@ -23,10 +23,12 @@
 //!    the second starts. Twin: the sweep marks the key Evicted before it takes the map's lock
 //!    ([`Fault::EvictBeforeMapLock`]), so a producer can push into a mailbox that is leaving the
 //!    map.
-//! 4. [`blocked_producer_returns_when_close_runs`]: with `key_capacity(0)`, a producer blocked
-//!    on the full key while `close` runs returns, its job either run or handed back as
-//!    `Closed`. Twin: end of turn does not wake the producers waiting for room
-//!    ([`Fault::NoRoomWake`]).
+//! 4. [`blocked_producer_is_let_in_when_the_turn_ends`]: with `key_capacity(0)`, a producer
+//!    blocked on the full key gets in when the running job's turn ends. Twin: end of turn does
+//!    not wake the producers waiting for room ([`Fault::NoRoomWake`]).
+//!    [`close_wakes_a_producer_blocked_on_a_full_key`]: the running job waits for that blocked
+//!    producer, so only `close` can wake it, and does, handing its job back as `Closed`. Twin:
+//!    close does not wake the key's waiters ([`Fault::CloseLeavesKeyWaiters`]).
 //! 5. [`concurrent_closes_both_wait_for_the_drain`]: two closes at once both return, each after
 //!    every accepted job ran exactly once and every key was evicted. Twin: a close that finds
 //!    the flag already set returns without waiting ([`Fault::LateCloseSkipsDrain`]).
@@ -40,6 +42,9 @@
 //!    that comes after it has shut down ([`Fault::TokenAfterShutdown`]): a producer adds one
 //!    while a holder already out runs its key and the close completes, and the token, queued
 //!    where no thread will take it, keeps the dispatcher alive.
+//! 8. [`concurrent_pool_closes_both_wait_for_the_drain`]: two threads close a shared pool whose
+//!    dispatcher holds a job; both return after it ran. Twin: the second close returns without
+//!    waiting for the first ([`Fault::SecondPoolCloseSkipsWait`]).
 //!
 //! Each twin is the same model with its fault armed (see [`Fault`]), marked `#[should_panic]`
 //! with the failure it must produce in a release build. With debug assertions, the crate's own
@@ -55,7 +60,7 @@
 //! of `SeqCst` accesses that those pairs rely on.
 
 use crate::{
-    sync::{thread, Fault},
+    sync::{lock, thread, wait, Condvar, Fault, Mutex as ModelMutex},
     tests::handle::Handle,
     DispatchError, Dispatcher,
 };
@@ -320,32 +325,28 @@ fn eviction_outside_the_map_lock_loses_a_job() {
 }
 
 // -------------------------------------------------------------------------------------------
-// 4. A producer blocked on a full key while close runs.
+// 4. A producer blocked on a full key.
 
+/// Model 4a: job 0 fills its key, so the producer of job 1 blocks unless job 0's turn has
+/// ended; it must be let in when that turn ends, without any close to wake it.
 fn blocked_model(fault: Option<Fault>) {
     explore(2, fault, || {
         let log = Log::default();
         let d = log.dispatcher(1, 0);
         d.dispatch(0, 0).unwrap();
-        // Job 0 holds the key's one slot until its turn ends, so this blocks unless the turn
-        // has ended already.
         let producer = {
             let d = d.share();
             thread::spawn(move || d.dispatch(0, 1))
         };
+        producer.join().unwrap().expect("no close: job 1 is let in");
         assert!(d.close().drained);
-        let ran = log.started();
-        let mut accepted = vec![0];
-        accepted.extend(settle(producer.join().unwrap(), 0, 1, &ran));
-        log.assert_ran(&accepted);
-        if accepted.len() == 2 {
-            log.assert_before(0, 1);
-        }
+        log.assert_ran(&[0, 1]);
+        log.assert_before(0, 1);
     });
 }
 
 #[test]
-fn blocked_producer_returns_when_close_runs() {
+fn blocked_producer_is_let_in_when_the_turn_ends() {
     blocked_model(None);
 }
 
@@ -354,6 +355,56 @@ fn blocked_producer_returns_when_close_runs() {
 #[cfg_attr(debug_assertions, should_panic)]
 fn blocked_producer_never_woken_hangs() {
     blocked_model(Some(Fault::NoRoomWake));
+}
+
+/// Model 4b: job 0's handler waits until the producer blocked behind it on the full key has
+/// returned, so only `close` can wake that producer: it must, with its job handed back.
+fn close_wakes_model(fault: Option<Fault>) {
+    explore(2, fault, || {
+        let returned = Arc::new((ModelMutex::new(false), Condvar::new()));
+        let handler_sees = Arc::clone(&returned);
+        let d = Handle::new(
+            Dispatcher::builder()
+                .workers(1)
+                .key_capacity(0)
+                .build(move |_: &u8, job: u32| {
+                    let (flag, changed) = &*handler_sees;
+                    let mut flag = lock(flag);
+                    while job == 0 && !*flag {
+                        flag = wait(changed, flag);
+                    }
+                })
+                .expect("valid configuration"),
+        );
+        d.dispatch(0, 0).unwrap();
+        let producer = {
+            let (d, returned) = (d.share(), Arc::clone(&returned));
+            thread::spawn(move || {
+                let result = d.dispatch(0, 1);
+                *lock(&returned.0) = true;
+                returned.1.notify_all();
+                result
+            })
+        };
+        // The producer either finds the key still full (job 0 cannot end before it returns),
+        // or comes after close began: refused either way.
+        assert!(d.close().drained);
+        let err = producer.join().unwrap().expect_err("the key was full");
+        assert!(err.is_closed());
+        assert_eq!(err.into_inner(), (0, 1));
+    });
+}
+
+#[test]
+fn close_wakes_a_producer_blocked_on_a_full_key() {
+    close_wakes_model(None);
+}
+
+#[test]
+#[cfg_attr(not(debug_assertions), should_panic(expected = "deadlock"))]
+#[cfg_attr(debug_assertions, should_panic)]
+fn close_leaving_key_waiters_asleep_hangs() {
+    close_wakes_model(Some(Fault::CloseLeavesKeyWaiters));
 }
 
 // -------------------------------------------------------------------------------------------
@@ -462,4 +513,56 @@ fn dispatch_racing_close_leaves_nothing_alive() {
 #[cfg_attr(debug_assertions, should_panic)]
 fn token_queued_after_shutdown_keeps_the_dispatcher_alive() {
     late_token_model(Some(Fault::TokenAfterShutdown));
+}
+
+// -------------------------------------------------------------------------------------------
+// 8. Two closes of a shared pool at once.
+
+/// Model 8: two threads close a shared pool while its dispatcher has a job; each close must
+/// return only once the job has run (the first closes the dispatcher, the second waits for it).
+fn two_pool_closes_model(fault: Option<Fault>) {
+    explore(2, fault, || {
+        let log = Log::default();
+        let pool = Arc::new(crate::WorkerPool::new(1).expect("one worker"));
+        let recorder = log.clone();
+        let d = Handle::new(
+            Dispatcher::builder()
+                .pool(&pool)
+                .build(move |_: &u8, job: u32| {
+                    recorder.push(Event::Start(job));
+                    recorder.push(Event::End(job));
+                })
+                .expect("valid configuration"),
+        );
+        d.dispatch(0, 0).unwrap();
+        let check = |log: &Log| {
+            assert_eq!(log.started(), [0], "pool close returned before the drain");
+        };
+        let closer = {
+            let (pool, log) = (Arc::clone(&pool), log.clone());
+            thread::spawn(move || {
+                pool.close();
+                check(&log);
+            })
+        };
+        pool.close();
+        check(&log);
+        closer.join().unwrap();
+        log.assert_ran(&[0]);
+    });
+}
+
+#[test]
+fn concurrent_pool_closes_both_wait_for_the_drain() {
+    two_pool_closes_model(None);
+}
+
+#[test]
+#[cfg_attr(
+    not(debug_assertions),
+    should_panic(expected = "pool close returned before the drain")
+)]
+#[cfg_attr(debug_assertions, should_panic)]
+fn second_pool_close_returning_early_misses_the_drain() {
+    two_pool_closes_model(Some(Fault::SecondPoolCloseSkipsWait));
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 const PRODUCERS: u64 = 3;
-/// Keys of the producers' jobs: one job each fills them (`key_capacity(1)`).
+/// Keys of the producers' jobs: one job each fills them (`key_capacity(0)`).
 const KEYS: u64 = 5;
 
 /// Where a slow comparison reports that it began, and what it waits for.
@@ -86,7 +86,7 @@ fn stats_counters_never_go_back_while_full_queues_refuse_dispatches() {
     let d = Dispatcher::builder()
         .workers(2)
         .capacity(64)
-        .key_capacity(1)
+        .key_capacity(0)
         .name("hostile-stats")
         .build(move |_: &SlowKey, _: u64| held.wait())
         .unwrap();
