@@ -6,11 +6,12 @@ use std::fmt::{self, Display};
 /// Runs jobs: one call per job, never two at once for the same key.
 ///
 /// Closures implement it: an infallible `Fn(&K, J)`, or a fallible `Fn(&K, J) -> Result<(), E>`
-/// with `E: Display`. A failure is logged at `warn` with its key, counted in
-/// [`Stats::failed`](crate::Stats::failed) and passed to the
-/// [`on_error`](crate::Builder::on_error) hook; the key's later jobs still run.
+/// with `E: Display`; pass them to [`Builder::build`](crate::Builder::build). A failure is
+/// logged at `warn` with its key, counted in [`Stats::failed`](crate::Stats::failed) and passed
+/// to the [`on_error`](crate::Builder::on_error) hook; the key's later jobs still run.
 ///
-/// Implement it on a type of your own when the handler carries state or a named error type.
+/// Implement it on a type of your own when the handler carries state or a named error type, and
+/// pass that to [`Builder::build_handler`](crate::Builder::build_handler).
 ///
 /// # Examples
 ///
@@ -34,7 +35,8 @@ use std::fmt::{self, Display};
 ///     }
 /// }
 ///
-/// let d = Dispatcher::builder().workers(2).build(Ledger { total: AtomicU64::new(0) })?;
+/// let ledger = Ledger { total: AtomicU64::new(0) };
+/// let d = Dispatcher::builder().workers(2).build_handler(ledger)?;
 /// d.dispatch("alice".to_string(), 5)?;
 /// d.dispatch("bob".to_string(), 0)?; // fails: logged, counted
 /// let report = d.close();
