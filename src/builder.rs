@@ -370,7 +370,7 @@ where
     ///
     /// As [`build`](Builder::build).
     pub fn build_spawner(self) -> Result<Dispatcher<K, BoxedJob>, BuildError> {
-        self.build(|_: &K, job: BoxedJob| job())
+        self.build(|_: &K, job: BoxedJob| job.run())
     }
 }
 

@@ -259,13 +259,14 @@ where
     ///
     /// # Errors
     ///
-    /// As [`dispatch`](Group::dispatch); the error holds the boxed closure.
+    /// As [`dispatch`](Group::dispatch); the error holds the closure as a [`BoxedJob`], and is
+    /// `Send + Sync`.
     pub fn spawn(
         &self,
         key: K,
         job: impl FnOnce() + Send + 'static,
     ) -> Result<(), DispatchError<K, BoxedJob>> {
-        self.dispatch(key, Box::new(job))
+        self.dispatch(key, BoxedJob::new(job))
     }
 }
 

@@ -343,7 +343,9 @@ where
     ///
     /// # Errors
     ///
-    /// As [`dispatch`](Dispatcher::dispatch); the error holds the boxed closure.
+    /// As [`dispatch`](Dispatcher::dispatch); the error holds the closure as a [`BoxedJob`].
+    /// It is `Send + Sync`, so `?` turns it into a `Box<dyn Error + Send + Sync>` or an
+    /// `anyhow::Error`.
     ///
     /// # Examples
     ///
@@ -361,14 +363,14 @@ where
     /// }
     /// d.close();
     /// assert_eq!(count.load(Ordering::Relaxed), 2);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     /// ```
     pub fn spawn(
         &self,
         key: K,
         job: impl FnOnce() + Send + 'static,
     ) -> Result<(), DispatchError<K, BoxedJob>> {
-        self.dispatch(key, Box::new(job))
+        self.dispatch(key, BoxedJob::new(job))
     }
 }
 
