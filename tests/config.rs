@@ -94,12 +94,15 @@ fn defaults_build_and_close() {
 }
 
 #[test]
-fn handles_and_errors_are_send_sync_and_debug_without_bounds() {
+fn handles_and_errors_are_send_sync_clone_and_debug_without_bounds() {
     fn send_sync<T: Send + Sync>() {}
+    fn handle<T: Send + Sync + Clone + std::fmt::Debug>() {}
     fn error<T: std::error::Error + Send + Sync + 'static>() {}
     struct NotDebug;
-    send_sync::<Dispatcher<String, Vec<u8>>>();
-    send_sync::<Dispatcher<u64, BoxedJob>>();
+    handle::<Dispatcher<String, Vec<u8>>>();
+    handle::<Dispatcher<u64, BoxedJob>>();
+    handle::<Dispatcher<u64, NotDebug>>();
+    handle::<keyed_dispatch::Group<u64, NotDebug>>();
     send_sync::<WorkerPool>();
     send_sync::<Stats>();
     error::<DispatchError<u64, NotDebug>>();
