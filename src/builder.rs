@@ -6,7 +6,7 @@ use crate::{
     dispatcher::{core::Core, Dispatcher},
     error::BuildError,
     gate::MAX_CAPACITY,
-    handler::{BoxedJob, Handler},
+    handler::{BoxedJob, Handler, HandlerOutput},
     pool::{default_workers, PoolShared, WorkerPool, DEFAULT_NAME},
     sync::Arc,
 };
@@ -350,7 +350,17 @@ where
     }
 
     /// Checks the configuration, starts the threads (or attaches to the pool) and returns the
-    /// dispatcher, which runs `handler` for every job.
+    /// dispatcher, which calls `handler` for every job: an infallible `Fn(&K, J)`, or a
+    /// fallible `Fn(&K, J) -> Result<(), E>` with `E: Display` (see [`Handler`] for what
+    /// happens to a failure). For a type of your own that implements [`Handler`], use
+    /// [`build_handler`](Builder::build_handler).
+    ///
+    /// A closure passed straight to `build` needs no argument types: it takes them from the
+    /// dispatcher's `K` and `J`, wherever those are named (`Dispatcher::<u64, String>::builder()`,
+    /// a `let d: Dispatcher<u64, String>`, a later `dispatch`). Where the closure's body calls
+    /// methods on its arguments, name the types before the closure: on the builder, or on the
+    /// arguments (`|key: &u64, job: String|`). A closure first stored in a variable needs its
+    /// key argument's type written out (`&u64`), as for any closure taking a reference.
     ///
     /// # Errors
     ///
@@ -359,7 +369,73 @@ where
     /// thread name with a NUL byte, ...), [`BuildError::PoolClosed`] for a closed pool, or
     /// [`BuildError::Spawn`] if a thread could not be started (or [`BuildError::PinUnsupported`]
     /// or [`BuildError::PinRefused`] if it could not be pinned). Nothing keeps running then.
-    pub fn build<H: Handler<K, J>>(self, handler: H) -> Result<Dispatcher<K, J>, BuildError> {
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// // The types come from the `let`.
+    /// let d: Dispatcher<u64, String> = Dispatcher::builder().build(|k, j| println!("{k} {j}"))?;
+    /// d.dispatch(7, "hello".to_string())?;
+    ///
+    /// let checked = Dispatcher::<u64, i64>::builder().build(|account, amount| {
+    ///     if amount.is_negative() {
+    ///         return Err(format!("{account}: negative amount {amount}"));
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// checked.dispatch(7, -5)?; // fails: logged at `warn` and counted
+    /// assert_eq!(checked.close().stats.failed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    // The `Fn` bound, rather than `H: Handler<K, J>`, is what lets the closure's signature be
+    // inferred: the compiler gives a closure passed to an `Fn(&K, J)` bound a signature for
+    // every lifetime of `&K`, while through the blanket `Handler` impl it would infer one
+    // lifetime, and the closure would then not implement `Handler`.
+    pub fn build<F, R>(self, handler: F) -> Result<Dispatcher<K, J>, BuildError>
+    where
+        F: Fn(&K, J) -> R + Send + Sync + 'static,
+        R: HandlerOutput,
+    {
+        self.build_handler(handler)
+    }
+
+    /// As [`build`](Builder::build), for any [`Handler`]: a type of your own that carries state
+    /// or a named error type. Closures implement `Handler` too, but pass them to `build`, which
+    /// infers their argument types.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Builder::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, Handler};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// struct Counter(AtomicU64);
+    ///
+    /// impl Handler<u8, u64> for Counter {
+    ///     type Error = keyed_dispatch::Never;
+    ///
+    ///     fn handle(&self, _key: &u8, n: u64) -> Result<(), Self::Error> {
+    ///         self.0.fetch_add(n, Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let d = Dispatcher::builder().build_handler(Counter(AtomicU64::new(0)))?;
+    /// d.dispatch(1, 40)?;
+    /// d.dispatch(2, 2)?;
+    /// assert_eq!(d.close().stats.completed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn build_handler<H: Handler<K, J>>(
+        self,
+        handler: H,
+    ) -> Result<Dispatcher<K, J>, BuildError> {
         let workers = match &self.pool {
             Some(pool) => pool.workers(),
             None => self.workers.unwrap_or_else(default_workers),
@@ -448,7 +524,7 @@ where
     ///
     /// As [`build`](Builder::build).
     pub fn build_spawner(self) -> Result<Dispatcher<K, BoxedJob>, BuildError> {
-        self.build(|_: &K, job: BoxedJob| job())
+        self.build(|_: &K, job: BoxedJob| job.run())
     }
 }
 

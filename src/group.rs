@@ -64,8 +64,9 @@ impl Drop for Counted<'_> {
 ///   too: clones of a group share its count, and jobs dispatched while others wait are waited
 ///   for by waits that have not yet returned. A group with no pending job is done.
 ///
-/// The group keeps its dispatcher's state alive, not the dispatcher: once every [`Dispatcher`]
-/// handle is dropped (which closes it), dispatching through the group returns `Closed`. A group
+/// The group keeps its dispatcher's state alive, not the dispatcher open: once the last clone
+/// of the [`Dispatcher`] is dropped (which closes it), dispatching through the group returns
+/// `Closed`. A group
 /// stored in its own dispatcher's handler makes a reference cycle; store it in another
 /// dispatcher's handler, or pass it along with the job.
 ///
@@ -259,13 +260,14 @@ where
     ///
     /// # Errors
     ///
-    /// As [`dispatch`](Group::dispatch); the error holds the boxed closure.
+    /// As [`dispatch`](Group::dispatch); the error holds the closure as a [`BoxedJob`], and is
+    /// `Send + Sync`.
     pub fn spawn(
         &self,
         key: K,
         job: impl FnOnce() + Send + 'static,
     ) -> Result<(), DispatchError<K, BoxedJob>> {
-        self.dispatch(key, Box::new(job))
+        self.dispatch(key, BoxedJob::new(job))
     }
 }
 

@@ -24,7 +24,8 @@
 //!   [`DispatchError`], with its key. A panicking job is caught, logged and counted; its key
 //!   and its thread go on.
 //! - **Clean shutdown.** [`close`](Dispatcher::close) stops accepting, runs every accepted job,
-//!   evicts every key and joins every thread. Dropping the dispatcher does the same.
+//!   evicts every key and joins every thread. Dropping the dispatcher (its last clone, if it was
+//!   cloned) does the same.
 //!
 //! # Example
 //!
@@ -95,9 +96,10 @@
 //!
 //! # Shutdown
 //!
-//! [`Dispatcher::close`] is idempotent and takes `&self`: producers on other threads get
-//! `Closed` errors from then on. `Drop` calls it, so a dispatcher that goes out of scope drains
-//! and joins before the drop returns. [`Dispatcher::close_now`] stops after the running jobs and
+//! [`Dispatcher::close`] is idempotent and takes `&self`: producers on other threads, through
+//! any clone of the handle, get `Closed` errors from then on. A [`Dispatcher`] is a handle that
+//! producers clone to share it; the drop of the last clone calls `close`, so a dispatcher that
+//! goes out of scope drains and joins before the drop returns. [`Dispatcher::close_now`] stops after the running jobs and
 //! hands back the rest, grouped by key in dispatch order; each group counts them as
 //! [`handed_back`](GroupReport::handed_back), so no wait hangs on them. Called from inside a
 //! handler (of any dispatcher on the same pool), where waiting could deadlock, `close` stops

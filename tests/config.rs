@@ -1,10 +1,14 @@
 //! The public surface: typed build errors instead of panics or hangs, auto traits, `Debug`
 //! without bounds on jobs.
 
+mod common;
+
+use common::{Watchdog, HANG};
 use keyed_dispatch::{
-    BuildError, CloseReport, DispatchError, Dispatcher, Stats, WaitError, WorkerPool,
+    BoxedJob, BuildError, CloseReport, DispatchError, Dispatcher, Stats, WaitError, WorkerPool,
 };
 use std::{
+    error::Error,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -188,15 +192,19 @@ fn defaults_build_and_close() {
 }
 
 #[test]
-fn handles_and_errors_are_send_sync_and_debug_without_bounds() {
+fn handles_and_errors_are_send_sync_clone_and_debug_without_bounds() {
     fn send_sync<T: Send + Sync>() {}
+    fn handle<T: Send + Sync + Clone + std::fmt::Debug>() {}
     fn error<T: std::error::Error + Send + Sync + 'static>() {}
     struct NotDebug;
-    send_sync::<Dispatcher<String, Vec<u8>>>();
-    send_sync::<Dispatcher<u64, Box<dyn FnOnce() + Send>>>();
+    handle::<Dispatcher<String, Vec<u8>>>();
+    handle::<Dispatcher<u64, BoxedJob>>();
+    handle::<Dispatcher<u64, NotDebug>>();
+    handle::<keyed_dispatch::Group<u64, NotDebug>>();
     send_sync::<WorkerPool>();
     send_sync::<Stats>();
     error::<DispatchError<u64, NotDebug>>();
+    error::<DispatchError<u64, BoxedJob>>();
     error::<BuildError>();
     error::<WaitError>();
     let err: DispatchError<u8, NotDebug> = DispatchError::Closed {
@@ -209,4 +217,47 @@ fn handles_and_errors_are_send_sync_and_debug_without_bounds() {
         .build(|_: &u8, _: NotDebug| {})
         .unwrap();
     assert!(format!("{d:?}").starts_with("Dispatcher"));
+}
+
+/// A spawner's refusal, which holds the closure, converts with `?` into the `Send + Sync` boxed
+/// error that `anyhow::Error` and most application error types require.
+#[test]
+fn spawner_errors_work_with_question_mark() {
+    fn spawn_one(d: &Dispatcher<u64, BoxedJob>) -> Result<(), Box<dyn Error + Send + Sync>> {
+        d.spawn(1, || {})?;
+        Ok(())
+    }
+    fn send_sync_error<T: Error + Send + Sync + 'static>() {}
+    send_sync_error::<DispatchError<u64, BoxedJob>>();
+
+    let _watchdog = Watchdog::new("spawner errors", HANG);
+    let d = Dispatcher::builder().workers(1).build_spawner().unwrap();
+    spawn_one(&d).unwrap();
+    let (ran, count) = std::sync::mpsc::channel();
+    let also_ran = ran.clone();
+    d.dispatch(2, BoxedJob::new(move || ran.send(2).unwrap()))
+        .unwrap();
+    let boxed: Box<dyn FnOnce() + Send> = Box::new(move || also_ran.send(3).unwrap());
+    d.dispatch(3, BoxedJob::new(boxed)).unwrap();
+    assert_eq!(d.close().stats.completed, 3);
+    let mut ran: Vec<u32> = count.try_iter().collect();
+    ran.sort_unstable();
+    assert_eq!(ran, [2, 3], "the jobs boxed by hand ran");
+    let err = spawn_one(&d).unwrap_err();
+    assert_eq!(err.to_string(), "dispatching on a closed dispatcher");
+    let refused = err
+        .downcast::<DispatchError<u64, BoxedJob>>()
+        .expect("the error is the dispatcher's");
+    assert_eq!(
+        format!("{refused:?} {:?}", refused.job()),
+        "Closed(..) BoxedJob(..)"
+    );
+    assert_eq!(*refused.key(), 1);
+    refused.into_job().run(); // the refused job is handed back whole
+
+    // A job dropped without running drops what its closure holds.
+    let held = std::sync::Arc::new(());
+    let kept = std::sync::Arc::clone(&held);
+    drop(BoxedJob::new(move || drop(kept)));
+    assert_eq!(std::sync::Arc::strong_count(&held), 1);
 }

@@ -38,24 +38,52 @@ use std::{
 /// Runs jobs one at a time per key, in dispatch order, and different keys in parallel on a
 /// bounded pool of threads.
 ///
-/// Build one with [`Dispatcher::builder`]. The handle is `Send + Sync`: share it by reference or
-/// in an `Arc` among any number of producer threads. See the [crate docs](crate) for the
-/// guarantees.
+/// Build one with [`Dispatcher::builder`]. See the [crate docs](crate) for the guarantees.
+///
+/// # Sharing and dropping
+///
+/// `Dispatcher` is a handle: clone it to share it between threads; the last clone's drop closes
+/// it, draining and joining.
+///
+/// Clones share one dispatcher: the same keys, queues, threads and counters, so a key's order
+/// holds across them. Cloning costs two reference count increments, and no `Arc` is needed
+/// around the handle (being `Send + Sync`, it can also be shared by reference, with scoped
+/// threads). The last clone's drop closes the dispatcher as [`close`](Dispatcher::close) does:
+/// every accepted job runs, and the threads of a private pool are joined, before `drop`
+/// returns. Dropping any other clone does nothing. `close` (or `close_now`) through any clone
+/// closes the dispatcher for all of them. A [`Group`] does not keep the dispatcher open.
 ///
 /// # Re-entrancy
 ///
-/// A handler may use the dispatcher it runs on (through a `Weak` or an `Arc`): dispatching never
-/// blocks on a worker thread of the dispatcher's own pool (where waiting for room could
-/// deadlock, a full queue refuses with `Full`); `wait_idle`, `flush_key`, `close_now` and a
-/// [`Group`]'s waits return [`WaitError::WouldDeadlock`] there (in a handler of any dispatcher
-/// on the same pool); `close` stops accepting but does not wait. Dropping the last handle
-/// inside a handler behaves like that `close`.
+/// A handler may use the dispatcher it runs on (through a clone, or a `Weak` of an `Arc`):
+/// dispatching never blocks on a worker thread of the dispatcher's own pool (where waiting for
+/// room could deadlock, a full queue refuses with `Full`); `wait_idle`, `flush_key`,
+/// `close_now` and a [`Group`]'s waits return [`WaitError::WouldDeadlock`] there (in a handler
+/// of any dispatcher on the same pool); `close` stops accepting but does not wait. Dropping the
+/// last clone inside a handler behaves like that `close`: the shutdown finishes when the last
+/// job does, and no accepted job is lost. A clone kept in the dispatcher's own handler makes a
+/// reference cycle, which keeps the dispatcher open until `close` is called.
 ///
 /// [`Group`]: crate::Group
 pub struct Dispatcher<K, J> {
     pub(crate) core: Arc<Core<K, J>>,
-    /// The same state, erased so that `Drop` (which cannot require `K`'s bounds) can close it.
+    /// Shared by every clone: the last clone's drop drops it, which closes the dispatcher. Apart
+    /// from `core`, so that a dispatch goes to the core without reading through it.
+    handle: Arc<LastHandle>,
+}
+
+/// What the clones of one [`Dispatcher`] share; its drop closes the dispatcher.
+struct LastHandle {
+    /// The core, erased so that `Drop` (which cannot require `K`'s bounds) can close it.
     client: Arc<dyn Client>,
+}
+
+impl Drop for LastHandle {
+    /// The last clone is gone: close as [`Dispatcher::close`] does, which on a worker thread
+    /// (in a handler) only stops accepting (see the type's docs).
+    fn drop(&mut self) {
+        self.client.close_client();
+    }
 }
 
 /// What [`Dispatcher::close`] found.
@@ -84,7 +112,10 @@ where
 
     pub(crate) fn from_core(core: Arc<Core<K, J>>) -> Self {
         let client = Arc::clone(&core) as Arc<dyn Client>;
-        Dispatcher { core, client }
+        Dispatcher {
+            core,
+            handle: Arc::new(LastHandle { client }),
+        }
     }
 
     /// Dispatches `job` on `key`. It runs after every job dispatched on `key` before this call
@@ -260,7 +291,7 @@ where
     ///
     /// From a handler it only stops accepting and returns at once with
     /// [`CloseReport::drained`] false: the shutdown finishes when the last job does, and a
-    /// later `close` from outside (or `Drop`) still waits and joins.
+    /// later `close` from outside (or the last clone's drop) still waits and joins.
     ///
     /// # Examples
     ///
@@ -343,7 +374,9 @@ where
     ///
     /// # Errors
     ///
-    /// As [`dispatch`](Dispatcher::dispatch); the error holds the boxed closure.
+    /// As [`dispatch`](Dispatcher::dispatch); the error holds the closure as a [`BoxedJob`].
+    /// It is `Send + Sync`, so `?` turns it into a `Box<dyn Error + Send + Sync>` or an
+    /// `anyhow::Error`.
     ///
     /// # Examples
     ///
@@ -361,24 +394,49 @@ where
     /// }
     /// d.close();
     /// assert_eq!(count.load(Ordering::Relaxed), 2);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     /// ```
     pub fn spawn(
         &self,
         key: K,
         job: impl FnOnce() + Send + 'static,
     ) -> Result<(), DispatchError<K, BoxedJob>> {
-        self.dispatch(key, Box::new(job))
+        self.dispatch(key, BoxedJob::new(job))
     }
 }
 
-impl<K, J> Drop for Dispatcher<K, J> {
-    /// Closes the dispatcher as [`close`](Dispatcher::close) does: every accepted job runs, and
-    /// the threads of a private pool are joined, before `drop` returns. Dropped on a worker
-    /// thread (in a handler), it stops accepting and the shutdown finishes when the last job
-    /// does; no accepted job is lost either way.
-    fn drop(&mut self) {
-        self.client.close_client();
+impl<K, J> Clone for Dispatcher<K, J> {
+    /// Another handle on the same dispatcher. The dispatcher closes when the last handle is
+    /// dropped, or when any of them calls [`close`](Dispatcher::close).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::thread;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u32, _: u32| {})?;
+    /// let producers: Vec<_> = (0..4)
+    ///     .map(|p| {
+    ///         let d = d.clone();
+    ///         thread::spawn(move || {
+    ///             for n in 0..100 {
+    ///                 d.dispatch(p, n).unwrap();
+    ///             }
+    ///         }) // dropping this clone leaves the dispatcher open
+    ///     })
+    ///     .collect();
+    /// for producer in producers {
+    ///     producer.join().unwrap();
+    /// }
+    /// assert_eq!(d.close().stats.completed, 400);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn clone(&self) -> Self {
+        Dispatcher {
+            core: Arc::clone(&self.core),
+            handle: Arc::clone(&self.handle),
+        }
     }
 }
 

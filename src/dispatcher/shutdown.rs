@@ -3,7 +3,8 @@
 //!
 //! # Shutdown sequence
 //!
-//! [`Dispatcher::close`](crate::Dispatcher::close) (and `Drop`, which calls it):
+//! [`Dispatcher::close`](crate::Dispatcher::close) (and the drop of the dispatcher's last clone,
+//! which calls it):
 //!
 //! 1. Sets the gate's closed flag with one atomic read-modify-write. Every dispatch that entered
 //!    the gate before it is accepted and counted; every later one is refused with `Closed`.
