@@ -165,20 +165,20 @@ where
     /// # Examples
     ///
     /// ```
-    /// use keyed_dispatch::Dispatcher;
+    /// use keyed_dispatch::{Bound, Dispatcher};
     /// use std::sync::mpsc;
     ///
     /// let (started, wait_start) = mpsc::channel();
     /// let (release, gate) = mpsc::channel::<()>();
     /// let gate = std::sync::Mutex::new(gate);
-    /// let d = Dispatcher::builder().key_capacity(1).build(move |_: &u8, _: u32| {
+    /// let d = Dispatcher::builder().key_capacity(0).build(move |_: &u8, _: u32| {
     ///     started.send(()).unwrap();
     ///     gate.lock().unwrap().recv().unwrap();
     /// })?;
     /// d.try_dispatch(1, 10)?;
-    /// wait_start.recv()?; // job 10 is running and holds the key's only slot
+    /// wait_start.recv()?; // job 10 is running, and no job may wait behind it
     /// let err = d.try_dispatch(1, 11).unwrap_err();
-    /// assert!(err.is_full());
+    /// assert_eq!(err.bound(), Some(Bound::Key));
     /// assert_eq!(err.into_inner(), (1, 11));
     /// release.send(())?;
     /// # d.close();

@@ -24,7 +24,7 @@
 //! # The model
 //!
 //! Three producer threads each dispatch three jobs to each of three keys, keys interleaved,
-//! into a dispatcher of two workers with `key_capacity(1)` and `capacity(2)` (so producers
+//! into a dispatcher of two workers with `key_capacity(0)` and `capacity(0)` (so producers
 //! block on full keys and on the full dispatcher), evicting idle keys as soon as no key is
 //! ready (`idle_timeout` zero, the most eager setting). Another thread calls `close` while the
 //! producers run, once a number of jobs drawn by shuttle (none to all) have been accepted, so
@@ -138,8 +138,8 @@ fn model() {
         let log = log.clone();
         let dispatcher = Dispatcher::builder()
             .workers(2)
-            .capacity(2)
-            .key_capacity(1)
+            .capacity(0)
+            .key_capacity(0)
             .idle_timeout(Duration::ZERO)
             .build(move |_: &u8, job: u32| {
                 log.push(Event::Start(job));
