@@ -18,12 +18,24 @@ use std::{
     time::Duration,
 };
 
-/// Jobs a dispatcher accepts and has not finished, in all, unless [`Builder::capacity`] says
+/// Jobs that wait to run in a dispatcher, over all keys, unless [`Builder::capacity`] says
 /// otherwise.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(keyed_dispatch::DEFAULT_CAPACITY, 1 << 20);
+/// ```
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
 /// Jobs a key runs while others are ready before its thread goes to the next of them, unless
 /// [`Builder::jobs_per_turn`] says otherwise.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(keyed_dispatch::DEFAULT_JOBS_PER_TURN, 64);
+/// ```
 pub const DEFAULT_JOBS_PER_TURN: usize = 64;
 
 /// Configures and builds a [`Dispatcher`]; from [`Dispatcher::builder`].
@@ -93,6 +105,19 @@ where
     /// Threads of the dispatcher's private pool; defaults to
     /// [`std::thread::available_parallelism`]. However many keys there are, the dispatcher uses
     /// exactly this many threads. Not to be combined with [`pool`](Builder::pool).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher};
+    ///
+    /// let d = Dispatcher::builder().workers(3).build(|_: &u8, _: u8| {})?;
+    /// assert_eq!(d.stats().workers, 3);
+    ///
+    /// let err = Dispatcher::builder().workers(0).build(|_: &u8, _: u8| {}).unwrap_err();
+    /// assert!(matches!(err, BuildError::ZeroWorkers));
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = Some(workers);
         self
@@ -112,6 +137,25 @@ where
     ///
     /// Offered on Linux, Android and FreeBSD, where a thread's affinity is a hard mask;
     /// elsewhere [`build`](Builder::build) returns [`BuildError::PinUnsupported`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher, WorkerPool};
+    ///
+    /// match Dispatcher::builder().workers(2).pin_workers(true).build(|_: &u8, _: u8| {}) {
+    ///     Ok(d) => assert_eq!(d.close().stats.workers, 2),
+    ///     // Another system, or one that refused to pin a thread.
+    ///     Err(err) => {
+    ///         assert!(matches!(err, BuildError::PinUnsupported | BuildError::PinRefused { .. }))
+    ///     }
+    /// }
+    ///
+    /// let pool = WorkerPool::new(2)?;
+    /// let err = Dispatcher::builder().pool(&pool).pin_workers(true).build(|_: &u8, _: u8| {});
+    /// assert!(matches!(err.unwrap_err(), BuildError::PinWithPool));
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn pin_workers(mut self, pin: bool) -> Self {
         self.threads.pin = pin;
         self
@@ -255,12 +299,54 @@ where
     /// [`stack_size`](Builder::stack_size), [`on_thread_start`](Builder::on_thread_start) and
     /// [`on_thread_stop`](Builder::on_thread_stop) cannot be set with it, and
     /// [`build`](Builder::build) says so with a [`BuildError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher, WorkerPool};
+    ///
+    /// let pool = WorkerPool::new(2)?;
+    /// let d = Dispatcher::builder().pool(&pool).build(|_: &u8, _: u8| {})?;
+    /// assert_eq!(d.stats().workers, 2); // the pool's threads
+    ///
+    /// let err = Dispatcher::builder().pool(&pool).workers(4).build(|_: &u8, _: u8| {});
+    /// assert!(matches!(err.unwrap_err(), BuildError::WorkersWithPool));
+    /// let err = Dispatcher::builder().pool(&pool).stack_size(1 << 20).build(|_: &u8, _: u8| {});
+    /// let err = err.unwrap_err();
+    /// assert!(matches!(err, BuildError::ThreadSettingsWithPool { setting: "stack_size" }));
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn pool(mut self, pool: &WorkerPool) -> Self {
         self.pool = Some(Arc::clone(pool.shared()));
         self
     }
 
     /// The most threads of its pool the dispatcher uses at once; defaults to all of them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher, WorkerPool};
+    /// use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    ///
+    /// static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    /// static MOST: AtomicUsize = AtomicUsize::new(0);
+    /// let pool = WorkerPool::new(4)?;
+    /// let d = Dispatcher::builder().pool(&pool).max_parallel(2).build(|_: &u32, _: u32| {
+    ///     MOST.fetch_max(RUNNING.fetch_add(1, SeqCst) + 1, SeqCst);
+    ///     RUNNING.fetch_sub(1, SeqCst);
+    /// })?;
+    /// for n in 0..1000 {
+    ///     d.dispatch(n % 50, n)?;
+    /// }
+    /// d.close();
+    /// assert!(MOST.load(SeqCst) <= 2); // of the pool's 4 threads
+    ///
+    /// let err = Dispatcher::builder().pool(&pool).max_parallel(5).build(|_: &u8, _: u8| {});
+    /// let err = err.unwrap_err();
+    /// assert!(matches!(err, BuildError::MaxParallelAboveWorkers { max_parallel: 5, workers: 4 }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_parallel(mut self, max_parallel: usize) -> Self {
         self.max_parallel = Some(max_parallel);
         self
@@ -277,6 +363,28 @@ where
     ///
     /// `capacity(0)` accepts a job only when a thread is free to run it.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Bound, Dispatcher};
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().workers(1).capacity(1).build(move |_: &u8, _: u32| {
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// d.dispatch(1, 0)?;
+    /// started.recv()?; // job 0 runs on the one thread
+    /// d.try_dispatch(2, 1)?; // the one job that may wait
+    /// let err = d.try_dispatch(3, 2).unwrap_err();
+    /// assert_eq!(err.bound(), Some(Bound::Dispatcher));
+    /// drop(started);
+    /// assert_eq!(d.close().stats.completed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// [`Bound::Dispatcher`]: crate::Bound::Dispatcher
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
@@ -292,6 +400,28 @@ where
     ///
     /// `key_capacity(0)` accepts a job of a key only while it has none.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Bound, Dispatcher};
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().key_capacity(0).build(move |_: &u8, _: u32| {
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// d.dispatch(1, 0)?;
+    /// started.recv()?; // job 0 runs: key 1 has its one job
+    /// let err = d.try_dispatch(1, 1).unwrap_err();
+    /// assert_eq!(err.bound(), Some(Bound::Key));
+    /// d.try_dispatch(2, 2)?; // other keys have room
+    /// drop(started);
+    /// assert_eq!(d.close().stats.completed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// [`Bound::Key`]: crate::Bound::Key
     pub fn key_capacity(mut self, key_capacity: usize) -> Self {
         self.key_capacity = Some(key_capacity);
@@ -302,6 +432,35 @@ where
     /// next of them; defaults to [`DEFAULT_JOBS_PER_TURN`]. Lower is fairer to other keys, higher
     /// is cheaper for a hot key. While no other key is ready, a key keeps its thread for as long
     /// as it has jobs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher};
+    /// use std::sync::{mpsc, Mutex};
+    ///
+    /// static RAN: Mutex<Vec<(char, u32)>> = Mutex::new(Vec::new());
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().workers(1).jobs_per_turn(1).build(move |key: &char, n: u32| {
+    ///     RAN.lock().unwrap().push((*key, n));
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// d.dispatch('a', 0)?;
+    /// started.recv()?; // job 0 runs on the one thread
+    /// for n in 1..3 {
+    ///     d.dispatch('a', n)?;
+    ///     d.dispatch('b', n)?;
+    /// }
+    /// drop(started);
+    /// d.close();
+    /// assert_eq!(*RAN.lock().unwrap(), [('a', 0), ('b', 1), ('a', 1), ('b', 2), ('a', 2)]);
+    ///
+    /// let err = Dispatcher::builder().jobs_per_turn(0).build(|_: &u8, _: u8| {}).unwrap_err();
+    /// assert!(matches!(err, BuildError::ZeroJobsPerTurn));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn jobs_per_turn(mut self, jobs_per_turn: usize) -> Self {
         self.jobs_per_turn = jobs_per_turn;
         self
@@ -310,6 +469,23 @@ where
     /// Names the dispatcher in log lines, and its private pool's threads (`{name}-0`,
     /// `{name}-1`, ..., unless [`thread_name`](Builder::thread_name) names them); defaults to
     /// `keyed-dispatch`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher};
+    ///
+    /// let d = Dispatcher::builder().name("ledger").workers(2).build(|_: &u8, _: u8| {
+    ///     assert!(std::thread::current().name().unwrap().starts_with("ledger-"));
+    /// })?;
+    /// assert_eq!(d.name(), "ledger");
+    /// d.dispatch(1, 1)?;
+    /// assert_eq!(d.close().stats.panicked, 0);
+    ///
+    /// let err = Dispatcher::builder().name("led\0ger").build(|_: &u8, _: u8| {}).unwrap_err();
+    /// assert!(matches!(err, BuildError::NameWithNul));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -327,6 +503,24 @@ where
     /// A timeout pays off when keys come back after longer gaps than that: a key's first job
     /// after its eviction creates its entry again, under the map shard's write lock. It costs
     /// memory: every key seen within the timeout stays, however many there are.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::time::Duration;
+    ///
+    /// let d = Dispatcher::builder()
+    ///     .idle_timeout(Duration::from_secs(60))
+    ///     .build(|_: &u32, _: u32| {})?;
+    /// for key in 0..3 {
+    ///     d.dispatch(key, 1)?;
+    /// }
+    /// d.wait_idle()?;
+    /// assert_eq!(d.stats().keys, 3); // idle, and kept for a minute
+    /// assert_eq!(d.close().stats.keys, 0); // close evicts every key
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
@@ -334,6 +528,25 @@ where
 
     /// Called with the key and the panic payload when a job panics, after the panic has been
     /// logged at `error` and counted. A panic inside the hook is caught and logged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let d = Dispatcher::builder()
+    ///     .on_panic(move |key: &u32, _payload| tx.send(*key).unwrap())
+    ///     .build(|_: &u32, n: u32| assert_ne!(n, 13, "unlucky"))?;
+    /// for n in 12..15 {
+    ///     d.dispatch(n % 2, n)?;
+    /// }
+    /// let stats = d.close().stats;
+    /// assert_eq!((stats.completed, stats.panicked), (3, 1));
+    /// assert_eq!(rx.recv()?, 1); // the key of job 13, which went on to run job 15
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_panic(
         mut self,
         hook: impl Fn(&K, &(dyn Any + Send)) + Send + Sync + 'static,
@@ -344,6 +557,23 @@ where
 
     /// Called with the key and the error when a fallible handler fails, after the failure has
     /// been logged at `warn` and counted. A panic inside the hook counts as the job's panic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let d = Dispatcher::builder()
+    ///     .on_error(move |key: &u32, err| tx.send(format!("{key}: {err}")).unwrap())
+    ///     .build(|_: &u32, n: u32| if n == 0 { Err("empty") } else { Ok(()) })?;
+    /// d.dispatch(7, 0)?;
+    /// d.dispatch(7, 1)?;
+    /// assert_eq!(d.close().stats.failed, 1);
+    /// assert_eq!(rx.recv()?, "7: empty");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_error(mut self, hook: impl Fn(&K, &dyn Display) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Box::new(hook));
         self
@@ -364,7 +594,7 @@ where
     ///
     /// # Errors
     ///
-    /// A [`BuildError`] naming the setting that cannot work (zero workers, zero capacity, a
+    /// A [`BuildError`] naming the setting that cannot work (zero workers, too many workers, a
     /// key capacity above the capacity, a thread setting beside [`pool`](Builder::pool), a
     /// thread name with a NUL byte, ...), [`BuildError::PoolClosed`] for a closed pool, or
     /// [`BuildError::Spawn`] if a thread could not be started (or [`BuildError::PinUnsupported`]
@@ -523,6 +753,18 @@ where
     /// # Errors
     ///
     /// As [`build`](Builder::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BoxedJob, Dispatcher};
+    ///
+    /// let d = Dispatcher::builder().build_spawner()?;
+    /// d.spawn("acme", || println!("first"))?;
+    /// d.dispatch("acme", BoxedJob::new(|| println!("second")))?; // the same, boxed by hand
+    /// assert_eq!(d.close().stats.completed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
     pub fn build_spawner(self) -> Result<Dispatcher<K, BoxedJob>, BuildError> {
         self.build(|_: &K, job: BoxedJob| job.run())
     }
@@ -551,13 +793,36 @@ impl WorkerPool {
     ///
     /// # Errors
     ///
-    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::Spawn`] if a thread cannot be
-    /// started.
+    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::TooManyWorkers`] for more
+    /// than a pool may have, [`BuildError::Spawn`] if a thread cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, WorkerPool};
+    ///
+    /// let pool = WorkerPool::new(2)?;
+    /// assert_eq!(pool.workers(), 2);
+    /// assert!(matches!(WorkerPool::new(0), Err(BuildError::ZeroWorkers)));
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn new(workers: usize) -> Result<WorkerPool, BuildError> {
         WorkerPool::builder().workers(workers).build()
     }
 
     /// A builder to set the threads up as well: their names, stack size, pinning and hooks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::WorkerPool;
+    ///
+    /// let pool = WorkerPool::builder().workers(2).name("io").build()?;
+    /// assert_eq!(pool.workers(), 2);
+    /// let default = WorkerPool::builder().build()?;
+    /// assert_eq!(default.workers(), std::thread::available_parallelism()?.get());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder {
             workers: None,
@@ -568,6 +833,19 @@ impl WorkerPool {
 }
 
 /// Configures a [`WorkerPool`]: `WorkerPool::builder().workers(8).name("shared").build()`.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{Dispatcher, WorkerPool};
+///
+/// let pool = WorkerPool::builder().workers(2).name("shared").stack_size(4 << 20).build()?;
+/// let d = Dispatcher::builder().pool(&pool).build(|_: &u8, _: u8| {})?;
+/// d.dispatch(1, 1)?;
+/// pool.close(); // closes and drains `d` too
+/// assert_eq!(d.stats().completed, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
     workers: Option<usize>,
@@ -577,6 +855,17 @@ pub struct PoolBuilder {
 
 impl PoolBuilder {
     /// Number of threads; defaults to [`std::thread::available_parallelism`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, WorkerPool};
+    ///
+    /// assert_eq!(WorkerPool::builder().workers(3).build()?.workers(), 3);
+    /// let err = WorkerPool::builder().workers(0).build().unwrap_err();
+    /// assert!(matches!(err, BuildError::ZeroWorkers));
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = Some(workers);
         self
@@ -584,6 +873,20 @@ impl PoolBuilder {
 
     /// Names the pool in log lines, and its threads `{name}-0`, `{name}-1`, ... (unless
     /// [`thread_name`](PoolBuilder::thread_name) names them); defaults to `keyed-dispatch`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, WorkerPool};
+    ///
+    /// let pool = WorkerPool::builder().workers(2).name("shared").build()?;
+    /// let d = Dispatcher::builder().pool(&pool).build(|_: &u8, _: u8| {
+    ///     assert!(std::thread::current().name().unwrap().starts_with("shared-"));
+    /// })?;
+    /// d.dispatch(1, 1)?;
+    /// assert_eq!(d.close().stats.panicked, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -591,6 +894,20 @@ impl PoolBuilder {
 
     /// Pins thread `i` to the `i`-th CPU the building thread may run on; off by default. As
     /// [`Builder::pin_workers`](crate::Builder::pin_workers), which says when it pays.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, WorkerPool};
+    ///
+    /// match WorkerPool::builder().workers(2).pin_workers(true).build() {
+    ///     Ok(pool) => assert_eq!(pool.workers(), 2),
+    ///     // Another system, or one that refused to pin a thread.
+    ///     Err(err) => {
+    ///         assert!(matches!(err, BuildError::PinUnsupported | BuildError::PinRefused { .. }))
+    ///     }
+    /// }
+    /// ```
     pub fn pin_workers(mut self, pin: bool) -> Self {
         self.threads.pin = pin;
         self
@@ -703,10 +1020,23 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::NameWithNul`] for a thread
+    /// [`BuildError::ZeroWorkers`] for zero workers, [`BuildError::TooManyWorkers`] for more
+    /// than a pool may have, [`BuildError::NameWithNul`] for a thread
     /// name with a NUL byte, [`BuildError::Spawn`] if a thread cannot be started,
     /// [`BuildError::PinUnsupported`] or [`BuildError::PinRefused`] if a thread cannot be
     /// pinned (those already started are stopped and joined).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, WorkerPool};
+    ///
+    /// let pool = WorkerPool::builder().workers(2).build()?;
+    /// assert_eq!(pool.workers(), 2);
+    /// let err = WorkerPool::builder().workers(usize::MAX).build().unwrap_err();
+    /// assert!(matches!(err, BuildError::TooManyWorkers { workers: usize::MAX, .. }));
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn build(self) -> Result<WorkerPool, BuildError> {
         let workers = self.workers.unwrap_or_else(default_workers);
         let name = self.name.as_deref().unwrap_or(DEFAULT_NAME);

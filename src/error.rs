@@ -57,6 +57,28 @@ pub enum DispatchError<K, J> {
 }
 
 /// Which capacity a [`DispatchError::Full`] reached.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{Bound, Dispatcher};
+/// use std::sync::mpsc;
+///
+/// let (tx, started) = mpsc::sync_channel(0);
+/// let d = Dispatcher::builder().workers(1).key_capacity(0).capacity(1);
+/// let d = d.build(move |_: &u8, _: u32| {
+///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+///     let _ = tx.send(()); // holds the job until `started` is dropped
+/// })?;
+/// # let started = started; // dropped before `d`, should an assertion fail
+/// d.dispatch(1, 0)?;
+/// started.recv()?; // job 0 runs: key 1 has its one job, the one thread is busy
+/// assert_eq!(d.try_dispatch(1, 1).unwrap_err().bound(), Some(Bound::Key));
+/// d.try_dispatch(2, 2)?; // the one job that may wait, over all keys
+/// assert_eq!(d.try_dispatch(3, 3).unwrap_err().bound(), Some(Bound::Dispatcher));
+/// drop(started);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bound {
     /// The key's: [`key_capacity`](crate::Builder::key_capacity) jobs wait behind the one it
@@ -68,6 +90,19 @@ pub enum Bound {
 
 impl<K, J> DispatchError<K, J> {
     /// Returns the key and the job that were refused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: String| {})?;
+    /// d.close();
+    /// let err = d.dispatch(1, "retry me".to_string()).unwrap_err();
+    /// let (key, job) = err.into_inner(); // nothing lost: persist it, or retry elsewhere
+    /// assert_eq!((key, job.as_str()), (1, "retry me"));
+    /// # Ok::<(), keyed_dispatch::BuildError>(())
+    /// ```
     pub fn into_inner(self) -> (K, J) {
         match self {
             Self::Full { key, job, .. }
@@ -77,11 +112,29 @@ impl<K, J> DispatchError<K, J> {
     }
 
     /// Returns the job that was refused, dropping the key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::DispatchError;
+    ///
+    /// let err = DispatchError::Timeout { key: 1, job: vec![1, 2] };
+    /// assert_eq!(err.into_job(), [1, 2]);
+    /// ```
     pub fn into_job(self) -> J {
         self.into_inner().1
     }
 
     /// The key of the refused job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Bound, DispatchError};
+    ///
+    /// let err = DispatchError::Full { key: "acme", job: 7, bound: Bound::Key };
+    /// assert_eq!(*err.key(), "acme");
+    /// ```
     pub fn key(&self) -> &K {
         match self {
             Self::Full { key, .. } | Self::Timeout { key, .. } | Self::Closed { key, .. } => key,
@@ -89,6 +142,15 @@ impl<K, J> DispatchError<K, J> {
     }
 
     /// The refused job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::DispatchError;
+    ///
+    /// let err = DispatchError::Closed { key: "acme", job: 7 };
+    /// assert_eq!(*err.job(), 7);
+    /// ```
     pub fn job(&self) -> &J {
         match self {
             Self::Full { job, .. } | Self::Timeout { job, .. } | Self::Closed { job, .. } => job,
@@ -96,11 +158,31 @@ impl<K, J> DispatchError<K, J> {
     }
 
     /// True for [`DispatchError::Full`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Bound, DispatchError};
+    ///
+    /// assert!(DispatchError::Full { key: 1, job: (), bound: Bound::Dispatcher }.is_full());
+    /// assert!(!DispatchError::Closed { key: 1, job: () }.is_full());
+    /// ```
     pub fn is_full(&self) -> bool {
         matches!(self, Self::Full { .. })
     }
 
     /// Which capacity a [`DispatchError::Full`] reached; `None` for the other variants.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Bound, DispatchError};
+    ///
+    /// let err = DispatchError::Full { key: 1, job: (), bound: Bound::Key };
+    /// assert_eq!(err.bound(), Some(Bound::Key));
+    /// assert_eq!(err.to_string(), "dispatching on a full key");
+    /// assert_eq!(DispatchError::Timeout { key: 1, job: () }.bound(), None);
+    /// ```
     pub fn bound(&self) -> Option<Bound> {
         match self {
             Self::Full { bound, .. } => Some(*bound),
@@ -109,11 +191,29 @@ impl<K, J> DispatchError<K, J> {
     }
 
     /// True for [`DispatchError::Timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::DispatchError;
+    ///
+    /// assert!(DispatchError::Timeout { key: 1, job: () }.is_timeout());
+    /// assert!(!DispatchError::Closed { key: 1, job: () }.is_timeout());
+    /// ```
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
     }
 
     /// True for [`DispatchError::Closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::DispatchError;
+    ///
+    /// assert!(DispatchError::Closed { key: 1, job: () }.is_closed());
+    /// assert!(!DispatchError::Timeout { key: 1, job: () }.is_closed());
+    /// ```
     pub fn is_closed(&self) -> bool {
         matches!(self, Self::Closed { .. })
     }
@@ -151,6 +251,20 @@ impl<K, J> Error for DispatchError<K, J> {}
 ///
 /// Returned by [`Builder::build`](crate::Builder::build) and
 /// [`PoolBuilder::build`](crate::PoolBuilder::build); nothing is started when it is returned.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{BuildError, Dispatcher};
+///
+/// let built = Dispatcher::builder().capacity(10).key_capacity(100).build(|_: &u8, _: u8| {});
+/// let err = built.unwrap_err();
+/// assert!(matches!(
+///     err,
+///     BuildError::KeyCapacityAboveCapacity { key_capacity: 100, capacity: 10 }
+/// ));
+/// assert_eq!(err.to_string(), "key_capacity (100) is larger than capacity (10)");
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -284,6 +398,23 @@ impl Error for BuildError {
 /// A wait that could not be carried out.
 ///
 /// Returned by [`Dispatcher::wait_idle`](crate::Dispatcher::wait_idle) and the other waits.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{Dispatcher, WaitError};
+/// use std::sync::mpsc;
+///
+/// let d = Dispatcher::builder().build_spawner()?;
+/// let (tx, rx) = mpsc::channel();
+/// let handle = d.clone();
+/// d.spawn(1, move || tx.send(handle.close_now().err()).unwrap())?;
+/// let err = rx.recv()?.unwrap(); // a job cannot wait for itself
+/// assert_eq!(err, WaitError::WouldDeadlock);
+/// assert_eq!(err.to_string(), "waiting on a worker thread of the same pool could deadlock");
+/// assert!(!d.is_closed()); // close_now changed nothing
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WaitError {

@@ -155,6 +155,23 @@ where
     ///
     /// As [`Dispatcher::dispatch`](crate::Dispatcher::dispatch): `Closed`, or `Full` from a
     /// handler. The error holds the key and job, and the job is not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u32, _: u32| {})?;
+    /// let batch = d.group();
+    /// for n in 0..6 {
+    ///     batch.dispatch(n % 3, n)?; // across three keys
+    /// }
+    /// assert_eq!(batch.wait()?.completed, 6);
+    /// d.close();
+    /// assert!(batch.dispatch(0, 6).unwrap_err().is_closed());
+    /// assert_eq!(batch.report().dispatched, 6); // the refused job is not counted
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
         self.send(key, job, self.core.blocking())
     }
@@ -166,6 +183,27 @@ where
     ///
     /// As [`Dispatcher::try_dispatch`](crate::Dispatcher::try_dispatch): `Full` or `Closed`.
     /// The error holds the key and job, and the job is not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().key_capacity(0).build(move |_: &u8, _: u32| {
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// let batch = d.group();
+    /// batch.try_dispatch(1, 0)?;
+    /// started.recv()?; // job 0 runs: key 1 has its one job
+    /// assert!(batch.try_dispatch(1, 1).unwrap_err().is_full());
+    /// drop(started);
+    /// assert_eq!(batch.wait()?.dispatched, 1); // the refused job is not counted
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_dispatch(&self, key: K, job: J) -> Result<(), DispatchError<K, J>> {
         self.send(key, job, Wait::Never)
     }
@@ -176,6 +214,28 @@ where
     ///
     /// As [`Dispatcher::dispatch_timeout`](crate::Dispatcher::dispatch_timeout): `Timeout` or
     /// `Closed`. The error holds the key and job, and the job is not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::{sync::mpsc, time::Duration};
+    ///
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().key_capacity(0).build(move |_: &u8, _: u32| {
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// let batch = d.group();
+    /// batch.dispatch_timeout(1, 0, Duration::from_secs(1))?;
+    /// started.recv()?; // job 0 runs: key 1 has its one job
+    /// let err = batch.dispatch_timeout(1, 1, Duration::from_millis(10)).unwrap_err();
+    /// assert!(err.is_timeout());
+    /// drop(started);
+    /// assert_eq!(batch.wait()?.dispatched, 1); // the refused job is not counted
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dispatch_timeout(
         &self,
         key: K,
@@ -208,6 +268,23 @@ where
     ///
     /// [`WaitError::WouldDeadlock`] at once on a worker thread of the dispatcher's pool (see
     /// the type's docs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, WaitError};
+    /// use std::sync::mpsc;
+    ///
+    /// let d = Dispatcher::builder().build_spawner()?;
+    /// let batch = d.group();
+    /// assert_eq!(batch.wait()?.dispatched, 0); // nothing pending: returns at once
+    /// let (tx, rx) = mpsc::channel();
+    /// let handle = batch.clone();
+    /// batch.spawn(1, move || tx.send(handle.wait().err()).unwrap())?;
+    /// assert_eq!(batch.wait()?.completed, 1);
+    /// assert_eq!(rx.recv()?, Some(WaitError::WouldDeadlock)); // a job cannot wait for itself
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
     pub fn wait(&self) -> Result<GroupReport, WaitError> {
         self.wait_until(None)
     }
@@ -218,6 +295,27 @@ where
     ///
     /// [`WaitError::Timeout`] if jobs of the group were still pending after `timeout`;
     /// [`WaitError::WouldDeadlock`] as for [`wait`](Group::wait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, WaitError};
+    /// use std::{sync::mpsc, time::Duration};
+    ///
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().build(move |_: &u8, _: u32| {
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// let batch = d.group();
+    /// batch.dispatch(1, 0)?;
+    /// started.recv()?; // job 0 runs
+    /// assert_eq!(batch.wait_timeout(Duration::from_millis(10)), Err(WaitError::Timeout));
+    /// drop(started);
+    /// assert_eq!(batch.wait_timeout(Duration::from_secs(60))?.completed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<GroupReport, WaitError> {
         self.wait_until(Instant::now().checked_add(timeout))
     }
@@ -235,17 +333,68 @@ where
 
     /// Whether no job of the group is pending right now; never blocks. True for a group that
     /// has no job yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u8| {})?;
+    /// let batch = d.group();
+    /// assert!(batch.is_done()); // no job yet
+    /// batch.dispatch(1, 1)?;
+    /// batch.wait()?;
+    /// assert!(batch.is_done());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_done(&self) -> bool {
         self.state.pending() == 0
     }
 
     /// The group's jobs accepted and not yet finished, right now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().build(move |_: &u8, _: u32| {
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// let batch = d.group();
+    /// batch.dispatch(1, 0)?;
+    /// batch.dispatch(1, 1)?;
+    /// started.recv()?; // job 0 runs, job 1 waits behind it
+    /// assert_eq!(batch.pending(), 2);
+    /// drop(started);
+    /// batch.wait()?;
+    /// assert_eq!(batch.pending(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pending(&self) -> usize {
         self.state.pending()
     }
 
     /// A snapshot of the counts, without waiting; approximate while jobs move (see
     /// [`GroupReport`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, GroupReport};
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u8| {})?;
+    /// let batch = d.group();
+    /// assert_eq!(batch.report(), GroupReport::default());
+    /// batch.dispatch(1, 1)?;
+    /// let waited = batch.wait()?;
+    /// assert_eq!(batch.report(), waited); // nothing moves once the jobs have finished
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn report(&self) -> GroupReport {
         self.state.report()
     }
@@ -262,6 +411,22 @@ where
     ///
     /// As [`dispatch`](Group::dispatch); the error holds the closure as a [`BoxedJob`], and is
     /// `Send + Sync`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build_spawner()?;
+    /// let batch = d.group();
+    /// for tenant in ["acme", "globex"] {
+    ///     batch.spawn(tenant, move || println!("report for {tenant}"))?;
+    /// }
+    /// assert_eq!(batch.wait()?.completed, 2);
+    /// d.close();
+    /// assert!(batch.spawn("acme", || {}).unwrap_err().is_closed());
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
     pub fn spawn(
         &self,
         key: K,
@@ -273,6 +438,20 @@ where
 
 impl<K, J> Clone for Group<K, J> {
     /// Another handle on the same group: both count the same jobs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u8| {})?;
+    /// let batch = d.group();
+    /// let other = batch.clone();
+    /// other.dispatch(1, 1)?;
+    /// batch.dispatch(2, 2)?;
+    /// assert_eq!(batch.wait()?.completed, 2); // the jobs of both handles
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn clone(&self) -> Self {
         Group {
             core: Arc::clone(&self.core),

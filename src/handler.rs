@@ -56,10 +56,35 @@ pub trait Handler<K, J>: Send + Sync + 'static {
     ///
     /// Returns the job's failure; the dispatcher logs and counts it and goes on with the key's
     /// next job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Handler;
+    ///
+    /// let deposit = |_: &u32, amount: i64| {
+    ///     if amount > 0 { Ok(()) } else { Err(format!("{amount} is not a deposit")) }
+    /// };
+    /// assert!(deposit.handle(&7, 100).is_ok());
+    /// assert_eq!(deposit.handle(&7, -5).unwrap_err(), "-5 is not a deposit");
+    /// ```
     fn handle(&self, key: &K, job: J) -> Result<(), Self::Error>;
 }
 
 /// What a handler closure may return: `()` or `Result<(), E>` with `E: Display`.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::HandlerOutput;
+///
+/// fn succeeded(output: impl HandlerOutput) -> bool {
+///     output.into_result().is_ok()
+/// }
+/// assert!(succeeded(()));
+/// assert!(succeeded(Ok::<(), String>(())));
+/// assert!(!succeeded(Err::<(), _>("overdrawn")));
+/// ```
 pub trait HandlerOutput {
     /// The failure type; [`Never`] for `()`.
     type Error: Display;
@@ -69,10 +94,32 @@ pub trait HandlerOutput {
     /// # Errors
     ///
     /// Returns the failure the closure reported.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{HandlerOutput, Never};
+    ///
+    /// assert_eq!(().into_result(), Ok::<(), Never>(()));
+    /// assert_eq!(Err::<(), _>("overdrawn").into_result(), Err("overdrawn"));
+    /// ```
     fn into_result(self) -> Result<(), Self::Error>;
 }
 
 /// The error type of a handler that cannot fail. It has no values.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{Handler, Never};
+///
+/// fn infallible<H: Handler<u8, u32, Error = Never>>(_: &H) {}
+/// infallible(&|_: &u8, _: u32| {}); // a closure returning `()` cannot fail
+///
+/// let handled: Result<(), Never> = Ok(());
+/// assert_eq!(handled, Ok(()));
+/// let () = handled.unwrap_or_else(|never| match never {}); // no error to handle
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Never {}
 
@@ -167,11 +214,40 @@ impl<F: FnOnce() + Send> RunOnce for Once<F> {
 
 impl BoxedJob {
     /// Boxes `job`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BoxedJob, Dispatcher};
+    /// use std::sync::mpsc;
+    ///
+    /// let d = Dispatcher::builder().build_spawner()?;
+    /// let (tx, rx) = mpsc::channel();
+    /// d.dispatch(1, BoxedJob::new(move || tx.send("ran").unwrap()))?;
+    /// assert_eq!(rx.recv()?, "ran");
+    /// d.close();
+    /// let refused = d.dispatch(1, BoxedJob::new(|| unreachable!())).unwrap_err();
+    /// assert!(refused.is_closed()); // the job comes back, never run
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
     pub fn new(job: impl FnOnce() + Send + 'static) -> BoxedJob {
         BoxedJob(Box::new(Once(Mutex::new(job))))
     }
 
     /// Runs the closure, on the calling thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::BoxedJob;
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let job = BoxedJob::new(move || tx.send(std::thread::current().id()).unwrap());
+    /// job.run();
+    /// assert_eq!(rx.recv()?, std::thread::current().id());
+    /// # Ok::<(), mpsc::RecvError>(())
+    /// ```
     pub fn run(self) {
         self.0.run();
     }

@@ -125,6 +125,22 @@ impl Latch {
 /// The counts cover every job of the group since it was made, not only those of the last wait.
 /// Read by `wait`, which returns once no job of the group is pending, they are exact:
 /// `dispatched == completed + handed_back`. A snapshot taken while jobs move is approximate.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::Dispatcher;
+///
+/// let d = Dispatcher::builder().build(|_: &u8, n: u8| if n == 0 { Err("zero") } else { Ok(()) })?;
+/// let batch = d.group();
+/// for n in 0..3 {
+///     batch.dispatch(n, n)?;
+/// }
+/// let report = batch.wait()?;
+/// assert_eq!((report.dispatched, report.completed, report.failed), (3, 3, 1));
+/// assert_eq!((report.panicked, report.handed_back), (0, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct GroupReport {
@@ -142,6 +158,20 @@ pub struct GroupReport {
 
 impl GroupReport {
     /// True when every job of the group ran and none failed or panicked.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, n: u8| if n > 0 { Ok(()) } else { Err(n) })?;
+    /// let batch = d.group();
+    /// batch.dispatch(1, 1)?;
+    /// assert!(batch.wait()?.all_succeeded());
+    /// batch.dispatch(1, 0)?; // fails
+    /// assert!(!batch.wait()?.all_succeeded()); // the counts cover every job of the group
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn all_succeeded(&self) -> bool {
         self.failed == 0 && self.panicked == 0 && self.handed_back == 0
     }

@@ -9,6 +9,22 @@ use crossbeam_utils::CachePadded;
 /// while the dispatcher is busy is approximate; once it is idle (after
 /// [`wait_idle`](crate::Dispatcher::wait_idle) or [`close`](crate::Dispatcher::close)) it is
 /// exact: `dispatched == completed + handed_back` and `queued == running == 0`.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::Dispatcher;
+///
+/// let d = Dispatcher::builder().build(|_: &u8, n: u8| if n == 0 { Err("zero") } else { Ok(()) })?;
+/// for n in 0..3 {
+///     d.dispatch(n, n)?;
+/// }
+/// d.wait_idle()?;
+/// let stats = d.stats();
+/// assert_eq!((stats.dispatched, stats.completed, stats.failed), (3, 3, 1));
+/// assert_eq!((stats.queued, stats.running, stats.blocked, stats.keys), (0, 0, 0, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Stats {

@@ -64,6 +64,26 @@ use std::{
 /// job does, and no accepted job is lost. A clone kept in the dispatcher's own handler makes a
 /// reference cycle, which keeps the dispatcher open until `close` is called.
 ///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::Dispatcher;
+///
+/// let d = Dispatcher::builder().build(|_: &u32, _: u32| {})?;
+/// std::thread::scope(|s| {
+///     for producer in 0..4 {
+///         let d = &d; // shared by reference: no clone needed with scoped threads
+///         s.spawn(move || {
+///             for n in 0..100 {
+///                 d.dispatch(producer, n).unwrap();
+///             }
+///         });
+///     }
+/// });
+/// assert_eq!(d.close().stats.completed, 400);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// [`Group`]: crate::Group
 pub struct Dispatcher<K, J> {
     pub(crate) core: Arc<Core<K, J>>,
@@ -87,6 +107,23 @@ impl Drop for LastHandle {
 }
 
 /// What [`Dispatcher::close`] found.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::Dispatcher;
+/// use std::sync::mpsc;
+///
+/// let d = Dispatcher::builder().build_spawner()?;
+/// let (tx, rx) = mpsc::channel();
+/// let handle = d.clone();
+/// d.spawn(1, move || tx.send(handle.close()).unwrap())?;
+/// assert!(!rx.recv()?.drained); // from a job: it only stopped accepting
+/// let report = d.close(); // waits for the drain and joins the threads
+/// assert!(report.drained);
+/// assert_eq!(report.stats.completed, 1);
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CloseReport {
@@ -106,6 +143,20 @@ where
     /// A [`Builder`] with every setting at its default.
     ///
     /// `K` needs `Debug` because every log line names its key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// // With the types named here, the handler's argument types are inferred.
+    /// let d = Dispatcher::<u64, String>::builder().build(|account, memo| {
+    ///     assert!(*account > 0 && !memo.is_empty());
+    /// })?;
+    /// d.dispatch(7, "opened".to_string())?;
+    /// assert_eq!(d.close().stats.panicked, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder() -> Builder<K, J> {
         Builder::new()
     }
@@ -175,6 +226,7 @@ where
     ///     started.send(()).unwrap();
     ///     gate.lock().unwrap().recv().unwrap();
     /// })?;
+    /// # let release = release; // dropped before `d`, should an assertion fail
     /// d.try_dispatch(1, 10)?;
     /// wait_start.recv()?; // job 10 is running, and no job may wait behind it
     /// let err = d.try_dispatch(1, 11).unwrap_err();
@@ -196,6 +248,27 @@ where
     ///
     /// [`DispatchError::Timeout`] if there was no room within `timeout`,
     /// [`DispatchError::Closed`] once close has begun. The error holds the key and job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::{sync::mpsc, time::Duration};
+    ///
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().key_capacity(0).build(move |_: &u8, _: u32| {
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// d.dispatch_timeout(1, 0, Duration::from_secs(1))?;
+    /// started.recv()?; // job 0 runs: key 1 has its one job
+    /// let err = d.dispatch_timeout(1, 1, Duration::from_millis(10)).unwrap_err();
+    /// assert!(err.is_timeout());
+    /// drop(started);
+    /// d.dispatch_timeout(1, 1, Duration::from_secs(60))?; // room once job 0 ends
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dispatch_timeout(
         &self,
         key: K,
@@ -254,6 +327,27 @@ where
     ///
     /// [`WaitError::Timeout`] if jobs of `key` dispatched before the call were still queued
     /// or running after `timeout`; [`WaitError::WouldDeadlock`] as for `flush_key`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, WaitError};
+    /// use std::{sync::mpsc, time::Duration};
+    ///
+    /// let (tx, started) = mpsc::sync_channel(0);
+    /// let d = Dispatcher::builder().build(move |_: &u8, _: u32| {
+    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
+    ///     let _ = tx.send(()); // holds the job until `started` is dropped
+    /// })?;
+    /// # let started = started; // dropped before `d`, should an assertion fail
+    /// d.dispatch(1, 0)?;
+    /// started.recv()?; // job 0 runs
+    /// let flushed = d.flush_key_timeout(&1, Duration::from_millis(10));
+    /// assert_eq!(flushed, Err(WaitError::Timeout));
+    /// drop(started);
+    /// d.flush_key_timeout(&1, Duration::from_secs(60))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn flush_key_timeout(&self, key: &K, timeout: Duration) -> Result<(), WaitError> {
         self.core
             .flush_key(key, Instant::now().checked_add(timeout))
@@ -266,21 +360,80 @@ where
     ///
     /// [`WaitError::WouldDeadlock`] at once when called on a worker thread of the dispatcher's
     /// pool (from a handler): the calling job itself would never finish.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, WaitError};
+    /// use std::sync::mpsc;
+    ///
+    /// let d = Dispatcher::builder().build_spawner()?;
+    /// let (tx, rx) = mpsc::channel();
+    /// for n in 0..10 {
+    ///     let (tx, handle) = (tx.clone(), d.clone());
+    ///     d.spawn(n % 3, move || tx.send(handle.wait_idle()).unwrap())?;
+    /// }
+    /// d.wait_idle()?; // all 10 have run
+    /// assert_eq!(d.stats().keys, 0); // and their idle keys are evicted
+    /// let waits: Vec<_> = rx.try_iter().collect();
+    /// assert_eq!(waits, [Err(WaitError::WouldDeadlock); 10]); // a job cannot wait for itself
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
     pub fn wait_idle(&self) -> Result<(), WaitError> {
         self.core.wait_idle()
     }
 
     /// A snapshot of the counters; see [`Stats`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u8| {})?;
+    /// d.dispatch(1, 1)?;
+    /// d.close();
+    /// assert!(d.try_dispatch(1, 2).is_err());
+    /// let stats = d.stats();
+    /// assert_eq!((stats.dispatched, stats.completed, stats.refused), (1, 1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.core.stats()
     }
 
     /// Whether [`close`](Dispatcher::close) or [`close_now`](Dispatcher::close_now) has begun.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u8| {})?;
+    /// let producer = d.clone();
+    /// assert!(!producer.is_closed());
+    /// d.close();
+    /// assert!(producer.is_closed()); // closed through any clone, for all of them
+    /// assert!(producer.dispatch(1, 1).unwrap_err().is_closed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.core.is_closed()
     }
 
     /// The name given by [`Builder::name`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().name("ledger").build(|_: &u8, _: u8| {})?;
+    /// assert_eq!(d.name(), "ledger");
+    /// let unnamed = Dispatcher::builder().build(|_: &u8, _: u8| {})?;
+    /// assert_eq!(unnamed.name(), "keyed-dispatch");
+    /// # Ok::<(), keyed_dispatch::BuildError>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.core.config().name
     }

@@ -67,6 +67,14 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// The number of worker threads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = keyed_dispatch::WorkerPool::new(3)?;
+    /// assert_eq!(pool.workers(), 3);
+    /// # Ok::<(), keyed_dispatch::BuildError>(())
+    /// ```
     pub fn workers(&self) -> usize {
         self.shared.workers
     }
@@ -79,6 +87,22 @@ impl WorkerPool {
     /// Called from one of the pool's own threads (inside a handler), it closes the dispatchers
     /// without waiting for them and does not join: the threads drain the work and exit by
     /// themselves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher, WorkerPool};
+    ///
+    /// let pool = WorkerPool::new(2)?;
+    /// let d = Dispatcher::builder().pool(&pool).build(|_: &u8, _: u8| {})?;
+    /// d.dispatch(1, 1)?;
+    /// pool.close(); // closes and drains `d`, then joins the threads
+    /// assert!(d.is_closed());
+    /// assert_eq!(d.stats().completed, 1);
+    /// let err = Dispatcher::builder().pool(&pool).build(|_: &u8, _: u8| {}).unwrap_err();
+    /// assert!(matches!(err, BuildError::PoolClosed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&self) {
         self.shared.close_handle();
     }
