@@ -8,7 +8,8 @@ use std::{error::Error, fmt, io};
 /// job that were passed in, so the caller can retry, persist or drop them deliberately. Each
 /// method of [`Dispatcher`](crate::Dispatcher) says which variants it returns.
 ///
-/// `Debug` and `Display` never need `K: Debug` or `J: Debug`; they print `Full(..)` and the like.
+/// `Debug` and `Display` never need `K: Debug` or `J: Debug`: `Debug` prints `Full(..)` and the
+/// like, `Display` a sentence such as "dispatching on a full key".
 ///
 /// # Examples
 ///

@@ -91,8 +91,14 @@ mod tests {
     #[test]
     fn a_panicking_drop_is_contained() {
         drop_contained(PanicsOnDrop(1));
-        drop_contained(PanicsOnDrop(3));
+        drop_contained(PanicsOnDrop(2));
         assert_eq!(contained(|| -> u8 { panic!("no") }), None);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "leaks, by design, the payload of a drop that panicked thrice")]
+    fn a_payload_whose_drop_panics_again_is_leaked() {
+        drop_contained(PanicsOnDrop(3));
     }
 
     #[test]
