@@ -96,7 +96,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "leaks, by design, the payload of a drop that panicked thrice")]
+    #[cfg_attr(
+        miri,
+        ignore = "leaks, by design, the payload of a drop that panicked thrice"
+    )]
     fn a_payload_whose_drop_panics_again_is_leaked() {
         drop_contained(PanicsOnDrop(3));
     }

@@ -1,0 +1,427 @@
+//! [`Builder`]: configures a dispatcher and checks the configuration before starting anything;
+//! [`PoolBuilder`], the same for a shared [`WorkerPool`](crate::WorkerPool). The dispatcher's settings are split
+//! by what they shape: its threads (`threads`), its queues (`queues`), and here its name, its
+//! hooks and the build.
+
+mod pool;
+mod queues;
+mod threads;
+
+pub use pool::PoolBuilder;
+
+use crate::{
+    config::{Config, ErrorHook, PanicHook, ThreadSettings},
+    dispatcher::{core::Core, Dispatcher},
+    error::BuildError,
+    gate::MAX_CAPACITY,
+    handler::{BoxedJob, Handler, HandlerOutput},
+    pool::{default_workers, PoolShared, DEFAULT_NAME},
+    sync::Arc,
+};
+use std::{
+    any::Any,
+    fmt::{self, Debug, Display},
+    hash::Hash,
+    marker::PhantomData,
+    time::Duration,
+};
+
+/// Jobs that wait to run in a dispatcher, over all keys, unless [`Builder::capacity`] says
+/// otherwise.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(keyed_dispatch::DEFAULT_CAPACITY, 1 << 20);
+/// ```
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// Jobs a key runs while others are ready before its thread goes to the next of them, unless
+/// [`Builder::jobs_per_turn`] says otherwise.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(keyed_dispatch::DEFAULT_JOBS_PER_TURN, 64);
+/// ```
+pub const DEFAULT_JOBS_PER_TURN: usize = 64;
+
+/// Configures and builds a [`Dispatcher`]; from [`Dispatcher::builder`].
+///
+/// Every setting has a default, so `Dispatcher::builder().build(handler)` works. The
+/// configuration is checked by [`build`](Builder::build), which returns a [`BuildError`] naming
+/// what is wrong instead of panicking.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{BuildError, Dispatcher};
+/// use std::time::Duration;
+///
+/// let d = Dispatcher::builder()
+///     .workers(4)
+///     .key_capacity(1024)
+///     .capacity(100_000)
+///     .jobs_per_turn(32)
+///     .idle_timeout(Duration::from_secs(30))
+///     .name("ledger")
+///     .build(|account: &u64, amount: i64| println!("{account}: {amount}"))?;
+/// d.close();
+///
+/// let err = Dispatcher::builder().workers(0).build(|_: &u64, _: i64| {}).unwrap_err();
+/// assert!(matches!(err, BuildError::ZeroWorkers));
+/// # Ok::<(), BuildError>(())
+/// ```
+pub struct Builder<K, J> {
+    workers: Option<usize>,
+    /// The private pool's thread settings: none of them may be set with `pool`.
+    threads: ThreadSettings,
+    pool: Option<Arc<PoolShared>>,
+    max_parallel: Option<usize>,
+    capacity: usize,
+    key_capacity: Option<usize>,
+    jobs_per_turn: usize,
+    name: Option<String>,
+    idle_timeout: Duration,
+    on_panic: Option<PanicHook<K>>,
+    on_error: Option<ErrorHook<K>>,
+    jobs: PhantomData<fn(J)>,
+}
+
+impl<K, J> Builder<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    pub(crate) fn new() -> Self {
+        Builder {
+            workers: None,
+            threads: ThreadSettings::default(),
+            pool: None,
+            max_parallel: None,
+            capacity: DEFAULT_CAPACITY,
+            key_capacity: None,
+            jobs_per_turn: DEFAULT_JOBS_PER_TURN,
+            name: None,
+            idle_timeout: Duration::ZERO,
+            on_panic: None,
+            on_error: None,
+            jobs: PhantomData,
+        }
+    }
+
+    /// The most threads of its pool the dispatcher uses at once; defaults to all of them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher, WorkerPool};
+    /// use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    ///
+    /// static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    /// static MOST: AtomicUsize = AtomicUsize::new(0);
+    /// let pool = WorkerPool::new(4)?;
+    /// let d = Dispatcher::builder().pool(&pool).max_parallel(2).build(|_: &u32, _: u32| {
+    ///     MOST.fetch_max(RUNNING.fetch_add(1, SeqCst) + 1, SeqCst);
+    ///     RUNNING.fetch_sub(1, SeqCst);
+    /// })?;
+    /// for n in 0..1000 {
+    ///     d.dispatch(n % 50, n)?;
+    /// }
+    /// d.close();
+    /// assert!(MOST.load(SeqCst) <= 2); // of the pool's 4 threads
+    ///
+    /// let err = Dispatcher::builder().pool(&pool).max_parallel(5).build(|_: &u8, _: u8| {});
+    /// let err = err.unwrap_err();
+    /// assert!(matches!(err, BuildError::MaxParallelAboveWorkers { max_parallel: 5, workers: 4 }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn max_parallel(mut self, max_parallel: usize) -> Self {
+        self.max_parallel = Some(max_parallel);
+        self
+    }
+
+    /// Names the dispatcher in log lines, and its private pool's threads (`{name}-0`,
+    /// `{name}-1`, ..., unless [`thread_name`](Builder::thread_name) names them); defaults to
+    /// `keyed-dispatch`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher};
+    ///
+    /// let d = Dispatcher::builder().name("ledger").workers(2).build(|_: &u8, _: u8| {
+    ///     assert!(std::thread::current().name().unwrap().starts_with("ledger-"));
+    /// })?;
+    /// assert_eq!(d.name(), "ledger");
+    /// d.dispatch(1, 1)?;
+    /// assert_eq!(d.close().stats.panicked, 0);
+    ///
+    /// let err = Dispatcher::builder().name("led\0ger").build(|_: &u8, _: u8| {}).unwrap_err();
+    /// assert!(matches!(err, BuildError::NameWithNul));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Called with the key and the panic payload when a job panics, after the panic has been
+    /// logged at `error` and counted. A panic inside the hook is caught and logged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let d = Dispatcher::builder()
+    ///     .on_panic(move |key: &u32, _payload| tx.send(*key).unwrap())
+    ///     .build(|_: &u32, n: u32| assert_ne!(n, 13, "unlucky"))?;
+    /// for n in 12..15 {
+    ///     d.dispatch(n % 2, n)?;
+    /// }
+    /// let stats = d.close().stats;
+    /// assert_eq!((stats.completed, stats.panicked), (3, 1));
+    /// assert_eq!(rx.recv()?, 1); // the key of job 13, which went on to run job 15
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_panic(
+        mut self,
+        hook: impl Fn(&K, &(dyn Any + Send)) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_panic = Some(Box::new(hook));
+        self
+    }
+
+    /// Called with the key and the error when a fallible handler fails, after the failure has
+    /// been logged at `warn` and counted. A panic inside the hook counts as the job's panic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let d = Dispatcher::builder()
+    ///     .on_error(move |key: &u32, err| tx.send(format!("{key}: {err}")).unwrap())
+    ///     .build(|_: &u32, n: u32| if n == 0 { Err("empty") } else { Ok(()) })?;
+    /// d.dispatch(7, 0)?;
+    /// d.dispatch(7, 1)?;
+    /// assert_eq!(d.close().stats.failed, 1);
+    /// assert_eq!(rx.recv()?, "7: empty");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_error(mut self, hook: impl Fn(&K, &dyn Display) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Box::new(hook));
+        self
+    }
+
+    /// Checks the configuration, starts the threads (or attaches to the pool) and returns the
+    /// dispatcher, which calls `handler` for every job: an infallible `Fn(&K, J)`, or a
+    /// fallible `Fn(&K, J) -> Result<(), E>` with `E: Display` (see [`Handler`] for what
+    /// happens to a failure). For a type of your own that implements [`Handler`], use
+    /// [`build_handler`](Builder::build_handler).
+    ///
+    /// A closure passed straight to `build` needs no argument types: it takes them from the
+    /// dispatcher's `K` and `J`, wherever those are named (`Dispatcher::<u64, String>::builder()`,
+    /// a `let d: Dispatcher<u64, String>`, a later `dispatch`). Where the closure's body calls
+    /// methods on its arguments, name the types before the closure: on the builder, or on the
+    /// arguments (`|key: &u64, job: String|`). A closure first stored in a variable needs its
+    /// key argument's type written out (`&u64`), as for any closure taking a reference.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the setting that cannot work (zero workers, too many workers, a
+    /// key capacity above the capacity, a thread setting beside [`pool`](Builder::pool), a
+    /// thread name with a NUL byte, ...), [`BuildError::PoolClosed`] for a closed pool, or
+    /// [`BuildError::Spawn`] if a thread could not be started (or [`BuildError::PinUnsupported`]
+    /// or [`BuildError::PinRefused`] if it could not be pinned). Nothing keeps running then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// // The types come from the `let`.
+    /// let d: Dispatcher<u64, String> = Dispatcher::builder().build(|k, j| println!("{k} {j}"))?;
+    /// d.dispatch(7, "hello".to_string())?;
+    ///
+    /// let checked = Dispatcher::<u64, i64>::builder().build(|account, amount| {
+    ///     if amount.is_negative() {
+    ///         return Err(format!("{account}: negative amount {amount}"));
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// checked.dispatch(7, -5)?; // fails: logged at `warn` and counted
+    /// assert_eq!(checked.close().stats.failed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    // The `Fn` bound, rather than `H: Handler<K, J>`, is what lets the closure's signature be
+    // inferred: the compiler gives a closure passed to an `Fn(&K, J)` bound a signature for
+    // every lifetime of `&K`, while through the blanket `Handler` impl it would infer one
+    // lifetime, and the closure would then not implement `Handler`.
+    pub fn build<F, R>(self, handler: F) -> Result<Dispatcher<K, J>, BuildError>
+    where
+        F: Fn(&K, J) -> R + Send + Sync + 'static,
+        R: HandlerOutput,
+    {
+        self.build_handler(handler)
+    }
+
+    /// As [`build`](Builder::build), for any [`Handler`]: a type of your own that carries state
+    /// or a named error type. Closures implement `Handler` too, but pass them to `build`, which
+    /// infers their argument types.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Builder::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, Handler};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// struct Counter(AtomicU64);
+    ///
+    /// impl Handler<u8, u64> for Counter {
+    ///     type Error = keyed_dispatch::Never;
+    ///
+    ///     fn handle(&self, _key: &u8, n: u64) -> Result<(), Self::Error> {
+    ///         self.0.fetch_add(n, Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let d = Dispatcher::builder().build_handler(Counter(AtomicU64::new(0)))?;
+    /// d.dispatch(1, 40)?;
+    /// d.dispatch(2, 2)?;
+    /// assert_eq!(d.close().stats.completed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn build_handler<H: Handler<K, J>>(
+        self,
+        handler: H,
+    ) -> Result<Dispatcher<K, J>, BuildError> {
+        let workers = match &self.pool {
+            Some(pool) => pool.workers(),
+            None => self.workers.unwrap_or_else(default_workers),
+        };
+        let config = self.check(workers)?;
+        let pool = match self.pool {
+            Some(pool) => pool,
+            None => PoolShared::start(workers, &config.name, false, &self.threads)?,
+        };
+        let core = Core::new(
+            config,
+            pool,
+            Box::new(handler),
+            self.on_panic,
+            self.on_error,
+        );
+        core.pool().attach(core.as_client())?;
+        log::debug!(
+            "{}: dispatcher built on pool {} ({} workers)",
+            core.config().name,
+            core.pool().name(),
+            core.pool().workers()
+        );
+        Ok(Dispatcher::from_core(core))
+    }
+
+    /// Checks the settings for a pool of `workers` threads.
+    fn check(&self, workers: usize) -> Result<Config, BuildError> {
+        if self.workers.is_some() && self.pool.is_some() {
+            return Err(BuildError::WorkersWithPool);
+        }
+        if self.threads.pin && self.pool.is_some() {
+            return Err(BuildError::PinWithPool);
+        }
+        if let (Some(setting), Some(_)) = (self.threads.first_set(), &self.pool) {
+            return Err(BuildError::ThreadSettingsWithPool { setting });
+        }
+        if self.workers == Some(0) {
+            return Err(BuildError::ZeroWorkers);
+        }
+        if self.capacity > MAX_CAPACITY {
+            return Err(BuildError::CapacityTooLarge {
+                capacity: self.capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        let key_capacity = self.key_capacity.unwrap_or(self.capacity);
+        if key_capacity > self.capacity {
+            return Err(BuildError::KeyCapacityAboveCapacity {
+                key_capacity,
+                capacity: self.capacity,
+            });
+        }
+        if self.jobs_per_turn == 0 {
+            return Err(BuildError::ZeroJobsPerTurn);
+        }
+        let max_parallel = self.max_parallel.unwrap_or(workers);
+        if max_parallel == 0 {
+            return Err(BuildError::ZeroMaxParallel);
+        }
+        if max_parallel > workers {
+            return Err(BuildError::MaxParallelAboveWorkers {
+                max_parallel,
+                workers,
+            });
+        }
+        Ok(Config {
+            name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
+            admitted: self.capacity + max_parallel,
+            key_capacity,
+            jobs_per_turn: self.jobs_per_turn,
+            max_parallel,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+        })
+    }
+}
+
+impl<K> Builder<K, BoxedJob>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+{
+    /// Builds a dispatcher of boxed closures, which runs each job by calling it. Use
+    /// [`Dispatcher::spawn`] to dispatch them.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Builder::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BoxedJob, Dispatcher};
+    ///
+    /// let d = Dispatcher::builder().build_spawner()?;
+    /// d.spawn("acme", || println!("first"))?;
+    /// d.dispatch("acme", BoxedJob::new(|| println!("second")))?; // the same, boxed by hand
+    /// assert_eq!(d.close().stats.completed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
+    pub fn build_spawner(self) -> Result<Dispatcher<K, BoxedJob>, BuildError> {
+        self.build(|_: &K, job: BoxedJob| job.run())
+    }
+}
+
+impl<K, J> fmt::Debug for Builder<K, J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("workers", &self.workers)
+            .field("threads", &self.threads)
+            .field("pool", &self.pool)
+            .field("max_parallel", &self.max_parallel)
+            .field("capacity", &self.capacity)
+            .field("key_capacity", &self.key_capacity)
+            .field("jobs_per_turn", &self.jobs_per_turn)
+            .field("name", &self.name)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
