@@ -9,6 +9,9 @@
 //! before the second started. A job lost in a mailbox nobody will run shows up as a deadlock:
 //! `close` waits for it forever, and loom reports that no thread can make progress.
 //!
+//! 0. [`mailbox_push_racing_the_end_of_a_turn_schedules_the_key_once`]: the mailbox alone, as a
+//!    state machine: a push racing the end of a turn schedules the key exactly once. Twin:
+//!    [`Fault::IdleWithJobsLeft`].
 //! 1. [`key_going_idle_runs_a_job_pushed_meanwhile`]: a key's turn ends with its queue empty
 //!    while a producer pushes a job to it; the job runs, after the first. Twin: end of turn
 //!    makes the key Idle without looking at its queue again ([`Fault::IdleWithJobsLeft`]), so
@@ -60,11 +63,16 @@
 //! of `SeqCst` accesses that those pairs rely on.
 
 use crate::{
+    gate::Gate,
+    mailbox::{EndTurn, Mailbox, Marks, Push},
     sync::{lock, thread, wait, Condvar, Fault, Mutex as ModelMutex},
     tests::handle::Handle,
     DispatchError, Dispatcher,
 };
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
 
 /// A job starting or ending, as the handler saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +201,43 @@ fn settle(
             None
         }
     }
+}
+
+// -------------------------------------------------------------------------------------------
+// 0. The mailbox alone.
+
+/// Model 0: a producer pushes job 1 while the worker ends the turn of job 0, on the mailbox
+/// alone. Whichever comes second must schedule the key: the push (it found the key Idle) or
+/// the end of turn (it found job 1 queued), never both and never neither.
+fn mailbox_model(fault: Option<Fault>) {
+    explore(3, fault, || {
+        let mailbox = Arc::new(Mailbox::new(0u8, 0, 0u32, None));
+        let gate = Arc::new(Gate::new());
+        let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+        assert_eq!(mailbox.begin_turn(8, &mut batch, &mut due), 1);
+        let producer = {
+            let (mailbox, gate) = (Arc::clone(&mailbox), Arc::clone(&gate));
+            thread::spawn(move || mailbox.push(1, &mut None, 8, &gate, || {}))
+        };
+        batch.clear(); // job 0 ran
+        let end = mailbox.end_turn(&mut batch, &mut due, false);
+        match (producer.join().unwrap(), end) {
+            (Push::Schedule, EndTurn::Idle { .. }) | (Push::Added, EndTurn::Requeue) => {}
+            (Push::Added, EndTurn::Idle { .. }) => panic!("job 1 stranded in an idle key"),
+            other => panic!("the key was scheduled twice: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn mailbox_push_racing_the_end_of_a_turn_schedules_the_key_once() {
+    mailbox_model(None);
+}
+
+#[test]
+#[should_panic(expected = "stranded")]
+fn mailbox_ending_a_turn_without_recheck_strands_the_job() {
+    mailbox_model(Some(Fault::IdleWithJobsLeft));
 }
 
 // -------------------------------------------------------------------------------------------
