@@ -295,6 +295,7 @@ where
     }
 
     /// Runs `f` on every value, one shard at a time under its read lock.
+    #[cfg_attr(loom, allow(unused_mut))] // loom's map hands `f` to `for_each` as it is
     pub(crate) fn for_each(&self, mut f: impl FnMut(&V)) {
         #[cfg(not(loom))]
         self.map.iter().for_each(|entry| f(entry.value()));
