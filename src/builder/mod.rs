@@ -15,7 +15,7 @@ use crate::{
     error::BuildError,
     gate::MAX_CAPACITY,
     handler::{BoxedJob, Handler, HandlerOutput},
-    pool::{default_workers, PoolShared, DEFAULT_NAME},
+    pool::{default_workers, PoolShared, DEFAULT_NAME, MAX_WORKERS},
     sync::Arc,
 };
 use std::{
@@ -346,6 +346,12 @@ where
         if self.workers == Some(0) {
             return Err(BuildError::ZeroWorkers);
         }
+        if workers > MAX_WORKERS {
+            return Err(BuildError::TooManyWorkers {
+                workers,
+                max: MAX_WORKERS,
+            });
+        }
         if self.capacity > MAX_CAPACITY {
             return Err(BuildError::CapacityTooLarge {
                 capacity: self.capacity,
@@ -374,6 +380,7 @@ where
         }
         Ok(Config {
             name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
+            // Cannot overflow: both are far below their bounds, checked above.
             admitted: self.capacity + max_parallel,
             key_capacity,
             jobs_per_turn: self.jobs_per_turn,

@@ -15,7 +15,7 @@ mod threads;
 
 pub(crate) use self::{
     client::{Client, Worker},
-    threads::PoolShared,
+    threads::{PoolShared, MAX_WORKERS},
 };
 use crate::sync::Arc;
 use std::fmt;
