@@ -6,8 +6,9 @@ use crate::{
     dispatcher::{core::Core, Dispatcher},
     error::BuildError,
     gate::MAX_CAPACITY,
-    handler::{BoxedJob, Handler, HandlerOutput},
+    handler::{BoxedJob, ErasedHandler, Handler, HandlerOutput, Plain},
     pool::{default_workers, PoolShared, WorkerPool, DEFAULT_NAME},
+    retry::{DeadLetter, DeadLetterFn, NoDeadLetter, RetryOutput, RetryPolicy, Retrying},
     sync::Arc,
 };
 use std::{
@@ -52,7 +53,11 @@ pub const DEFAULT_JOBS_PER_TURN: usize = 64;
 /// assert!(matches!(err, BuildError::ZeroWorkers));
 /// # Ok::<(), BuildError>(())
 /// ```
-pub struct Builder<K, J> {
+///
+/// The third type parameter is the dead-letter hook of a retrying dispatcher, set by
+/// [`on_dead_letter`](Builder::on_dead_letter); it stays [`NoDeadLetter`] otherwise, and
+/// need never be named.
+pub struct Builder<K, J, D = NoDeadLetter> {
     workers: Option<usize>,
     /// The private pool's thread settings: none of them may be set with `pool`.
     threads: ThreadSettings,
@@ -65,6 +70,8 @@ pub struct Builder<K, J> {
     idle_timeout: Duration,
     on_panic: Option<PanicHook<K>>,
     on_error: Option<ErrorHook<K>>,
+    retry: Option<RetryPolicy>,
+    dead_letter: D,
     jobs: PhantomData<fn(J)>,
 }
 
@@ -86,10 +93,20 @@ where
             idle_timeout: Duration::ZERO,
             on_panic: None,
             on_error: None,
+            retry: None,
+            dead_letter: NoDeadLetter,
             jobs: PhantomData,
         }
     }
 
+    // `build` and `build_handler` follow the settings below.
+}
+
+impl<K, J, D> Builder<K, J, D>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
     /// Threads of the dispatcher's private pool; defaults to
     /// [`std::thread::available_parallelism`]. However many keys there are, the dispatcher uses
     /// exactly this many threads. Not to be combined with [`pool`](Builder::pool).
@@ -344,11 +361,218 @@ where
 
     /// Called with the key and the error when a fallible handler fails, after the failure has
     /// been logged at `warn` and counted. A panic inside the hook counts as the job's panic.
+    ///
+    /// On a retrying dispatcher ([`build_retrying`](Builder::build_retrying)) it is called for
+    /// every failed attempt, the last included, before the job is retried or dead-lettered;
+    /// a panic inside it then also drops the job, which is neither retried nor dead-lettered.
+    /// One hook for both kinds of dispatcher, rather than a typed one for retrying ones: the
+    /// typed error reaches the [`on_dead_letter`](Builder::on_dead_letter) hook.
     pub fn on_error(mut self, hook: impl Fn(&K, &dyn Display) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Box::new(hook));
         self
     }
 
+    /// How [`build_retrying`](Builder::build_retrying)'s dispatcher retries a failed job;
+    /// without it, [`RetryPolicy::default`]. Not for [`build`](Builder::build), whose handler
+    /// takes its job by value and so cannot run it again: `build` refuses it with
+    /// [`BuildError::RetryWithoutRetryingHandler`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Called with the key, the job, the last error and the number of attempts made, when a
+    /// retrying dispatcher's job fails for good: after its last attempt, or at once for a
+    /// [`Failure::permanent`](crate::Failure::permanent). For
+    /// [`build_retrying`](Builder::build_retrying), whose handler's error type must be `E`.
+    ///
+    /// It runs on the worker, before the key's next job starts. A panic inside it is caught,
+    /// logged at `error` and counted in [`Stats::panicked`](crate::Stats::panicked); the key
+    /// goes on. Without it, a dead job is logged at `error`, counted in
+    /// [`Stats::dead_lettered`](crate::Stats::dead_lettered) and dropped.
+    pub fn on_dead_letter<E, F>(self, hook: F) -> Builder<K, J, DeadLetterFn<F, E>>
+    where
+        F: Fn(&K, J, E, u32) + Send + Sync + 'static,
+        E: 'static,
+    {
+        Builder {
+            workers: self.workers,
+            threads: self.threads,
+            pool: self.pool,
+            max_parallel: self.max_parallel,
+            capacity: self.capacity,
+            key_capacity: self.key_capacity,
+            jobs_per_turn: self.jobs_per_turn,
+            name: self.name,
+            idle_timeout: self.idle_timeout,
+            on_panic: self.on_panic,
+            on_error: self.on_error,
+            retry: self.retry,
+            dead_letter: DeadLetterFn(hook, PhantomData),
+            jobs: PhantomData,
+        }
+    }
+
+    /// Builds a dispatcher that retries failed jobs in order: a failed attempt of a key's job
+    /// is retried after its backoff ([`retry`](Builder::retry)), and no later job of the key
+    /// starts before it has succeeded or been dead-lettered
+    /// ([`on_dead_letter`](Builder::on_dead_letter)). Other keys go on meanwhile, and no
+    /// thread waits out a backoff.
+    ///
+    /// The handler borrows its job, `Fn(&K, &J)`, since it may run again. It returns
+    /// `Result<(), E>`, retried as the policy says, or `Result<(), Failure<E>>` to name its
+    /// own delay ([`Failure::retry_after`](crate::Failure::retry_after)) or give up at once
+    /// ([`Failure::permanent`](crate::Failure::permanent)); `E: Display`. A panic is not
+    /// retried unless [`RetryPolicy::retry_panics`] says so.
+    ///
+    /// A retried job counts once in its [`Group`](crate::Group), in `flush_key` and in
+    /// [`Stats::completed`](crate::Stats::completed): when it finally succeeds or is
+    /// dead-lettered. Until then it holds its room and keeps the dispatcher busy:
+    /// [`close`](crate::Dispatcher::close) and [`wait_idle`](crate::Dispatcher::wait_idle)
+    /// wait for its retries, and [`close_now`](crate::Dispatcher::close_now) hands it back
+    /// first among its key's jobs.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Builder::build), and [`BuildError::ZeroAttempts`] or
+    /// [`BuildError::BackoffBelowInitial`] for a policy that cannot work.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, Failure, RetryPolicy};
+    /// use std::{sync::{Arc, Mutex}, time::Duration};
+    ///
+    /// let dead = Arc::new(Mutex::new(Vec::new()));
+    /// let parked = Arc::clone(&dead);
+    /// let d = Dispatcher::builder()
+    ///     .retry(RetryPolicy::exponential(Duration::from_millis(1), Duration::from_millis(10))
+    ///         .max_attempts(3))
+    ///     .on_dead_letter(move |key: &u64, job: String, err: String, attempts: u32| {
+    ///         parked.lock().unwrap().push((*key, job, err, attempts));
+    ///     })
+    ///     .build_retrying(|_key: &u64, job: &String| -> Result<(), Failure<String>> {
+    ///         match job.as_str() {
+    ///             "ok" => Ok(()),
+    ///             "bad" => Err(Failure::permanent("malformed".to_string())),
+    ///             _ => Err("unreachable host".to_string())?, // retried, 3 attempts in all
+    ///         }
+    ///     })?;
+    /// for job in ["ok", "bad", "down"] {
+    ///     d.dispatch(7, job.to_string())?;
+    /// }
+    /// let stats = d.close().stats;
+    /// assert_eq!((stats.completed, stats.retried, stats.dead_lettered), (3, 2, 2));
+    /// assert_eq!(
+    ///     *dead.lock().unwrap(),
+    ///     [(7, "bad".into(), "malformed".into(), 1), (7, "down".into(), "unreachable host".into(), 3)]
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn build_retrying<F, R>(self, handler: F) -> Result<Dispatcher<K, J>, BuildError>
+    where
+        F: Fn(&K, &J) -> R + Send + Sync + 'static,
+        R: RetryOutput + 'static,
+        D: DeadLetter<K, J, R::Error>,
+    {
+        let policy = self.retry.unwrap_or_default();
+        if policy.max_attempts == 0 {
+            return Err(BuildError::ZeroAttempts);
+        }
+        if policy.max < policy.initial {
+            return Err(BuildError::BackoffBelowInitial {
+                initial: policy.initial,
+                max: policy.max,
+            });
+        }
+        let (erased, parts) = self.split_dead_letter();
+        erased.start(Box::new(Retrying {
+            handler,
+            policy,
+            dead: parts,
+            output: PhantomData,
+        }))
+    }
+
+    /// Separates the dead-letter hook from the other settings.
+    fn split_dead_letter(self) -> (Builder<K, J>, D) {
+        (
+            Builder {
+                workers: self.workers,
+                threads: self.threads,
+                pool: self.pool,
+                max_parallel: self.max_parallel,
+                capacity: self.capacity,
+                key_capacity: self.key_capacity,
+                jobs_per_turn: self.jobs_per_turn,
+                name: self.name,
+                idle_timeout: self.idle_timeout,
+                on_panic: self.on_panic,
+                on_error: self.on_error,
+                retry: self.retry,
+                dead_letter: NoDeadLetter,
+                jobs: PhantomData,
+            },
+            self.dead_letter,
+        )
+    }
+
+    /// Checks the settings for a pool of `workers` threads.
+    fn check(&self, workers: usize) -> Result<Config, BuildError> {
+        if self.workers.is_some() && self.pool.is_some() {
+            return Err(BuildError::WorkersWithPool);
+        }
+        if self.threads.pin && self.pool.is_some() {
+            return Err(BuildError::PinWithPool);
+        }
+        if let (Some(setting), Some(_)) = (self.threads.first_set(), &self.pool) {
+            return Err(BuildError::ThreadSettingsWithPool { setting });
+        }
+        if self.workers == Some(0) {
+            return Err(BuildError::ZeroWorkers);
+        }
+        if self.capacity > MAX_CAPACITY {
+            return Err(BuildError::CapacityTooLarge {
+                capacity: self.capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        let key_capacity = self.key_capacity.unwrap_or(self.capacity);
+        if key_capacity > self.capacity {
+            return Err(BuildError::KeyCapacityAboveCapacity {
+                key_capacity,
+                capacity: self.capacity,
+            });
+        }
+        if self.jobs_per_turn == 0 {
+            return Err(BuildError::ZeroJobsPerTurn);
+        }
+        let max_parallel = self.max_parallel.unwrap_or(workers);
+        if max_parallel == 0 {
+            return Err(BuildError::ZeroMaxParallel);
+        }
+        if max_parallel > workers {
+            return Err(BuildError::MaxParallelAboveWorkers {
+                max_parallel,
+                workers,
+            });
+        }
+        Ok(Config {
+            name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
+            admitted: self.capacity + max_parallel,
+            key_capacity,
+            jobs_per_turn: self.jobs_per_turn,
+            max_parallel,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+        })
+    }
+}
+
+impl<K, J> Builder<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
     /// Checks the configuration, starts the threads (or attaches to the pool) and returns the
     /// dispatcher, which calls `handler` for every job: an infallible `Fn(&K, J)`, or a
     /// fallible `Fn(&K, J) -> Result<(), E>` with `E: Display` (see [`Handler`] for what
@@ -436,6 +660,14 @@ where
         self,
         handler: H,
     ) -> Result<Dispatcher<K, J>, BuildError> {
+        if self.retry.is_some() {
+            return Err(BuildError::RetryWithoutRetryingHandler);
+        }
+        self.start(Box::new(Plain(handler)))
+    }
+
+    /// Checks the configuration and starts the dispatcher on `handler`.
+    fn start(self, handler: Box<dyn ErasedHandler<K, J>>) -> Result<Dispatcher<K, J>, BuildError> {
         let workers = match &self.pool {
             Some(pool) => pool.workers(),
             None => self.workers.unwrap_or_else(default_workers),
@@ -445,13 +677,7 @@ where
             Some(pool) => pool,
             None => PoolShared::start(workers, &config.name, false, &self.threads)?,
         };
-        let core = Core::new(
-            config,
-            pool,
-            Box::new(handler),
-            self.on_panic,
-            self.on_error,
-        );
+        let core = Core::new(config, pool, handler, self.on_panic, self.on_error);
         core.pool().attach(core.as_client())?;
         log::debug!(
             "{}: dispatcher built on pool {} ({} workers)",
@@ -460,56 +686,6 @@ where
             core.pool().workers()
         );
         Ok(Dispatcher::from_core(core))
-    }
-
-    /// Checks the settings for a pool of `workers` threads.
-    fn check(&self, workers: usize) -> Result<Config, BuildError> {
-        if self.workers.is_some() && self.pool.is_some() {
-            return Err(BuildError::WorkersWithPool);
-        }
-        if self.threads.pin && self.pool.is_some() {
-            return Err(BuildError::PinWithPool);
-        }
-        if let (Some(setting), Some(_)) = (self.threads.first_set(), &self.pool) {
-            return Err(BuildError::ThreadSettingsWithPool { setting });
-        }
-        if self.workers == Some(0) {
-            return Err(BuildError::ZeroWorkers);
-        }
-        if self.capacity > MAX_CAPACITY {
-            return Err(BuildError::CapacityTooLarge {
-                capacity: self.capacity,
-                max: MAX_CAPACITY,
-            });
-        }
-        let key_capacity = self.key_capacity.unwrap_or(self.capacity);
-        if key_capacity > self.capacity {
-            return Err(BuildError::KeyCapacityAboveCapacity {
-                key_capacity,
-                capacity: self.capacity,
-            });
-        }
-        if self.jobs_per_turn == 0 {
-            return Err(BuildError::ZeroJobsPerTurn);
-        }
-        let max_parallel = self.max_parallel.unwrap_or(workers);
-        if max_parallel == 0 {
-            return Err(BuildError::ZeroMaxParallel);
-        }
-        if max_parallel > workers {
-            return Err(BuildError::MaxParallelAboveWorkers {
-                max_parallel,
-                workers,
-            });
-        }
-        Ok(Config {
-            name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
-            admitted: self.capacity + max_parallel,
-            key_capacity,
-            jobs_per_turn: self.jobs_per_turn,
-            max_parallel,
-            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
-        })
     }
 }
 
@@ -528,7 +704,7 @@ where
     }
 }
 
-impl<K, J> fmt::Debug for Builder<K, J> {
+impl<K, J, D> fmt::Debug for Builder<K, J, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("workers", &self.workers)
@@ -540,6 +716,7 @@ impl<K, J> fmt::Debug for Builder<K, J> {
             .field("jobs_per_turn", &self.jobs_per_turn)
             .field("name", &self.name)
             .field("idle_timeout", &self.idle_timeout)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }

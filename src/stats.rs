@@ -25,6 +25,12 @@ pub struct Stats {
     /// Accepted jobs that never ran because [`close_now`](crate::Dispatcher::close_now) handed
     /// them back.
     pub handed_back: u64,
+    /// Attempts after the first, of a retrying dispatcher's jobs (see
+    /// [`Builder::build_retrying`](crate::Builder::build_retrying)).
+    pub retried: u64,
+    /// Jobs of a retrying dispatcher that failed for good and went to the dead-letter hook
+    /// (or, without one, were logged and dropped). Each is counted once in `completed` too.
+    pub dead_lettered: u64,
     /// Jobs accepted and not yet started.
     pub queued: usize,
     /// Keys being run by a worker right now (at most one job each is executing).
@@ -57,6 +63,8 @@ pub(crate) struct Counters {
     panicked: AtomicU64,
     refused: AtomicU64,
     handed_back: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
 }
 
 // ORDERING: the counters synchronize nothing but their own snapshot, which is documented as
@@ -88,6 +96,14 @@ impl Counters {
 
     pub(crate) fn panicked(&self) {
         self.panicked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn refused(&self) {
@@ -139,6 +155,8 @@ impl Counters {
             panicked: self.panicked.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             handed_back,
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             queued: pending - running,
             running,
             blocked: self.blocked.load(Ordering::Relaxed),

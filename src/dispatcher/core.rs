@@ -96,6 +96,8 @@ pub(crate) struct Core<K, J> {
     pub(super) idle: Signal,
     /// Announced when jobs leave the gate or it closes: producers wait here for global room.
     pub(super) room: Signal,
+    /// Waiting keys of retried jobs (see `backoff`).
+    pub(super) backoffs: Mutex<super::backoff::Backoffs<K, J>>,
     /// Whether the pool timer that sweeps the idle list is set.
     pub(super) timer_set: AtomicBool,
     /// Set by a `close` that could not wait (it ran on a worker thread): whoever empties the
@@ -155,6 +157,7 @@ where
             pool,
             idle: Signal::default(),
             room: Signal::default(),
+            backoffs: Mutex::new(Default::default()),
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),
             finished: Mutex::new(false),

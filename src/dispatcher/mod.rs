@@ -10,9 +10,11 @@
 //!   numbered steps, with why no wake-up is lost);
 //! - `worker`: turns of ready keys, running each job and catching its panic;
 //! - `evict`: the idle list, sweeps, spare mailboxes, the sweep timer;
+//! - `backoff`: retried jobs' keys waiting out their backoff, and the timer that wakes them;
 //! - `shutdown`: `close`, `close_now` and the waits; its docs number the shutdown steps and
 //!   the races they must win.
 
+mod backoff;
 pub(crate) mod core;
 mod evict;
 mod route;

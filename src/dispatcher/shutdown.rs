@@ -211,6 +211,8 @@ where
             (self.ready.take_all(), std::mem::take(&mut sched.idle))
         };
         drop(ready);
+        let waiting = lock(&self.backoffs).clear();
+        drop(waiting);
         drop(std::mem::take(&mut *lock(&self.spares)));
         if !idle.is_empty() {
             self.listed.fetch_sub(idle.len(), Ordering::SeqCst);

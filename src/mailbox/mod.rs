@@ -16,6 +16,14 @@
 //!             lock)                 ▼
 //!                                Evicted   (out of the map; once unshared, a spare that a
 //!                                           new key's creation may turn into its Queued mailbox)
+//!
+//!   retrying dispatchers only (`build_retrying`):
+//!
+//!            end of turn, the head job failed            backoff timer fires (pool timer
+//!   Running ───── with attempts left ─────▶ Waiting ──── thread, `Core::on_backoff_timer`) ──▶ Queued
+//!            (worker: the job back at the     │           (the timer schedules the key)
+//!             front, attempts kept)           │
+//!                                             └── close_now takes its jobs ──▶ Evicted
 //! ```
 //!
 //! - **Queued**: the mailbox holds jobs and sits in its dispatcher's ready queue, exactly once.
@@ -38,6 +46,17 @@
 //!   holds the last reference, and finds it empty) may be kept as a *spare* and become the
 //!   Queued mailbox of a new key: reuse needs exclusive access, so no producer or worker can
 //!   still see it as the old key's.
+//! - **Waiting** (retrying dispatchers only): the key's head job failed an attempt and waits
+//!   out its backoff, back at the front of the queue with its attempt count kept in
+//!   `Inner::attempts` (only the head job can have failed attempts: no later job of the key
+//!   starts before it succeeded or was dead-lettered). The key is in neither the ready queue
+//!   nor the idle list's reach (a sweep evicts only Idle keys), and no thread waits for it:
+//!   an entry in the dispatcher's backoff heap stands for it, and the pool timer armed for the
+//!   heap's earliest entry makes it Queued and schedules it. Producers push behind it as
+//!   behind a Running key, without scheduling it; its jobs hold their room and their gate
+//!   count, so `close` and `wait_idle` wait for the retry, and `close_now` hands the retried
+//!   job back first. The timer acts only on a key still Waiting: one that `close_now` emptied
+//!   is Evicted and left alone.
 //! - **Closed** is not a state of a key but of its dispatcher (see `gate`): producers are
 //!   refused at the gate, and keys drain through the states above until all are evicted.
 //!
@@ -83,7 +102,7 @@ use crate::{
     gate::Gate,
     keymap::Keyed,
     latch::Latch,
-    sync::{lock, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering},
+    sync::{fault, lock, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering},
     unwind::drop_contained,
 };
 use std::{collections::VecDeque, time::Instant};
@@ -145,6 +164,9 @@ struct Inner<J> {
     used: bool,
     /// Producers blocked on `room`.
     waiters: usize,
+    /// Failed attempts of `queue[0]`, the head job, which a Waiting key retries; zero
+    /// otherwise. Taken by the turn that runs the head job next.
+    attempts: u32,
 }
 
 impl<J> Inner<J> {
@@ -175,6 +197,8 @@ pub(crate) enum State {
     Idle,
     Queued,
     Running,
+    /// The head job waits out its backoff before its next attempt (see the module docs).
+    Waiting,
     Evicted,
 }
 
@@ -200,6 +224,20 @@ pub(crate) enum EndTurn {
     Idle { list: bool },
     /// `close_now` stopped the turn; the key's jobs wait in its queue to be handed back.
     Halted,
+    /// The head job failed an attempt and is to be retried: the key is Waiting, and the
+    /// worker files it in the backoff heap.
+    Backoff,
+}
+
+/// Why a turn stopped, as the worker tells [`Mailbox::end_turn_as`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Its batches ran to their end.
+    Ran,
+    /// `close_now` stopped it.
+    Halted,
+    /// The first leftover job failed its `attempts`-th attempt and is to be retried.
+    Backoff { attempts: u32 },
 }
 
 impl<K, J> Mailbox<K, J> {
@@ -218,6 +256,7 @@ impl<K, J> Mailbox<K, J> {
                 listed: false,
                 used: false,
                 waiters: 0,
+                attempts: 0,
             }),
             queued: AtomicUsize::new(0),
             room: Condvar::new(),
@@ -313,6 +352,7 @@ impl<K, J> Mailbox<K, J> {
         inner.state = State::Queued;
         inner.listed = false;
         inner.used = false;
+        inner.attempts = 0;
         self.queued.store(1, Ordering::Relaxed);
     }
 
@@ -465,6 +505,19 @@ impl<K, J> Mailbox<K, J> {
         keep
     }
 
+    /// The backoff timer: a Waiting key's backoff is over; makes it Queued and returns true
+    /// (the caller schedules it), or returns false if it is no longer Waiting (`close_now`
+    /// took its jobs).
+    pub(crate) fn backoff_over(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner.state == State::Waiting || fault!(WakeWithoutWaiting) {
+            inner.state = State::Queued;
+            true
+        } else {
+            false
+        }
+    }
+
     /// `close_now`: takes every queued job and every mark (one per grouped job among them, and
     /// the flush barriers behind them), and marks the mailbox Evicted. Called under the map
     /// shard's write lock, after every turn has ended.
@@ -472,6 +525,7 @@ impl<K, J> Mailbox<K, J> {
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.in_turn, 0, "close_now took a key during its turn");
         inner.state = State::Evicted;
+        inner.attempts = 0;
         if inner.waiters > 0 {
             self.room.notify_all();
         }
