@@ -313,6 +313,9 @@ pub enum WaitError {
     WouldDeadlock,
     /// The timeout passed before the condition was met.
     Timeout,
+    /// `wait_idle` found a paused key holding jobs, which would never run: resume it (or
+    /// cancel its jobs) first.
+    KeysPaused,
 }
 
 impl fmt::Display for WaitError {
@@ -320,6 +323,7 @@ impl fmt::Display for WaitError {
         f.write_str(match self {
             Self::WouldDeadlock => "waiting on a worker thread of the same pool could deadlock",
             Self::Timeout => "timed out waiting",
+            Self::KeysPaused => "a paused key holds jobs that would never run",
         })
     }
 }

@@ -20,7 +20,8 @@
 //!   [`key_capacity`](Builder::key_capacity) per key; `dispatch` blocks when full. Idle keys
 //!   are evicted from the map, so memory follows the live keys, not every key ever seen.
 //! - **Nothing lost.** Every accepted job runs exactly once, unless
-//!   [`close_now`](Dispatcher::close_now) hands it back. A refused job comes back inside the
+//!   [`close_now`](Dispatcher::close_now) or [`cancel_key`](Dispatcher::cancel_key) hands it
+//!   back. A refused job comes back inside the
 //!   [`DispatchError`], with its key. A panicking job is caught, logged and counted; its key
 //!   and its thread go on.
 //! - **Clean shutdown.** [`close`](Dispatcher::close) stops accepting, runs every accepted job,
@@ -98,6 +99,12 @@
 //! job once, when it ends; `close` waits for its retries; `close_now` hands it back first.
 //! [`Stats::retried`] and [`Stats::dead_lettered`] count them. The plain
 //! [`build`](Builder::build) path carries none of this.
+//!
+//! On any dispatcher, [`Dispatcher::pause_key`] holds one key's queued and new jobs (after its
+//! running job) while other keys go on, [`Dispatcher::resume_key`] lets it continue where it
+//! stopped, and [`Dispatcher::cancel_key`] takes its jobs that have not started, in order, a job
+//! waiting out its backoff first. `close` resumes and drains paused keys; `wait_idle` returns
+//! [`WaitError::KeysPaused`] rather than wait for a paused key's jobs.
 //!
 //! ```
 //! use keyed_dispatch::{Dispatcher, Failure, RetryPolicy};

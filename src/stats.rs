@@ -31,6 +31,8 @@ pub struct Stats {
     /// Jobs of a retrying dispatcher that failed for good and went to the dead-letter hook
     /// (or, without one, were logged and dropped). Each is counted once in `completed` too.
     pub dead_lettered: u64,
+    /// Keys paused right now (see [`Dispatcher::pause_key`](crate::Dispatcher::pause_key)).
+    pub paused: usize,
     /// Jobs accepted and not yet started.
     pub queued: usize,
     /// Keys being run by a worker right now (at most one job each is executing).
@@ -65,6 +67,7 @@ pub(crate) struct Counters {
     handed_back: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
+    paused: AtomicUsize,
 }
 
 // ORDERING: the counters synchronize nothing but their own snapshot, which is documented as
@@ -104,6 +107,15 @@ impl Counters {
 
     pub(crate) fn dead_lettered(&self) {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keys paused (`1`) or resumed (`-1`).
+    pub(crate) fn paused(&self, n: isize) {
+        if n >= 0 {
+            self.paused.fetch_add(n as usize, Ordering::Relaxed);
+        } else {
+            self.paused.fetch_sub(n.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn refused(&self) {
@@ -157,6 +169,7 @@ impl Counters {
             handed_back,
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            paused: self.paused.load(Ordering::Relaxed),
             queued: pending - running,
             running,
             blocked: self.blocked.load(Ordering::Relaxed),

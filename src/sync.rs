@@ -123,8 +123,6 @@ pub(crate) enum Fault {
     /// A second `WorkerPool::close` returns without waiting for the first to close the
     /// dispatchers.
     SecondPoolCloseSkipsWait,
-    /// `Mailbox::backoff_over` makes the key Queued without checking that it is still Waiting.
-    WakeWithoutWaiting,
     /// `Mailbox::end_turn_as` makes a key whose head job is to be retried Idle, not Waiting.
     BackoffEndsIdle,
 }

@@ -20,7 +20,7 @@
 
 use super::core::Core;
 use crate::{
-    mailbox::Mailbox,
+    mailbox::{Mailbox, Woken},
     pool::TimerKind,
     sync::{lock, Arc},
 };
@@ -141,8 +141,10 @@ where
             }
         };
         for mailbox in over {
-            if mailbox.backoff_over() {
-                self.schedule(mailbox);
+            match mailbox.backoff_over() {
+                Woken::Schedule => self.schedule(mailbox),
+                Woken::Held => self.held_more(),
+                Woken::Gone => {}
             }
         }
         next

@@ -96,6 +96,8 @@ pub(crate) struct Core<K, J> {
     pub(super) idle: Signal,
     /// Announced when jobs leave the gate or it closes: producers wait here for global room.
     pub(super) room: Signal,
+    /// Held keys: paused with jobs (see `pause`); `wait_idle` refuses to wait while any is.
+    pub(super) held: AtomicUsize,
     /// Waiting keys of retried jobs (see `backoff`).
     pub(super) backoffs: Mutex<super::backoff::Backoffs<K, J>>,
     /// Whether the pool timer that sweeps the idle list is set.
@@ -157,6 +159,7 @@ where
             pool,
             idle: Signal::default(),
             room: Signal::default(),
+            held: AtomicUsize::new(0),
             backoffs: Mutex::new(Default::default()),
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),

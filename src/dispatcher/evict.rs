@@ -146,7 +146,7 @@ where
                 return overflow.then(|| sched.idle.drain(..SPARES_MAX).collect());
             }
             // A Waiting key was filed in the backoff heap by its worker.
-            EndTurn::Idle { list: false } | EndTurn::Halted | EndTurn::Backoff => {}
+            EndTurn::Idle { list: false } | EndTurn::Halted | EndTurn::Backoff | EndTurn::Held => {}
         }
         None
     }

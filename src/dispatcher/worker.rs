@@ -73,7 +73,7 @@ where
         let mut done;
         let mut stop;
         loop {
-            (done, stop) = self.run_batch(mailbox.key(), batch, due, attempts);
+            (done, stop) = self.run_batch(mailbox, batch, due, attempts);
             attempts = 0;
             self.counters.completed(done);
             if stop != BatchEnd::Ran
@@ -89,6 +89,9 @@ where
         let end = match stop {
             BatchEnd::Ran => mailbox.end_turn_as(batch, due, Stop::Ran),
             BatchEnd::Halted => mailbox.end_turn_as(batch, due, Stop::Halted),
+            BatchEnd::Stopped { attempts } => {
+                mailbox.end_turn_as(batch, due, Stop::Stopped { attempts })
+            }
             BatchEnd::Retry { delay, attempts } => {
                 let end = mailbox.end_turn_as(batch, due, Stop::Backoff { attempts });
                 // Filed before the turn ends, while the retried job holds the gate open.
@@ -107,6 +110,9 @@ where
         if end == (EndTurn::Idle { list: true }) {
             self.listed.fetch_add(1, Ordering::SeqCst);
         }
+        if end == EndTurn::Held {
+            self.held_more();
+        }
         self.turn_ended();
         self.left(done);
         end
@@ -120,11 +126,12 @@ where
     /// the batch stops there: no later job of the key starts before it.
     fn run_batch(
         &self,
-        key: &K,
+        mailbox: &Mailbox<K, J>,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
         attempts: u32,
     ) -> (usize, BatchEnd) {
+        let key = mailbox.key();
         // Marks are only ever due within the batch if some were handed out: a batch of jobs
         // without groups or flushes skips looking for them.
         let marked = !due.is_empty();
@@ -143,6 +150,12 @@ where
             if self.gate.halt_seen() {
                 batch.push_front(job);
                 return (done, BatchEnd::Halted);
+            }
+            // Paused, or being cancelled: the running job has ended; the rest go back.
+            if mailbox.stop_hint() {
+                batch.push_front(job);
+                let attempts = if done == 0 { attempts } else { 0 };
+                return (done, BatchEnd::Stopped { attempts });
             }
             let attempt = if done == 0 && attempts > 0 {
                 // Only a Waiting key's head job has failed attempts: off the plain path.
@@ -296,6 +309,9 @@ enum BatchEnd {
     Halted,
     /// The batch's first leftover job failed attempt `attempts` and is retried after `delay`.
     Retry { delay: Duration, attempts: u32 },
+    /// The key was paused or is being cancelled; its first leftover job had made `attempts`
+    /// failed attempts.
+    Stopped { attempts: u32 },
 }
 
 /// What a job's attempt reports, counted and logged for the dispatcher that ran it.

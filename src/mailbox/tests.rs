@@ -127,7 +127,7 @@ fn halted_turn_puts_leftovers_back_in_order() {
         mb.push(5, &mut None, 100, &gate, || {}),
         Push::Halted(5)
     ));
-    let (left, flushes) = mb.take_all();
+    let (left, flushes, _) = mb.take_all();
     assert_eq!(left, [1, 2, 3, 4]);
     assert!(flushes.is_empty());
     assert_eq!(mb.state(), State::Evicted);
@@ -200,7 +200,7 @@ fn halted_turn_keeps_its_unreached_barriers_for_take_all() {
     gate.halt();
     assert_eq!(mb.end_turn(&mut batch, &mut due, true), EndTurn::Halted);
     assert!(due.is_empty());
-    let (left, flushes) = mb.take_all();
+    let (left, flushes, _) = mb.take_all();
     assert_eq!(left, [2]);
     assert_eq!(flushes.len(), 1);
     assert!(Arc::ptr_eq(&flushes[0].state, &second));
@@ -241,7 +241,7 @@ fn refused_push_leaves_the_group_with_the_caller() {
     gate.halt();
     assert_eq!(mb.push(1, &mut member, 10, &gate, || {}), Push::Halted(1));
     assert!(member.is_some());
-    let (left, marks) = mb.take_all();
+    let (left, marks, _) = mb.take_all();
     assert_eq!(left, [0]);
     assert!(marks.is_empty());
 }

@@ -33,6 +33,10 @@ impl<K, J> Mailbox<K, J> {
             "a turn of a key that was not queued"
         );
         inner.state = State::Running;
+        // A paused key (or one being cancelled) takes no job: its turn ends at once, Held.
+        if inner.held_back() {
+            return (self.take_batch(&mut inner, 0, batch, due), 0);
+        }
         let attempts = std::mem::take(&mut inner.attempts);
         (self.take_batch(&mut inner, max, batch, due), attempts)
     }
@@ -54,7 +58,7 @@ impl<K, J> Mailbox<K, J> {
         debug_assert!(batch.is_empty() && due.is_empty());
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.state, State::Running);
-        if inner.queue.is_empty() {
+        if inner.queue.is_empty() || inner.held_back() {
             return 0;
         }
         inner.in_turn = 0;
@@ -185,7 +189,13 @@ impl<K, J> Mailbox<K, J> {
                 };
                 return EndTurn::Backoff;
             }
+            // The head job goes back with the attempts it had made.
+            Stop::Stopped { attempts } => inner.attempts = attempts,
             Stop::Ran => {}
+        }
+        if inner.held_back() && !inner.queue.is_empty() {
+            inner.state = State::Held;
+            return EndTurn::Held;
         }
         if !inner.queue.is_empty() && !fault!(IdleWithJobsLeft) {
             inner.state = State::Queued;
