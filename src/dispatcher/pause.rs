@@ -23,6 +23,10 @@ where
     /// dispatcher is closed.
     pub(crate) fn pause_key(&self, key: &K) {
         let hash = self.keys.hash(key);
+        // Counted before the key's hint is set: a turn reads this count first, then the hint,
+        // so a pause that happened before its running job ended is seen through both. Undone
+        // below unless this call paused the key.
+        self.stopping.fetch_add(1, Ordering::SeqCst);
         let found = self.keys.get(Hashed { hash, key }, (), |mailbox, ()| {
             mailbox.pause(&self.gate)
         });
@@ -30,6 +34,7 @@ where
             Ok(paused) => paused,
             Err(()) => {
                 if self.gate.is_closed() {
+                    self.stopping.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
                 let mailbox = Arc::new(Mailbox::new_paused(key.clone(), hash));
@@ -47,7 +52,9 @@ where
                 paused
             }
         };
-        if paused == Some(true) {
+        if paused != Some(true) {
+            self.stopping.fetch_sub(1, Ordering::SeqCst);
+        } else {
             self.counters.paused(1);
             log::debug!("{}: key {} paused", self.config.name, ShowKey(key));
         }
@@ -71,6 +78,7 @@ where
             return;
         }
         self.counters.paused(-1);
+        self.stopping.fetch_sub(1, Ordering::SeqCst);
         log::debug!(
             "{}: key {} resumed",
             self.config.name,
@@ -97,13 +105,16 @@ where
         else {
             return Ok(Vec::new());
         };
-        // Outside the map's lock: it may wait for the running job.
+        // Outside the map's lock: it may wait for the running job, which stops at the hint.
+        self.stopping.fetch_add(1, Ordering::SeqCst);
+        let cancelled = mailbox.cancel();
+        self.stopping.fetch_sub(1, Ordering::SeqCst);
         let Some(Cancelled {
             jobs,
             marks,
             was_held,
             list,
-        }) = mailbox.cancel()
+        }) = cancelled
         else {
             return Ok(Vec::new());
         };

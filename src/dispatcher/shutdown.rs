@@ -142,6 +142,8 @@ where
             mark.state.handed_back();
         }
         self.counters.paused(-paused);
+        self.stopping
+            .fetch_sub(paused.unsigned_abs(), Ordering::SeqCst);
         self.held.store(0, Ordering::SeqCst);
         self.clear_sched();
         let left = self.hand_back(removed, queues);

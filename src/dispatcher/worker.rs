@@ -152,7 +152,10 @@ where
                 return (done, BatchEnd::Halted);
             }
             // Paused, or being cancelled: the running job has ended; the rest go back.
-            if mailbox.stop_hint() {
+            // ORDERING: Relaxed, as the hint itself (see `Mailbox::stop_hint`): a pause that
+            // happened before the running job ended is seen; one racing it, at the next job
+            // or at the end of the batch, under the key's lock.
+            if self.stopping.load(Ordering::Relaxed) > 0 && mailbox.stop_hint() {
                 batch.push_front(job);
                 let attempts = if done == 0 { attempts } else { 0 };
                 return (done, BatchEnd::Stopped { attempts });
