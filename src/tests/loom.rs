@@ -49,6 +49,10 @@
 //!    out a zero backoff while a producer pushes to it and `close` runs; the backoff timer
 //!    requeues it, the retry runs before the later job, and close waits for both. Twin: the
 //!    failed turn leaves the key Idle instead of Waiting ([`Fault::BackoffEndsIdle`]).
+//! 10. [`cancel_waits_for_the_running_job_and_takes_the_rest`]: `cancel_key` races a key's
+//!     running turn; what ran and what was taken are the key's jobs in order, each once. Twin:
+//!     the turn's end does not wake the key's waiters ([`Fault::NoRoomWake`]), so the cancel
+//!     waiting for it hangs.
 //!
 //! Each twin is the same model with its fault armed (see [`Fault`]), marked `#[should_panic]`
 //! with the failure it must produce in a release build. With debug assertions, the crate's own
@@ -640,4 +644,47 @@ fn retry_timer_requeues_the_waiting_key_while_close_runs() {
 #[cfg_attr(debug_assertions, should_panic)]
 fn backoff_ending_idle_strands_the_retried_job() {
     retry_timer_model(Some(Fault::BackoffEndsIdle));
+}
+
+// -------------------------------------------------------------------------------------------
+// 10. Cancelling a key whose turn is running.
+
+/// Model 10: two jobs on one key and one worker; `cancel_key` races the key's turn from
+/// another thread, then `close` drains what is left. Whatever the interleaving, the jobs that ran and the
+/// jobs taken are the key's two jobs, each once, the taken ones after the ones that ran; if
+/// the cancel found the key Running, it waited for the running job and took the rest (the
+/// turn stops at the key's stop hint and wakes the key's waiters as it ends). Twin: the end of
+/// a turn does not wake the key's waiters ([`Fault::NoRoomWake`]), so a cancel waiting for it
+/// waits forever.
+fn cancel_running_model(fault: Option<Fault>) {
+    explore(3, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(1, 8);
+        d.dispatch(0, 0).unwrap();
+        d.dispatch(0, 1).unwrap();
+        let canceller = {
+            let d = d.share();
+            thread::spawn(move || d.cancel_key(&0).expect("not on a worker thread"))
+        };
+        let taken = canceller.join().unwrap();
+        assert!(d.close().drained);
+        let ran = log.started();
+        log.assert_ran(&ran);
+        let mut all = ran.clone();
+        all.extend(&taken);
+        assert_eq!(all, [0, 1], "ran {ran:?}, cancelled {taken:?}");
+        assert_eq!(d.stats().handed_back, taken.len() as u64);
+    });
+}
+
+#[test]
+fn cancel_waits_for_the_running_job_and_takes_the_rest() {
+    cancel_running_model(None);
+}
+
+#[test]
+#[cfg_attr(not(debug_assertions), should_panic(expected = "deadlock"))]
+#[cfg_attr(debug_assertions, should_panic)]
+fn cancel_not_woken_by_the_turn_end_waits_forever() {
+    cancel_running_model(Some(Fault::NoRoomWake));
 }
