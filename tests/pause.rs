@@ -308,3 +308,111 @@ fn a_paused_key_in_backoff_waits_for_resume() {
     let stats = d.close().stats;
     assert_eq!((stats.completed, stats.retried), (1, 1));
 }
+
+/// What a producer does next.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Dispatch(u8),
+    Pause(u8),
+    Resume(u8),
+    Cancel(u8),
+}
+
+impl quickcheck::Arbitrary for Op {
+    fn arbitrary(g: &mut quickcheck::Gen) -> Self {
+        let key = u8::arbitrary(g) % 3;
+        match u8::arbitrary(g) % 8 {
+            0 => Op::Pause(key),
+            1 => Op::Resume(key),
+            2 => Op::Cancel(key),
+            _ => Op::Dispatch(key),
+        }
+    }
+}
+
+/// Producers dispatch, pause, resume and cancel keys at random, then `close` drains: every
+/// accepted job ran exactly once or was handed back by exactly one `cancel_key`, and each
+/// producer's jobs of a key ran in dispatch order, as did each cancel's jobs.
+fn pause_property(workers: u8, producers: Vec<Vec<Op>>) -> quickcheck::TestResult {
+    let _watchdog = Watchdog::new("pause property", LIMIT);
+    let producers: Vec<Vec<Op>> = producers.into_iter().take(3).collect();
+    type Id = (usize, u32);
+    let ran = Arc::new(Mutex::new(Vec::<(u8, Id)>::new()));
+    let log = Arc::clone(&ran);
+    let d = Dispatcher::builder()
+        .workers(1 + usize::from(workers % 3))
+        .jobs_per_turn(2)
+        .build(move |key: &u8, job: Id| log.lock().unwrap().push((*key, job)))
+        .unwrap();
+    let cancelled: Vec<Vec<(u8, Vec<Id>)>> = thread::scope(|s| {
+        let handles: Vec<_> = producers
+            .iter()
+            .enumerate()
+            .map(|(producer, ops)| {
+                let d = &d;
+                s.spawn(move || {
+                    let mut taken = Vec::new();
+                    for (seq, op) in ops.iter().enumerate() {
+                        match *op {
+                            Op::Dispatch(key) => d.dispatch(key, (producer, seq as u32)).unwrap(),
+                            Op::Pause(key) => d.pause_key(&key),
+                            Op::Resume(key) => d.resume_key(&key),
+                            Op::Cancel(key) => taken.push((key, d.cancel_key(&key).unwrap())),
+                        }
+                    }
+                    taken
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let report = d.close();
+    let ran = ran.lock().unwrap();
+    let mut seen = std::collections::HashMap::new();
+    let mut last = std::collections::HashMap::new();
+    for &(key, (producer, seq)) in ran.iter() {
+        if seen.insert((producer, seq), "ran").is_some() {
+            return quickcheck::TestResult::error("a job ran twice");
+        }
+        if let Some(prev) = last.insert((key, producer), seq) {
+            if prev > seq {
+                return quickcheck::TestResult::error(format!("key {key} out of order"));
+            }
+        }
+    }
+    let mut handed = 0;
+    for (key, jobs) in cancelled.iter().flatten() {
+        let mut last = std::collections::HashMap::new();
+        for &(producer, seq) in jobs {
+            handed += 1;
+            if seen.insert((producer, seq), "cancelled").is_some() {
+                return quickcheck::TestResult::error("a cancelled job also ran, or twice");
+            }
+            if let Some(prev) = last.insert(producer, seq) {
+                if prev > seq {
+                    return quickcheck::TestResult::error(format!("cancel of {key} out of order"));
+                }
+            }
+        }
+    }
+    let dispatched: usize = producers
+        .iter()
+        .flatten()
+        .filter(|op| matches!(op, Op::Dispatch(_)))
+        .count();
+    if seen.len() != dispatched {
+        return quickcheck::TestResult::error(format!("{} of {dispatched} jobs", seen.len()));
+    }
+    let stats = report.stats;
+    if !report.drained || stats.handed_back != handed || stats.paused != 0 || stats.keys != 0 {
+        return quickcheck::TestResult::error(format!("{stats:?}"));
+    }
+    quickcheck::TestResult::passed()
+}
+
+#[test]
+fn pause_resume_cancel_property() {
+    quickcheck::QuickCheck::new()
+        .rng(quickcheck::Gen::new(16))
+        .quickcheck(pause_property as fn(u8, Vec<Vec<Op>>) -> quickcheck::TestResult);
+}

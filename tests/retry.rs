@@ -575,3 +575,33 @@ fn retry_property() {
         .rng(Gen::new(12))
         .quickcheck(retries_keep_order_and_account_for_every_job as fn(Schedule) -> TestResult);
 }
+
+#[test]
+fn without_a_hook_a_dead_job_is_counted_and_dropped() {
+    let _watchdog = Watchdog::new("dead_without_hook", LIMIT);
+    let drops = common::Drops::new();
+    let d = Dispatcher::builder()
+        .retry(fast(2))
+        .build_retrying(
+            |_: &u8, _: &common::DropToken| -> Result<(), &'static str> { Err("always") },
+        )
+        .unwrap();
+    d.dispatch(1, drops.token()).unwrap();
+    let stats = d.close().stats;
+    assert_eq!(
+        (stats.completed, stats.retried, stats.dead_lettered),
+        (1, 1, 1)
+    );
+    assert_eq!(drops.alive(), 0, "the dead job was dropped");
+}
+
+#[test]
+fn new_public_types_are_send_sync_and_debug() {
+    fn assert_traits<T: Send + Sync + std::fmt::Debug>() {}
+    assert_traits::<RetryPolicy>();
+    assert_traits::<Failure<String>>();
+    assert_traits::<keyed_dispatch::NoDeadLetter>();
+    let failure = Failure::retry_after(Duration::from_secs(1), "busy");
+    assert_eq!(*failure.error(), "busy");
+    assert!(format!("{failure:?}").contains("busy"));
+}
