@@ -1,6 +1,6 @@
 //! Errors. A dispatch that is refused hands its key and job back inside the error.
 
-use std::{error::Error, fmt, io};
+use std::{error::Error, fmt, io, time::Duration};
 
 /// A dispatch that was refused, with its key and job handed back.
 ///
@@ -333,6 +333,18 @@ pub enum BuildError {
         /// The first of them that was set, by its builder method's name.
         setting: &'static str,
     },
+    /// `RetryPolicy::max_attempts(0)`: a job could never run.
+    ZeroAttempts,
+    /// A retry policy whose longest backoff is shorter than its first.
+    BackoffBelowInitial {
+        /// The first backoff asked for.
+        initial: Duration,
+        /// The longest backoff asked for.
+        max: Duration,
+    },
+    /// `retry(..)` was set for `build`, whose handler takes its job by value and so cannot
+    /// run it again: use `build_retrying`.
+    RetryWithoutRetryingHandler,
 }
 
 impl fmt::Display for BuildError {
@@ -383,6 +395,14 @@ impl fmt::Display for BuildError {
                 f,
                 "{setting} and pool(&pool) cannot both be set: the threads are the pool's"
             ),
+            Self::ZeroAttempts => f.write_str("max_attempts must be at least 1"),
+            Self::BackoffBelowInitial { initial, max } => write!(
+                f,
+                "the longest backoff ({max:?}) is shorter than the first ({initial:?})"
+            ),
+            Self::RetryWithoutRetryingHandler => {
+                f.write_str("retry(..) needs build_retrying: build's handler consumes its job")
+            }
         }
     }
 }
@@ -425,6 +445,9 @@ pub enum WaitError {
     WouldDeadlock,
     /// The timeout passed before the condition was met.
     Timeout,
+    /// `wait_idle` found a paused key holding jobs, which would never run: resume it (or
+    /// cancel its jobs) first.
+    KeysPaused,
 }
 
 impl fmt::Display for WaitError {
@@ -432,6 +455,7 @@ impl fmt::Display for WaitError {
         f.write_str(match self {
             Self::WouldDeadlock => "waiting on a worker thread of the same pool could deadlock",
             Self::Timeout => "timed out waiting",
+            Self::KeysPaused => "a paused key holds jobs that would never run",
         })
     }
 }

@@ -2,8 +2,10 @@
 //! itself.
 
 use std::{
+    any::Any,
     fmt::{self, Display},
     sync::{Mutex, PoisonError},
+    time::Duration,
 };
 
 /// Runs jobs: one call per job, never two at once for the same key.
@@ -260,15 +262,36 @@ impl fmt::Debug for BoxedJob {
 }
 
 /// A [`Handler`] with its error type erased, so that a dispatcher stores any handler behind
-/// one pointer. `failed` is called with the error of a failed job, before it is dropped.
+/// one pointer: a plain one, or a retrying one (see `retry`).
 pub(crate) trait ErasedHandler<K, J>: Send + Sync {
-    fn run(&self, key: &K, job: J, failed: &mut dyn FnMut(&dyn Display));
+    /// Runs attempt `attempt` (counted from 1) of `job`, telling `report` how it went. Returns
+    /// the job and its backoff if it is to be retried; a plain handler never does, so the plain
+    /// path pays one check of a `None` per job.
+    fn run(&self, key: &K, job: J, attempt: u32, report: &mut dyn Report) -> Option<(J, Duration)>;
 }
 
-impl<K, J, H: Handler<K, J>> ErasedHandler<K, J> for H {
-    fn run(&self, key: &K, job: J, failed: &mut dyn FnMut(&dyn Display)) {
-        if let Err(err) = self.handle(key, job) {
-            failed(&err);
+/// What the worker hears of an attempt, to count, log and pass to the hooks.
+pub(crate) trait Report {
+    /// The attempt returned an error (logged, counted, passed to `on_error`).
+    fn failed(&mut self, err: &dyn Display);
+    /// A retrying handler's attempt panicked (caught there, to keep the job).
+    fn panicked(&mut self, payload: Box<dyn Any + Send>);
+    /// The job failed for good after `attempts` attempts, and goes to the dead-letter hook
+    /// if `hooked` (else it is dropped).
+    fn dead_lettered(&mut self, attempts: u32, hooked: bool);
+    /// The dead-letter hook panicked (caught).
+    fn dead_letter_panicked(&mut self);
+}
+
+/// A plain [`Handler`], as the dispatcher runs it: each job once, never retried.
+pub(crate) struct Plain<H>(pub(crate) H);
+
+impl<K, J, H: Handler<K, J>> ErasedHandler<K, J> for Plain<H> {
+    #[inline]
+    fn run(&self, key: &K, job: J, _: u32, report: &mut dyn Report) -> Option<(J, Duration)> {
+        if let Err(err) = self.0.handle(key, job) {
+            report.failed(&err);
         }
+        None
     }
 }

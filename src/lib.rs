@@ -20,7 +20,8 @@
 //!   [`key_capacity`](Builder::key_capacity) per key; `dispatch` blocks when full. Idle keys
 //!   are evicted from the map, so memory follows the live keys, not every key ever seen.
 //! - **Nothing lost.** Every accepted job runs exactly once, unless
-//!   [`close_now`](Dispatcher::close_now) hands it back. A refused job comes back inside the
+//!   [`close_now`](Dispatcher::close_now) or [`cancel_key`](Dispatcher::cancel_key) hands it
+//!   back. A refused job comes back inside the
 //!   [`DispatchError`], with its key. A panicking job is caught, logged and counted; its key
 //!   and its thread go on.
 //! - **Clean shutdown.** [`close`](Dispatcher::close) stops accepting, runs every accepted job,
@@ -84,6 +85,50 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Failures and retries
+//!
+//! A dispatcher built with [`Builder::build_retrying`] retries a failed job without breaking
+//! its key's order: the handler borrows the job (`Fn(&K, &J)`), and a failed attempt puts it
+//! back at the head of its key, which waits out a backoff ([`RetryPolicy`]) while other keys
+//! run; no later job of the key starts before it has succeeded or failed for good, and no
+//! thread waits meanwhile. A job that fails its last attempt, or returns
+//! [`Failure::permanent`], goes to [`on_dead_letter`](Builder::on_dead_letter) with its last
+//! error and the attempts made (without the hook: logged at `error`, counted, dropped). A
+//! handler may name its own delay with [`Failure::retry_after`]; panics are retried only with
+//! [`RetryPolicy::retry_panics`]. Groups, `flush_key` and [`Stats::completed`] count a retried
+//! job once, when it ends; `close` waits for its retries; `close_now` hands it back first.
+//! [`Stats::retried`] and [`Stats::dead_lettered`] count them. The plain
+//! [`build`](Builder::build) path carries none of this.
+//!
+//! On any dispatcher, [`Dispatcher::pause_key`] holds one key's queued and new jobs (after its
+//! running job) while other keys go on, [`Dispatcher::resume_key`] lets it continue where it
+//! stopped, and [`Dispatcher::cancel_key`] takes its jobs that have not started, in order, a job
+//! waiting out its backoff first. `close` resumes and drains paused keys; `wait_idle` returns
+//! [`WaitError::KeysPaused`] rather than wait for a paused key's jobs.
+//!
+//! ```
+//! use keyed_dispatch::{Dispatcher, Failure, RetryPolicy};
+//! use std::time::Duration;
+//!
+//! let d = Dispatcher::builder()
+//!     .retry(RetryPolicy::exponential(Duration::from_millis(1), Duration::from_millis(8))
+//!         .max_attempts(4))
+//!     .on_dead_letter(|hook: &u32, body: String, err: String, attempts: u32| {
+//!         eprintln!("parking webhook {hook} ({body}) after {attempts} attempts: {err}");
+//!     })
+//!     .build_retrying(|_hook: &u32, body: &String| -> Result<(), Failure<String>> {
+//!         if body.is_empty() {
+//!             return Err(Failure::permanent("empty body".to_string()));
+//!         }
+//!         Ok(()) // deliver; an `Err(e)?` here would be retried
+//!     })?;
+//! d.dispatch(1, "{}".to_string())?;
+//! d.dispatch(1, String::new())?;
+//! let stats = d.close().stats;
+//! assert_eq!((stats.completed, stats.dead_lettered), (2, 1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Shared pools
 //!
 //! Several dispatchers, each with its own key type, job type and handler, can share the threads
@@ -121,8 +166,9 @@
 //! | key `Clone` | only in `close_now`, for a key whose mailbox a racing dispatch still holds | yes | that key's jobs cannot be handed back: dropped, logged at `error`, counted as handed back |
 //! | key `Drop` | when the key's mailbox is freed (eviction, shutdown), or in `dispatch` once the job is queued where the key already has a mailbox | yes | caught and logged: the dispatch still returns `Ok` |
 //! | key `Debug` | in log lines, when their level is enabled | yes | the line shows `<Debug panicked>` |
-//! | handler, job `Drop`, error `Display` and `Drop`, `on_error` | on a worker, for each job | yes, as [below](#shutdown) | counted as the job's panic; the key goes on |
+//! | handler, job `Drop`, error `Display` and `Drop`, `on_error` | on a worker, for each job (each attempt, on a retrying dispatcher) | yes, as [below](#shutdown) | counted as the job's panic; the key goes on (a retrying handler's panic is retried only with `retry_panics`) |
 //! | `on_panic`, a panic payload's `Drop` | on a worker, after a job panicked | yes | caught and logged |
+//! | `on_dead_letter` | on a worker, when a retrying dispatcher's job failed for good, before the key's next job | yes, as from a handler | caught, logged at `error` and counted in `panicked`; the key goes on |
 //! | `thread_name` | in `build`, on the caller's thread, once per worker before any starts | yes | `build` panics; no thread was started |
 //! | `on_thread_start`, `on_thread_stop` | on each worker, before it takes work / right before it exits | yes, as from a handler | caught and logged at `error`; the thread goes on |
 //!
@@ -159,6 +205,7 @@ mod latch;
 mod mailbox;
 mod pool;
 mod ready;
+mod retry;
 mod signal;
 mod stats;
 mod sync;
@@ -178,4 +225,7 @@ pub use group::Group;
 pub use handler::{BoxedJob, Handler, HandlerOutput, Never};
 pub use latch::GroupReport;
 pub use pool::WorkerPool;
+pub use retry::{
+    DeadLetter, DeadLetterFn, Failure, NoDeadLetter, RetryOutput, RetryPolicy, DEFAULT_MAX_ATTEMPTS,
+};
 pub use stats::Stats;

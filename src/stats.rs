@@ -41,6 +41,14 @@ pub struct Stats {
     /// Accepted jobs that never ran because [`close_now`](crate::Dispatcher::close_now) handed
     /// them back.
     pub handed_back: u64,
+    /// Attempts after the first, of a retrying dispatcher's jobs (see
+    /// [`Builder::build_retrying`](crate::Builder::build_retrying)).
+    pub retried: u64,
+    /// Jobs of a retrying dispatcher that failed for good and went to the dead-letter hook
+    /// (or, without one, were logged and dropped). Each is counted once in `completed` too.
+    pub dead_lettered: u64,
+    /// Keys paused right now (see [`Dispatcher::pause_key`](crate::Dispatcher::pause_key)).
+    pub paused: usize,
     /// Jobs accepted and not yet started.
     pub queued: usize,
     /// Keys being run by a worker right now (at most one job each is executing).
@@ -73,6 +81,9 @@ pub(crate) struct Counters {
     panicked: AtomicU64,
     refused: AtomicU64,
     handed_back: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    paused: AtomicUsize,
 }
 
 // ORDERING: the counters synchronize nothing but their own snapshot, which is documented as
@@ -104,6 +115,23 @@ impl Counters {
 
     pub(crate) fn panicked(&self) {
         self.panicked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keys paused (`1`) or resumed (`-1`).
+    pub(crate) fn paused(&self, n: isize) {
+        if n >= 0 {
+            self.paused.fetch_add(n as usize, Ordering::Relaxed);
+        } else {
+            self.paused.fetch_sub(n.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn refused(&self) {
@@ -155,6 +183,9 @@ impl Counters {
             panicked: self.panicked.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             handed_back,
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            paused: self.paused.load(Ordering::Relaxed),
             queued: pending - running,
             running,
             blocked: self.blocked.load(Ordering::Relaxed),

@@ -123,6 +123,8 @@ pub(crate) enum Fault {
     /// A second `WorkerPool::close` returns without waiting for the first to close the
     /// dispatchers.
     SecondPoolCloseSkipsWait,
+    /// `Mailbox::end_turn_as` makes a key whose head job is to be retried Idle, not Waiting.
+    BackoffEndsIdle,
 }
 
 /// Whether the [`Fault`] variant `$name` is armed: `fault!(NoRoomWake)`. The one way the

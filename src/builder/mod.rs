@@ -5,6 +5,7 @@
 
 mod pool;
 mod queues;
+mod retry;
 mod threads;
 
 pub use pool::PoolBuilder;
@@ -14,8 +15,9 @@ use crate::{
     dispatcher::{core::Core, Dispatcher},
     error::BuildError,
     gate::MAX_CAPACITY,
-    handler::{BoxedJob, Handler, HandlerOutput},
+    handler::{BoxedJob, ErasedHandler, Handler, HandlerOutput, Plain},
     pool::{default_workers, PoolShared, DEFAULT_NAME, MAX_WORKERS},
+    retry::{NoDeadLetter, RetryPolicy},
     sync::Arc,
 };
 use std::{
@@ -72,7 +74,11 @@ pub const DEFAULT_JOBS_PER_TURN: usize = 64;
 /// assert!(matches!(err, BuildError::ZeroWorkers));
 /// # Ok::<(), BuildError>(())
 /// ```
-pub struct Builder<K, J> {
+///
+/// The third type parameter is the dead-letter hook of a retrying dispatcher, set by
+/// [`on_dead_letter`](Builder::on_dead_letter); it stays [`NoDeadLetter`] otherwise, and
+/// need never be named.
+pub struct Builder<K, J, D = NoDeadLetter> {
     workers: Option<usize>,
     /// The private pool's thread settings: none of them may be set with `pool`.
     threads: ThreadSettings,
@@ -85,6 +91,8 @@ pub struct Builder<K, J> {
     idle_timeout: Duration,
     on_panic: Option<PanicHook<K>>,
     on_error: Option<ErrorHook<K>>,
+    retry: Option<RetryPolicy>,
+    dead_letter: D,
     jobs: PhantomData<fn(J)>,
 }
 
@@ -106,10 +114,18 @@ where
             idle_timeout: Duration::ZERO,
             on_panic: None,
             on_error: None,
+            retry: None,
+            dead_letter: NoDeadLetter,
             jobs: PhantomData,
         }
     }
+}
 
+impl<K, J, D> Builder<K, J, D>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
     /// The most threads of its pool the dispatcher uses at once; defaults to all of them.
     ///
     /// # Examples
@@ -198,6 +214,12 @@ where
     /// Called with the key and the error when a fallible handler fails, after the failure has
     /// been logged at `warn` and counted. A panic inside the hook counts as the job's panic.
     ///
+    /// On a retrying dispatcher ([`build_retrying`](Builder::build_retrying)) it is called for
+    /// every failed attempt, the last included, before the job is retried or dead-lettered;
+    /// a panic inside it then also drops the job, which is neither retried nor dead-lettered.
+    /// One hook for both kinds of dispatcher, rather than a typed one for retrying ones: the
+    /// typed error reaches the [`on_dead_letter`](Builder::on_dead_letter) hook.
+    ///
     /// # Examples
     ///
     /// ```
@@ -219,6 +241,69 @@ where
         self
     }
 
+    /// Checks the settings for a pool of `workers` threads.
+    fn check(&self, workers: usize) -> Result<Config, BuildError> {
+        if self.workers.is_some() && self.pool.is_some() {
+            return Err(BuildError::WorkersWithPool);
+        }
+        if self.threads.pin && self.pool.is_some() {
+            return Err(BuildError::PinWithPool);
+        }
+        if let (Some(setting), Some(_)) = (self.threads.first_set(), &self.pool) {
+            return Err(BuildError::ThreadSettingsWithPool { setting });
+        }
+        if self.workers == Some(0) {
+            return Err(BuildError::ZeroWorkers);
+        }
+        if workers > MAX_WORKERS {
+            return Err(BuildError::TooManyWorkers {
+                workers,
+                max: MAX_WORKERS,
+            });
+        }
+        if self.capacity > MAX_CAPACITY {
+            return Err(BuildError::CapacityTooLarge {
+                capacity: self.capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        let key_capacity = self.key_capacity.unwrap_or(self.capacity);
+        if key_capacity > self.capacity {
+            return Err(BuildError::KeyCapacityAboveCapacity {
+                key_capacity,
+                capacity: self.capacity,
+            });
+        }
+        if self.jobs_per_turn == 0 {
+            return Err(BuildError::ZeroJobsPerTurn);
+        }
+        let max_parallel = self.max_parallel.unwrap_or(workers);
+        if max_parallel == 0 {
+            return Err(BuildError::ZeroMaxParallel);
+        }
+        if max_parallel > workers {
+            return Err(BuildError::MaxParallelAboveWorkers {
+                max_parallel,
+                workers,
+            });
+        }
+        Ok(Config {
+            name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
+            // Cannot overflow: both are far below their bounds, checked above.
+            admitted: self.capacity + max_parallel,
+            key_capacity,
+            jobs_per_turn: self.jobs_per_turn,
+            max_parallel,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+        })
+    }
+}
+
+impl<K, J> Builder<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
     /// Checks the configuration, starts the threads (or attaches to the pool) and returns the
     /// dispatcher, which calls `handler` for every job: an infallible `Fn(&K, J)`, or a
     /// fallible `Fn(&K, J) -> Result<(), E>` with `E: Display` (see [`Handler`] for what
@@ -306,6 +391,14 @@ where
         self,
         handler: H,
     ) -> Result<Dispatcher<K, J>, BuildError> {
+        if self.retry.is_some() {
+            return Err(BuildError::RetryWithoutRetryingHandler);
+        }
+        self.start(Box::new(Plain(handler)))
+    }
+
+    /// Checks the configuration and starts the dispatcher on `handler`.
+    fn start(self, handler: Box<dyn ErasedHandler<K, J>>) -> Result<Dispatcher<K, J>, BuildError> {
         let workers = match &self.pool {
             Some(pool) => pool.workers(),
             None => self.workers.unwrap_or_else(default_workers),
@@ -315,13 +408,7 @@ where
             Some(pool) => pool,
             None => PoolShared::start(workers, &config.name, false, &self.threads)?,
         };
-        let core = Core::new(
-            config,
-            pool,
-            Box::new(handler),
-            self.on_panic,
-            self.on_error,
-        );
+        let core = Core::new(config, pool, handler, self.on_panic, self.on_error);
         core.pool().attach(core.as_client())?;
         log::debug!(
             "{}: dispatcher built on pool {} ({} workers)",
@@ -330,63 +417,6 @@ where
             core.pool().workers()
         );
         Ok(Dispatcher::from_core(core))
-    }
-
-    /// Checks the settings for a pool of `workers` threads.
-    fn check(&self, workers: usize) -> Result<Config, BuildError> {
-        if self.workers.is_some() && self.pool.is_some() {
-            return Err(BuildError::WorkersWithPool);
-        }
-        if self.threads.pin && self.pool.is_some() {
-            return Err(BuildError::PinWithPool);
-        }
-        if let (Some(setting), Some(_)) = (self.threads.first_set(), &self.pool) {
-            return Err(BuildError::ThreadSettingsWithPool { setting });
-        }
-        if self.workers == Some(0) {
-            return Err(BuildError::ZeroWorkers);
-        }
-        if workers > MAX_WORKERS {
-            return Err(BuildError::TooManyWorkers {
-                workers,
-                max: MAX_WORKERS,
-            });
-        }
-        if self.capacity > MAX_CAPACITY {
-            return Err(BuildError::CapacityTooLarge {
-                capacity: self.capacity,
-                max: MAX_CAPACITY,
-            });
-        }
-        let key_capacity = self.key_capacity.unwrap_or(self.capacity);
-        if key_capacity > self.capacity {
-            return Err(BuildError::KeyCapacityAboveCapacity {
-                key_capacity,
-                capacity: self.capacity,
-            });
-        }
-        if self.jobs_per_turn == 0 {
-            return Err(BuildError::ZeroJobsPerTurn);
-        }
-        let max_parallel = self.max_parallel.unwrap_or(workers);
-        if max_parallel == 0 {
-            return Err(BuildError::ZeroMaxParallel);
-        }
-        if max_parallel > workers {
-            return Err(BuildError::MaxParallelAboveWorkers {
-                max_parallel,
-                workers,
-            });
-        }
-        Ok(Config {
-            name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
-            // Cannot overflow: both are far below their bounds, checked above.
-            admitted: self.capacity + max_parallel,
-            key_capacity,
-            jobs_per_turn: self.jobs_per_turn,
-            max_parallel,
-            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
-        })
     }
 }
 
@@ -417,7 +447,7 @@ where
     }
 }
 
-impl<K, J> fmt::Debug for Builder<K, J> {
+impl<K, J, D> fmt::Debug for Builder<K, J, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("workers", &self.workers)
@@ -429,6 +459,7 @@ impl<K, J> fmt::Debug for Builder<K, J> {
             .field("jobs_per_turn", &self.jobs_per_turn)
             .field("name", &self.name)
             .field("idle_timeout", &self.idle_timeout)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }

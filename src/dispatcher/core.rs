@@ -96,6 +96,16 @@ pub(crate) struct Core<K, J> {
     pub(super) idle: Signal,
     /// Announced when jobs leave the gate or it closes: producers wait here for global room.
     pub(super) room: Signal,
+    /// Keys whose running turn must look at their stop hint after each job: paused keys,
+    /// and `cancel_key` calls under way. Read once per job, on a line of its own that only
+    /// `pause_key`, `resume_key`, `cancel_key` and the shutdown write, so that the job path
+    /// reads the key's own hint (beside the fields its producer writes) only while some key
+    /// is stopping (see `pause`).
+    pub(super) stopping: CachePadded<AtomicUsize>,
+    /// Held keys: paused with jobs (see `pause`); `wait_idle` refuses to wait while any is.
+    pub(super) held: AtomicUsize,
+    /// Waiting keys of retried jobs (see `backoff`).
+    pub(super) backoffs: Mutex<super::backoff::Backoffs<K, J>>,
     /// Whether the pool timer that sweeps the idle list is set.
     pub(super) timer_set: AtomicBool,
     /// Set by a `close` that could not wait (it ran on a worker thread): whoever empties the
@@ -155,6 +165,9 @@ where
             pool,
             idle: Signal::default(),
             room: Signal::default(),
+            stopping: CachePadded::new(AtomicUsize::new(0)),
+            held: AtomicUsize::new(0),
+            backoffs: Mutex::new(Default::default()),
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),
             finished: Mutex::new(false),

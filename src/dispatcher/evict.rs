@@ -28,6 +28,7 @@ use super::core::Core;
 use crate::{
     keymap::{Hashed, Keyed},
     mailbox::{EndTurn, Mailbox},
+    pool::TimerKind,
     sync::{fault, lock, Arc, Ordering},
     unwind::{contained, ShowKey},
 };
@@ -144,7 +145,8 @@ where
                     sched.idle.len() > IDLE_LIST_MAX && self.config.idle_timeout.is_none();
                 return overflow.then(|| sched.idle.drain(..SPARES_MAX).collect());
             }
-            EndTurn::Idle { list: false } | EndTurn::Halted => {}
+            // A Waiting key was filed in the backoff heap by its worker.
+            EndTurn::Idle { list: false } | EndTurn::Halted | EndTurn::Backoff | EndTurn::Held => {}
         }
         None
     }
@@ -160,7 +162,7 @@ where
         };
         // ORDERING: SeqCst, paired with `on_sweep_timer`'s disarm-then-recheck.
         if !self.timer_set.swap(true, Ordering::SeqCst) {
-            self.pool.set_timer(due, self.as_client());
+            self.pool.set_timer(due, self.as_client(), TimerKind::Sweep);
         }
     }
 

@@ -10,11 +10,15 @@
 //!   numbered steps, with why no wake-up is lost);
 //! - `worker`: turns of ready keys, running each job and catching its panic;
 //! - `evict`: the idle list, sweeps, spare mailboxes, the sweep timer;
+//! - `pause`: pausing, resuming and cancelling one key;
+//! - `backoff`: retried jobs' keys waiting out their backoff, and the timer that wakes them;
 //! - `shutdown`: `close`, `close_now` and the waits; its docs number the shutdown steps and
 //!   the races they must win.
 
+mod backoff;
 pub(crate) mod core;
 mod evict;
+mod pause;
 mod route;
 mod shutdown;
 mod tokens;
@@ -356,10 +360,16 @@ where
     /// Blocks until no job is queued or running and, with the default eviction, every idle key
     /// has been evicted (so `stats().keys == 0`). Jobs dispatched meanwhile are waited for too.
     ///
+    /// A paused key holding jobs would keep it waiting for ever: it returns
+    /// [`WaitError::KeysPaused`] instead, checked when it begins and whenever it wakes (a key
+    /// paused while it waits is seen once its running job ends). A paused key without jobs
+    /// stays in the map; the wait does not count it.
+    ///
     /// # Errors
     ///
     /// [`WaitError::WouldDeadlock`] at once when called on a worker thread of the dispatcher's
     /// pool (from a handler): the calling job itself would never finish.
+    /// [`WaitError::KeysPaused`] as above.
     ///
     /// # Examples
     ///
@@ -381,6 +391,85 @@ where
     /// ```
     pub fn wait_idle(&self) -> Result<(), WaitError> {
         self.core.wait_idle()
+    }
+
+    /// Pauses `key`: its queued jobs and those dispatched from now on wait, in order, until
+    /// [`resume_key`](Dispatcher::resume_key); other keys go on. A job of `key` running now
+    /// finishes, and its turn then ends without starting another. A key with no jobs, or one
+    /// the dispatcher has not seen, is paused too (its mailbox is created to hold the pause).
+    /// Pausing a paused key does nothing; so does pausing once close has begun.
+    ///
+    /// A paused key is never evicted (`stats().keys` counts it), and its queue stays bounded by
+    /// [`key_capacity`](Builder::key_capacity): producers wait for room, or get
+    /// [`Full`](DispatchError::Full) with [`Bound::Key`](crate::Bound::Key). A job of a
+    /// retrying dispatcher waiting out its backoff stays put until the key resumes.
+    /// [`close`](Dispatcher::close) resumes every paused key and drains it;
+    /// [`close_now`](Dispatcher::close_now) hands their jobs back; `wait_idle` returns
+    /// [`WaitError::KeysPaused`] while a paused key holds jobs. Safe to call from a handler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let ran = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&ran);
+    /// let d = Dispatcher::builder().build(move |key: &u8, n: u32| {
+    ///     log.lock().unwrap().push((*key, n));
+    /// })?;
+    /// d.pause_key(&7);
+    /// d.dispatch(7, 1)?;
+    /// d.dispatch(8, 2)?;
+    /// d.flush_key(&8)?; // key 8 goes on
+    /// assert_eq!(*ran.lock().unwrap(), [(8, 2)]);
+    /// d.resume_key(&7);
+    /// d.flush_key(&7)?;
+    /// assert_eq!(*ran.lock().unwrap(), [(8, 2), (7, 1)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pause_key(&self, key: &K) {
+        self.core.pause_key(key);
+    }
+
+    /// Resumes a paused `key`: it continues where it stopped, in order. Does nothing to a key
+    /// that is not paused. Safe to call from a handler.
+    pub fn resume_key(&self, key: &K) {
+        self.core.resume_key(key);
+    }
+
+    /// Takes `key`'s jobs that have not started, in dispatch order: queued ones, and a
+    /// retrying dispatcher's job waiting out its backoff (first). A job of `key` running now
+    /// finishes first: the call waits for it, and the rest of its turn is not started. Each
+    /// taken job completes its [`Group`](crate::Group) as handed back, releases the
+    /// `flush_key` barriers behind it and counts in
+    /// [`Stats::handed_back`](crate::Stats::handed_back), as with `close_now`. The key stays
+    /// as it was otherwise (paused or not), and later dispatches on it run as usual.
+    ///
+    /// Returns a `Result`, unlike a plain `Vec`, since it may wait for the running job.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::WouldDeadlock`] at once on a worker thread of the dispatcher's pool (from
+    /// a handler), where waiting for a running job could wait for the caller itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u32| {})?;
+    /// d.pause_key(&7);
+    /// for n in 0..3 {
+    ///     d.dispatch(7, n)?;
+    /// }
+    /// assert_eq!(d.cancel_key(&7)?, [0, 1, 2]);
+    /// d.resume_key(&7);
+    /// assert_eq!(d.close().stats.handed_back, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cancel_key(&self, key: &K) -> Result<Vec<J>, WaitError> {
+        self.core.cancel_key(key)
     }
 
     /// A snapshot of the counters; see [`Stats`].

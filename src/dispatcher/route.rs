@@ -223,6 +223,10 @@ where
             self.counters.accepted()
         }) {
             Push::Added => Ok(None),
+            Push::Held => {
+                self.held_more();
+                Ok(None)
+            }
             Push::Schedule => Ok(Some(Arc::clone(mailbox))),
             Push::Full(job) => Err((job, Some(Arc::clone(mailbox)))),
             Push::Halted(job) => Err((job, None)),

@@ -72,8 +72,21 @@ where
         if self.gate.close() {
             log::debug!("{}: close begun", self.config.name);
             self.room.notify();
-            if !fault!(CloseLeavesKeyWaiters) {
-                self.keys.for_each(|mailbox| mailbox.wake_producers());
+            let mut resumed = Vec::new();
+            self.keys.for_each(|mailbox| {
+                if !fault!(CloseLeavesKeyWaiters) {
+                    mailbox.wake_producers();
+                }
+                // Paused keys drain too: no pause survives close (`pause` checks the flag
+                // under the mailbox lock that this takes after setting it).
+                let resume = mailbox.resume();
+                if resume.was_paused {
+                    resumed.push((Arc::clone(mailbox), resume));
+                }
+            });
+            // Outside the map's locks, as producers schedule.
+            for (mailbox, resume) in resumed {
+                self.resumed(mailbox, resume);
             }
         }
         if self.pool.is_current() {
@@ -114,8 +127,10 @@ where
         let mut queues = Vec::new();
         let mut jobs = 0;
         let mut released = Marks::new();
+        let mut paused = 0;
         let removed = self.keys.remove_where(|mailbox| {
-            let (queue, marks) = mailbox.take_all();
+            let (queue, marks, was_paused) = mailbox.take_all();
+            paused += isize::from(was_paused);
             released.extend(marks);
             jobs += queue.len();
             queues.push(queue);
@@ -126,6 +141,10 @@ where
         for mark in released {
             mark.state.handed_back();
         }
+        self.counters.paused(-paused);
+        self.stopping
+            .fetch_sub(paused.unsigned_abs(), Ordering::SeqCst);
+        self.held.store(0, Ordering::SeqCst);
         self.clear_sched();
         let left = self.hand_back(removed, queues);
         self.counters.handed_back(jobs);
@@ -211,6 +230,8 @@ where
             (self.ready.take_all(), std::mem::take(&mut sched.idle))
         };
         drop(ready);
+        let waiting = lock(&self.backoffs).clear();
+        drop(waiting);
         drop(std::mem::take(&mut *lock(&self.spares)));
         if !idle.is_empty() {
             self.listed.fetch_sub(idle.len(), Ordering::SeqCst);
@@ -232,22 +253,37 @@ where
         if self.pool.is_current() {
             return Err(WaitError::WouldDeadlock);
         }
+        // Checked at the start and whenever the wait wakes: a key that becomes Held announces
+        // it (see `held_more`).
+        let paused = || self.any_held();
         let (None, Some(period)) = (self.config.idle_timeout, SWEEP_PERIOD) else {
-            self.idle.wait_until(None, || self.is_idle());
-            return Ok(());
+            self.idle.wait_until(None, || paused() || self.is_idle());
+            return if paused() {
+                Err(WaitError::KeysPaused)
+            } else {
+                Ok(())
+            };
         };
         loop {
             // Once every job has finished, evict the idle keys now rather than at the next
             // sweep. A key that a worker has counted but not yet filed is swept by the next
             // round, or by the timer.
-            self.idle.wait_until(None, || self.gate.count() == 0);
+            self.idle
+                .wait_until(None, || paused() || self.gate.count() == 0);
+            if paused() {
+                return Err(WaitError::KeysPaused);
+            }
             let idle = std::mem::take(&mut lock(&self.sched).idle);
             self.sweep(idle, false);
             if self
                 .idle
-                .wait_until(Some(Instant::now() + period), || self.is_idle())
+                .wait_until(Some(Instant::now() + period), || paused() || self.is_idle())
             {
-                return Ok(());
+                return if paused() {
+                    Err(WaitError::KeysPaused)
+                } else {
+                    Ok(())
+                };
             }
         }
     }

@@ -5,9 +5,10 @@
 
 use super::core::Core;
 use crate::{
+    handler::Report,
     latch::Outcome,
-    mailbox::{EndTurn, Mailbox, Mark, Marks},
-    pool::{Client, Worker},
+    mailbox::{EndTurn, Mailbox, Mark, Marks, Stop},
+    pool::{Client, TimerKind, Worker},
     sync::{dekker_fence, spin_once, Arc, Ordering},
     unwind::{drop_contained, panic_message, Show, ShowKey},
 };
@@ -18,7 +19,7 @@ use std::{
     hash::Hash,
     mem::size_of,
     panic::{catch_unwind, AssertUnwindSafe},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// How many spin steps a turn waits for its key's next job before it ends.
@@ -54,7 +55,7 @@ where
     /// as fast as it runs keeps its worker without going through the ready queue per job.
     fn run_turn(
         &self,
-        mailbox: &Mailbox<K, J>,
+        mailbox: &Arc<Mailbox<K, J>>,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
         worker: &Worker<'_>,
@@ -68,13 +69,14 @@ where
             return EndTurn::Halted;
         }
         let max = self.config.jobs_per_turn;
-        mailbox.begin_turn(max, batch, due);
+        let (_, mut attempts) = mailbox.begin_turn_attempts(max, batch, due);
         let mut done;
-        let mut halted;
+        let mut stop;
         loop {
-            (done, halted) = self.run_batch(mailbox.key(), batch, due);
+            (done, stop) = self.run_batch(mailbox, batch, due, attempts);
+            attempts = 0;
             self.counters.completed(done);
-            if halted
+            if stop != BatchEnd::Ran
                 || !self.more_jobs(mailbox, done, worker)
                 || mailbox.continue_turn(max, batch, due) == 0
             {
@@ -84,7 +86,21 @@ where
             // while the key is still to be filed (see below).
             self.left(done);
         }
-        let end = mailbox.end_turn(batch, due, halted);
+        let end = match stop {
+            BatchEnd::Ran => mailbox.end_turn_as(batch, due, Stop::Ran),
+            BatchEnd::Halted => mailbox.end_turn_as(batch, due, Stop::Halted),
+            BatchEnd::Stopped { attempts } => {
+                mailbox.end_turn_as(batch, due, Stop::Stopped { attempts })
+            }
+            BatchEnd::Retry { delay, attempts } => {
+                let end = mailbox.end_turn_as(batch, due, Stop::Backoff { attempts });
+                // Filed before the turn ends, while the retried job holds the gate open.
+                if end == EndTurn::Backoff {
+                    self.file_backoff(Arc::clone(mailbox), delay);
+                }
+                end
+            }
+        };
         // Barriers registered during the turn, behind its last job.
         for mark in due.drain(..) {
             mark.state.ran(Outcome::default());
@@ -94,6 +110,9 @@ where
         if end == (EndTurn::Idle { list: true }) {
             self.listed.fetch_add(1, Ordering::SeqCst);
         }
+        if end == EndTurn::Held {
+            self.held_more();
+        }
         self.turn_ended();
         self.left(done);
         end
@@ -101,7 +120,18 @@ where
 
     /// Runs the jobs of a batch in order, completing the marks due behind each. Returns how
     /// many ran, and whether `close_now` stopped the batch (its unstarted jobs left in `batch`).
-    fn run_batch(&self, key: &K, batch: &mut VecDeque<J>, due: &mut Marks) -> (usize, bool) {
+    ///
+    /// `attempts` are the failed attempts of the batch's first job (the key's head job, when a
+    /// Waiting key's turn begins). A job to be retried goes back to the front of `batch`, and
+    /// the batch stops there: no later job of the key starts before it.
+    fn run_batch(
+        &self,
+        mailbox: &Mailbox<K, J>,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+        attempts: u32,
+    ) -> (usize, BatchEnd) {
+        let key = mailbox.key();
         // Marks are only ever due within the batch if some were handed out: a batch of jobs
         // without groups or flushes skips looking for them.
         let marked = !due.is_empty();
@@ -114,14 +144,37 @@ where
                 due.pop_front().expect("checked").state.ran(outcome);
             }
             let Some(job) = batch.pop_front() else {
-                return (done, false);
+                return (done, BatchEnd::Ran);
             };
             // A hint: a turn that misses it runs its batch to the end, and `close_now` waits.
             if self.gate.halt_seen() {
                 batch.push_front(job);
-                return (done, true);
+                return (done, BatchEnd::Halted);
             }
-            outcome = self.run_job(key, job);
+            // Paused, or being cancelled: the running job has ended; the rest go back.
+            // ORDERING: Relaxed, as the hint itself (see `Mailbox::stop_hint`): a pause that
+            // happened before the running job ended is seen; one racing it, at the next job
+            // or at the end of the batch, under the key's lock.
+            if self.stopping.load(Ordering::Relaxed) > 0 && mailbox.stop_hint() {
+                batch.push_front(job);
+                let attempts = if done == 0 { attempts } else { 0 };
+                return (done, BatchEnd::Stopped { attempts });
+            }
+            let attempt = if done == 0 && attempts > 0 {
+                // Only a Waiting key's head job has failed attempts: off the plain path.
+                self.counters.retried();
+                attempts + 1
+            } else {
+                1
+            };
+            outcome = match self.run_job(key, job, attempt) {
+                Ok(outcome) => outcome,
+                Err((job, delay)) => {
+                    batch.push_front(job);
+                    let attempts = attempt;
+                    return (done, BatchEnd::Retry { delay, attempts });
+                }
+            };
             done += 1;
         }
     }
@@ -185,26 +238,32 @@ where
         }
     }
 
-    /// Runs one job, catching its panic, and says how it ended.
-    fn run_job(&self, key: &K, job: J) -> Outcome {
+    /// Runs attempt `attempt` of one job, catching its panic, and says how it ended; or hands
+    /// the job back with its backoff, if it is to be retried.
+    fn run_job(&self, key: &K, job: J, attempt: u32) -> Result<Outcome, (J, Duration)> {
         log::trace!(
             "{}: running a job of key {}",
             self.config.name,
             ShowKey(key)
         );
         let handler = &*self.handler;
-        let mut outcome = Outcome::default();
+        let mut report = JobReport {
+            core: self,
+            key,
+            outcome: Outcome::default(),
+        };
         let ran = catch_unwind(AssertUnwindSafe(|| {
-            handler.run(key, job, &mut |err| {
-                outcome.failed = true;
-                self.job_failed(key, err);
-            });
+            handler.run(key, job, attempt, &mut report)
         }));
-        if let Err(payload) = ran {
-            outcome.panicked = true;
-            self.job_panicked(key, payload);
+        match ran {
+            Ok(None) => Ok(report.outcome),
+            Ok(Some(retry)) => Err(retry),
+            Err(payload) => {
+                report.outcome.panicked = true;
+                self.job_panicked(key, payload);
+                Ok(report.outcome)
+            }
         }
-        outcome
     }
 
     /// Runs inside the job's `catch_unwind`: a panicking `on_error` counts as the job's panic.
@@ -244,6 +303,70 @@ where
     }
 }
 
+/// How a batch stopped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BatchEnd {
+    /// Every job ran.
+    Ran,
+    /// `close_now` stopped it; its unstarted jobs are left in the batch.
+    Halted,
+    /// The batch's first leftover job failed attempt `attempts` and is retried after `delay`.
+    Retry { delay: Duration, attempts: u32 },
+    /// The key was paused or is being cancelled; its first leftover job had made `attempts`
+    /// failed attempts.
+    Stopped { attempts: u32 },
+}
+
+/// What a job's attempt reports, counted and logged for the dispatcher that ran it.
+struct JobReport<'a, K, J> {
+    core: &'a Core<K, J>,
+    key: &'a K,
+    outcome: Outcome,
+}
+
+impl<K, J> Report for JobReport<'_, K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
+    fn failed(&mut self, err: &dyn Display) {
+        self.outcome.failed = true;
+        self.core.job_failed(self.key, err);
+    }
+
+    fn panicked(&mut self, payload: Box<dyn Any + Send>) {
+        self.outcome.panicked = true;
+        self.core.job_panicked(self.key, payload);
+    }
+
+    fn dead_lettered(&mut self, attempts: u32, hooked: bool) {
+        self.core.counters.dead_lettered();
+        if hooked {
+            log::warn!(
+                "{}: job of key {} dead-lettered after {attempts} attempts",
+                self.core.config.name,
+                ShowKey(self.key)
+            );
+        } else {
+            log::error!(
+                "{}: job of key {} failed for good after {attempts} attempts and is dropped \
+                 (no dead-letter hook)",
+                self.core.config.name,
+                ShowKey(self.key)
+            );
+        }
+    }
+
+    fn dead_letter_panicked(&mut self) {
+        self.core.counters.panicked();
+        log::error!(
+            "{}: the dead-letter hook panicked for key {}",
+            self.core.config.name,
+            ShowKey(self.key)
+        );
+    }
+}
+
 impl<K, J> Client for Core<K, J>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
@@ -270,9 +393,12 @@ where
         worker.turn_buffers.put((batch, due));
     }
 
-    /// The sweep timer: see `evict`.
-    fn on_timer(&self, now: Instant) -> Option<Instant> {
-        self.on_sweep_timer(now)
+    /// The sweep timer (see `evict`) or the backoff timer (see `backoff`).
+    fn on_timer(&self, now: Instant, kind: TimerKind) -> Option<Instant> {
+        match kind {
+            TimerKind::Sweep => self.on_sweep_timer(now),
+            TimerKind::Backoff => self.on_backoff_timer(now),
+        }
     }
 
     fn close_client(&self) {

@@ -16,6 +16,24 @@
 //!             lock)                 ▼
 //!                                Evicted   (out of the map; once unshared, a spare that a
 //!                                           new key's creation may turn into its Queued mailbox)
+//!
+//!   retrying dispatchers only (`build_retrying`):
+//!
+//!            end of turn, the head job failed            backoff timer fires (pool timer
+//!   Running ───── with attempts left ─────▶ Waiting ──── thread, `Core::on_backoff_timer`) ──▶ Queued
+//!            (worker: the job back at the     │           (the timer schedules the key)
+//!             front, attempts kept)           │
+//!                                             └── close_now takes its jobs ──▶ Evicted
+//!
+//!   paused keys (`pause_key`; `paused` is a flag beside the state):
+//!
+//!   Idle, paused ── push ──────────────────────────────────────────▶ Held
+//!   Queued, paused ── popped: the turn takes no job ───────────────▶ Held (or Idle if empty)
+//!   Running, paused ── the running job ends; the rest go back ─────▶ Held (or Idle if empty)
+//!   Waiting, paused ── backoff timer fires ────────────────────────▶ Held
+//!   Held ── resume_key (resumer schedules it) ──────────────────────▶ Queued
+//!   Held, Idle or Waiting ── cancel_key takes its jobs ─────────────▶ Idle
+//!   Held ── close_now takes its jobs ──────────────────────────────▶ Evicted
 //! ```
 //!
 //! - **Queued**: the mailbox holds jobs and sits in its dispatcher's ready queue, exactly once.
@@ -38,6 +56,30 @@
 //!   holds the last reference, and finds it empty) may be kept as a *spare* and become the
 //!   Queued mailbox of a new key: reuse needs exclusive access, so no producer or worker can
 //!   still see it as the old key's.
+//! - **Waiting** (retrying dispatchers only): the key's head job failed an attempt and waits
+//!   out its backoff, back at the front of the queue with its attempt count kept in
+//!   `Inner::attempts` (only the head job can have failed attempts: no later job of the key
+//!   starts before it succeeded or was dead-lettered). The key is in neither the ready queue
+//!   nor the idle list's reach (a sweep evicts only Idle keys), and no thread waits for it:
+//!   an entry in the dispatcher's backoff heap stands for it, and the pool timer armed for the
+//!   heap's earliest entry makes it Queued and schedules it. Producers push behind it as
+//!   behind a Running key, without scheduling it; its jobs hold their room and their gate
+//!   count, so `close` and `wait_idle` wait for the retry, and `close_now` hands the retried
+//!   job back first. The timer acts only on a key still Waiting: one that `close_now` emptied
+//!   is Evicted and left alone.
+//! - **Paused** is a flag beside the state (`Inner::paused`), set by `pause_key` (which
+//!   creates an Idle mailbox for an absent key) and cleared by `resume_key` and by `close`. A
+//!   paused key starts no job: a push onto it when Idle makes it **Held** (jobs, owned by
+//!   nobody, in no queue) rather than Queued; a turn of a paused key takes no job, and a
+//!   running turn stops after its running job (it looks at the `stop` hint after each job)
+//!   and puts the rest back, leaving the key Held; a paused Waiting key's timer makes it Held.
+//!   A sweep never evicts a paused key. `resume_key` makes a Held key Queued and schedules it,
+//!   and lists an Idle one for eviction. Its queue stays bounded by `key_capacity`.
+//! - **Cancelling**: `cancel_key` takes a key's queued jobs. If the key is Running, it first
+//!   holds it back as a pause would (`Inner::cancelling`), waits for the running job to end
+//!   and the turn to put the rest back, then takes them all. A Held or Waiting key it empties
+//!   becomes Idle (a backoff timer that fires later finds it not Waiting and leaves it); a
+//!   Queued one stays in the ready queue, and its next turn finds nothing and makes it Idle.
 //! - **Closed** is not a state of a key but of its dispatcher (see `gate`): producers are
 //!   refused at the gate, and keys drain through the states above until all are evicted.
 //!
@@ -83,7 +125,7 @@ use crate::{
     gate::Gate,
     keymap::Keyed,
     latch::Latch,
-    sync::{lock, wait, wait_timeout, Arc, AtomicUsize, Condvar, Mutex, Ordering},
+    sync::{lock, wait, wait_timeout, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering},
     unwind::drop_contained,
 };
 use std::{collections::VecDeque, time::Instant};
@@ -118,8 +160,11 @@ pub(crate) struct Mailbox<K, J> {
     /// jobs arrived behind its batch. Stored after the lock is released, so it may lag.
     queued: AtomicUsize,
     /// Producers waiting for room in this key's queue; notified when a batch or a turn ends, or
-    /// the queue is taken by `close_now`.
+    /// the queue is taken by `close_now`. `cancel_key` waits here for a running turn to end.
     room: Condvar,
+    /// Set while the key is paused or being cancelled: a hint for its running turn to stop
+    /// after the running job (see [`Mailbox::stop_hint`]). Written under the lock.
+    stop: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -145,6 +190,21 @@ struct Inner<J> {
     used: bool,
     /// Producers blocked on `room`.
     waiters: usize,
+    /// Failed attempts of `queue[0]`, the head job, which a Waiting key retries; zero
+    /// otherwise. Taken by the turn that runs the head job next.
+    attempts: u32,
+    /// Set by `pause_key`, cleared by `resume_key` and `close`: see the module docs.
+    paused: bool,
+    /// `cancel_key` calls waiting for the running turn to end; they hold the key back as a
+    /// pause would.
+    cancelling: usize,
+}
+
+impl<J> Inner<J> {
+    /// Whether the key may start no job: paused, or being cancelled.
+    fn held_back(&self) -> bool {
+        self.paused || self.cancelling > 0
+    }
 }
 
 impl<J> Inner<J> {
@@ -175,6 +235,10 @@ pub(crate) enum State {
     Idle,
     Queued,
     Running,
+    /// The head job waits out its backoff before its next attempt (see the module docs).
+    Waiting,
+    /// Paused with jobs: owned by nobody, in no queue, until `resume_key` (see the module docs).
+    Held,
     Evicted,
 }
 
@@ -189,6 +253,41 @@ pub(crate) enum Push<J> {
     Full(J),
     /// `close_now` has begun; the job is handed back.
     Halted(J),
+    /// Queued on a paused Idle key, which is now Held: the producer counts it (see `Core::held`).
+    Held,
+}
+
+/// What the backoff timer did to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// Queued: the caller schedules it.
+    Schedule,
+    /// Paused, so Held: the caller counts it.
+    Held,
+    /// No longer Waiting: left alone.
+    Gone,
+}
+
+/// What `resume_key` did to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Resumed {
+    /// It was paused.
+    pub(crate) was_paused: bool,
+    /// It was Held and is now Queued: the caller schedules it and uncounts it as held.
+    pub(crate) schedule: bool,
+    /// It is Idle and not listed: the caller enters it in the idle list.
+    pub(crate) list: bool,
+}
+
+/// What `cancel_key` took from a key.
+#[derive(Debug)]
+pub(crate) struct Cancelled<J> {
+    pub(crate) jobs: VecDeque<J>,
+    pub(crate) marks: Marks,
+    /// It was Held: the caller uncounts it.
+    pub(crate) was_held: bool,
+    /// It is now Idle and not listed: the caller enters it in the idle list.
+    pub(crate) list: bool,
 }
 
 /// How a turn ended, and so where the worker files the key.
@@ -198,8 +297,27 @@ pub(crate) enum EndTurn {
     Requeue,
     /// The key is Idle; `list` says it must be entered in the idle list (it was not already).
     Idle { list: bool },
+    /// The key is paused and keeps jobs: Held.
+    Held,
     /// `close_now` stopped the turn; the key's jobs wait in its queue to be handed back.
     Halted,
+    /// The head job failed an attempt and is to be retried: the key is Waiting, and the
+    /// worker files it in the backoff heap.
+    Backoff,
+}
+
+/// Why a turn stopped, as the worker tells [`Mailbox::end_turn_as`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Its batches ran to their end.
+    Ran,
+    /// `close_now` stopped it.
+    Halted,
+    /// The first leftover job failed its `attempts`-th attempt and is to be retried.
+    Backoff { attempts: u32 },
+    /// The key was paused or is being cancelled: the turn stopped after its running job. The
+    /// first leftover job had made `attempts` failed attempts.
+    Stopped { attempts: u32 },
 }
 
 impl<K, J> Mailbox<K, J> {
@@ -218,12 +336,41 @@ impl<K, J> Mailbox<K, J> {
                 listed: false,
                 used: false,
                 waiters: 0,
+                attempts: 0,
+                paused: false,
+                cancelling: 0,
             }),
             queued: AtomicUsize::new(0),
             room: Condvar::new(),
+            stop: AtomicBool::new(false),
         };
         mailbox.refill(job, group);
         mailbox
+    }
+
+    /// A mailbox for `key` with no job, Idle and paused, not listed: `pause_key` of an absent
+    /// key files it.
+    pub(crate) fn new_paused(key: K, hash: u64) -> Self {
+        Mailbox {
+            key: Some(key),
+            hash,
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                in_turn: 0,
+                taken: 0,
+                marks: Marks::new(),
+                state: State::Idle,
+                listed: false,
+                used: false,
+                waiters: 0,
+                attempts: 0,
+                paused: true,
+                cancelling: 0,
+            }),
+            queued: AtomicUsize::new(0),
+            room: Condvar::new(),
+            stop: AtomicBool::new(true),
+        }
     }
 
     /// The key; the mailbox is live (not a spare).
@@ -313,6 +460,10 @@ impl<K, J> Mailbox<K, J> {
         inner.state = State::Queued;
         inner.listed = false;
         inner.used = false;
+        inner.attempts = 0;
+        inner.paused = false;
+        inner.cancelling = 0;
+        self.stop.store(false, Ordering::Relaxed);
         self.queued.store(1, Ordering::Relaxed);
     }
 
@@ -352,6 +503,10 @@ impl<K, J> Mailbox<K, J> {
             inner.mark_last(group);
         }
         if inner.state == State::Idle {
+            if inner.paused {
+                inner.state = State::Held;
+                return Push::Held;
+            }
             inner.state = State::Queued;
             inner.used = true;
             return Push::Schedule;
@@ -434,7 +589,7 @@ impl<K, J> Mailbox<K, J> {
         let mut inner = lock(&self.inner);
         inner.listed = false;
         inner.used = false;
-        if inner.state == State::Idle {
+        if inner.state == State::Idle && !inner.paused {
             debug_assert!(inner.queue.is_empty() && inner.in_turn == 0);
             debug_assert!(inner.marks.is_empty(), "an idle key kept a mark");
             inner.state = State::Evicted;
@@ -465,19 +620,145 @@ impl<K, J> Mailbox<K, J> {
         keep
     }
 
+    /// The backoff timer: a Waiting key's backoff is over; makes it Queued and returns true
+    /// (the caller schedules it), or returns false if it is no longer Waiting (`close_now`
+    /// took its jobs).
+    pub(crate) fn backoff_over(&self) -> Woken {
+        let mut inner = lock(&self.inner);
+        if inner.state != State::Waiting {
+            Woken::Gone
+        } else if inner.held_back() {
+            inner.state = State::Held;
+            Woken::Held
+        } else {
+            inner.state = State::Queued;
+            Woken::Schedule
+        }
+    }
+
+    /// The running turn's hint to stop after its running job: the key was paused or is being
+    /// cancelled. Read without the lock once per job; `continue_turn` and `end_turn` look
+    /// again under it.
+    #[inline]
+    pub(crate) fn stop_hint(&self) -> bool {
+        // ORDERING: Relaxed; a turn that misses it stops after its next job, or at the end of
+        // its batch, where the lock is taken.
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// `pause_key`: pauses the key, unless its dispatcher has closed (checked under this lock,
+    /// which `close`'s resuming pass takes after setting the flag, so that no key stays paused
+    /// through a close). Returns `None` once closed, else whether this call paused it.
+    pub(crate) fn pause(&self, gate: &Gate) -> Option<bool> {
+        let mut inner = lock(&self.inner);
+        if gate.is_closed() || inner.state == State::Evicted {
+            return None;
+        }
+        if inner.paused {
+            return Some(false);
+        }
+        inner.paused = true;
+        self.stop.store(true, Ordering::Relaxed);
+        Some(true)
+    }
+
+    /// `resume_key`, and `close`: unpauses the key; see [`Resumed`].
+    pub(crate) fn resume(&self) -> Resumed {
+        let mut inner = lock(&self.inner);
+        if !inner.paused {
+            return Resumed::default();
+        }
+        inner.paused = false;
+        if inner.cancelling == 0 {
+            self.stop.store(false, Ordering::Relaxed);
+        }
+        let mut resumed = Resumed {
+            was_paused: true,
+            ..Resumed::default()
+        };
+        match inner.state {
+            State::Held if inner.cancelling == 0 => {
+                inner.state = State::Queued;
+                inner.used = true;
+                resumed.schedule = true;
+            }
+            State::Idle if !inner.listed => {
+                inner.listed = true;
+                inner.used = true;
+                resumed.list = true;
+            }
+            _ => {}
+        }
+        resumed
+    }
+
+    /// `cancel_key`: takes every job not started, with their marks (see [`Cancelled`]). If the
+    /// key is Running, holds it back and waits for its turn to end first. `None` if the key was
+    /// evicted meanwhile (every job of it had finished, or `close_now` took them).
+    pub(crate) fn cancel(&self) -> Option<Cancelled<J>> {
+        let mut inner = lock(&self.inner);
+        if inner.state == State::Running {
+            inner.cancelling += 1;
+            self.stop.store(true, Ordering::Relaxed);
+            inner.waiters += 1;
+            while inner.state == State::Running {
+                inner = wait(&self.room, inner);
+            }
+            inner.waiters -= 1;
+            inner.cancelling -= 1;
+            if !inner.held_back() {
+                self.stop.store(false, Ordering::Relaxed);
+            }
+        }
+        if inner.state == State::Evicted {
+            return None;
+        }
+        debug_assert_eq!(inner.in_turn, 0);
+        let jobs = std::mem::take(&mut inner.queue);
+        let marks = std::mem::take(&mut inner.marks);
+        inner.attempts = 0;
+        self.queued.store(0, Ordering::Relaxed);
+        if inner.waiters > 0 {
+            self.room.notify_all();
+        }
+        let was_held = inner.state == State::Held;
+        let mut list = false;
+        match inner.state {
+            // Its next turn finds nothing and makes it Idle.
+            State::Queued => {}
+            State::Held | State::Waiting | State::Idle => {
+                inner.state = State::Idle;
+                if !inner.listed {
+                    inner.listed = true;
+                    inner.used = true;
+                    list = true;
+                }
+            }
+            State::Running | State::Evicted => unreachable!("checked above"),
+        }
+        Some(Cancelled {
+            jobs,
+            marks,
+            was_held,
+            list,
+        })
+    }
+
     /// `close_now`: takes every queued job and every mark (one per grouped job among them, and
     /// the flush barriers behind them), and marks the mailbox Evicted. Called under the map
     /// shard's write lock, after every turn has ended.
-    pub(crate) fn take_all(&self) -> (VecDeque<J>, Marks) {
+    pub(crate) fn take_all(&self) -> (VecDeque<J>, Marks, bool) {
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.in_turn, 0, "close_now took a key during its turn");
+        let paused = std::mem::take(&mut inner.paused);
         inner.state = State::Evicted;
+        inner.attempts = 0;
         if inner.waiters > 0 {
             self.room.notify_all();
         }
         let marks = std::mem::take(&mut inner.marks);
         self.queued.store(0, Ordering::Relaxed);
-        (std::mem::take(&mut inner.queue), marks)
+        (std::mem::take(&mut inner.queue), marks, paused)
     }
 
     #[cfg(all(test, not(loom)))]

@@ -127,7 +127,7 @@ fn halted_turn_puts_leftovers_back_in_order() {
         mb.push(5, &mut None, 100, &gate, || {}),
         Push::Halted(5)
     ));
-    let (left, flushes) = mb.take_all();
+    let (left, flushes, _) = mb.take_all();
     assert_eq!(left, [1, 2, 3, 4]);
     assert!(flushes.is_empty());
     assert_eq!(mb.state(), State::Evicted);
@@ -200,7 +200,7 @@ fn halted_turn_keeps_its_unreached_barriers_for_take_all() {
     gate.halt();
     assert_eq!(mb.end_turn(&mut batch, &mut due, true), EndTurn::Halted);
     assert!(due.is_empty());
-    let (left, flushes) = mb.take_all();
+    let (left, flushes, _) = mb.take_all();
     assert_eq!(left, [2]);
     assert_eq!(flushes.len(), 1);
     assert!(Arc::ptr_eq(&flushes[0].state, &second));
@@ -241,7 +241,7 @@ fn refused_push_leaves_the_group_with_the_caller() {
     gate.halt();
     assert_eq!(mb.push(1, &mut member, 10, &gate, || {}), Push::Halted(1));
     assert!(member.is_some());
-    let (left, marks) = mb.take_all();
+    let (left, marks, _) = mb.take_all();
     assert_eq!(left, [0]);
     assert!(marks.is_empty());
 }
@@ -356,4 +356,81 @@ fn room_wait_times_out_on_a_full_key() {
         mb.wait_for_room(0, None, &gate),
         "a closed dispatcher has its producers retry, to be refused"
     );
+}
+
+/// Running -> Waiting when the head job is to be retried: the job goes back first with its
+/// attempts, pushes do not schedule, a sweep does not evict, and the timer makes it Queued
+/// (once: a second look finds it no longer Waiting). The next turn takes the attempts.
+#[test]
+fn retried_head_job_waits_then_is_queued_by_the_timer() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 10u32, None);
+    mb.push(11, &mut None, 8, &gate, || {});
+    let mut batch = VecDeque::new();
+    let mut due = Marks::new();
+    assert_eq!(mb.begin_turn_attempts(8, &mut batch, &mut due), (2, 0));
+    // Job 10 failed its first attempt: it and the unstarted 11 go back.
+    let end = mb.end_turn_as(&mut batch, &mut due, Stop::Backoff { attempts: 1 });
+    assert_eq!(end, EndTurn::Backoff);
+    assert_eq!(mb.state(), State::Waiting);
+    assert_eq!(mb.push(12, &mut None, 8, &gate, || {}), Push::Added);
+    assert!(!mb.try_evict(), "a Waiting key is not evicted");
+    assert_eq!(mb.backoff_over(), Woken::Schedule);
+    assert_eq!(mb.state(), State::Queued);
+    assert_eq!(mb.backoff_over(), Woken::Gone);
+    assert_eq!(mb.begin_turn_attempts(8, &mut batch, &mut due), (3, 1));
+    assert_eq!(batch, [10, 11, 12]);
+}
+
+/// Idle, paused -> Held on a push; Held -> Queued on resume; a paused Idle key is not
+/// evicted; a paused key's turn takes no job and leaves it Held.
+#[test]
+fn paused_key_holds_its_jobs_until_resumed() {
+    let gate = Gate::new();
+    let mb = Mailbox::new_paused(1u8, 0);
+    assert_eq!(mb.state(), State::Idle);
+    assert!(mb.stop_hint());
+    assert!(!mb.try_evict(), "a paused key is not evicted");
+    assert_eq!(mb.push(10, &mut None, 8, &gate, || {}), Push::Held);
+    assert_eq!(mb.state(), State::Held);
+    assert_eq!(mb.push(11, &mut None, 8, &gate, || {}), Push::Added);
+    let resumed = mb.resume();
+    assert!(resumed.was_paused && resumed.schedule && !resumed.list);
+    assert_eq!(mb.state(), State::Queued);
+    assert!(!mb.stop_hint());
+    // Paused again while Queued: its turn takes nothing and leaves it Held.
+    assert_eq!(mb.pause(&gate), Some(true));
+    assert_eq!(mb.pause(&gate), Some(false), "already paused");
+    let mut batch = VecDeque::new();
+    let mut due = Marks::new();
+    assert_eq!(mb.begin_turn_attempts(8, &mut batch, &mut due), (0, 0));
+    assert_eq!(
+        mb.end_turn_as(&mut batch, &mut due, Stop::Ran),
+        EndTurn::Held
+    );
+    assert_eq!(mb.len(), 2);
+    gate.close();
+    assert_eq!(mb.pause(&gate), None, "no pause once closed");
+}
+
+/// A running turn stopped at the hint puts the rest back with the head's attempts; cancel
+/// then takes them in order and leaves the key Idle, to be listed.
+#[test]
+fn cancel_takes_held_jobs_in_order_and_leaves_the_key_idle() {
+    let gate = Gate::new();
+    let mb = Mailbox::new(1u8, 0, 10u32, None);
+    mb.push(11, &mut None, 8, &gate, || {});
+    let mut batch = VecDeque::new();
+    let mut due = Marks::new();
+    mb.begin_turn_attempts(8, &mut batch, &mut due);
+    assert_eq!(mb.pause(&gate), Some(true));
+    // Job 10 ran; 11 was not started.
+    batch.pop_front();
+    let end = mb.end_turn_as(&mut batch, &mut due, Stop::Stopped { attempts: 0 });
+    assert_eq!(end, EndTurn::Held);
+    let cancelled = mb.cancel().expect("live");
+    assert_eq!(cancelled.jobs, [11]);
+    assert!(cancelled.was_held && cancelled.list);
+    assert_eq!(mb.state(), State::Idle);
+    assert_eq!(mb.len(), 0);
 }

@@ -2,7 +2,7 @@
 //! of the turn that decides where the key goes next. Apart from the producers' side, which the
 //! parent module keeps with the state machine it draws.
 
-use super::{EndTurn, Inner, Mailbox, Marks, State};
+use super::{EndTurn, Inner, Mailbox, Marks, State, Stop};
 use crate::sync::{fault, lock, Ordering};
 use std::collections::VecDeque;
 
@@ -12,7 +12,19 @@ impl<K, J> Mailbox<K, J> {
     ///
     /// The marks that fall within the batch move into `due` (which must be empty), each with
     /// the number of the batch's jobs that must finish before it is completed.
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn begin_turn(&self, max: usize, batch: &mut VecDeque<J>, due: &mut Marks) -> usize {
+        self.begin_turn_attempts(max, batch, due).0
+    }
+
+    /// [`Mailbox::begin_turn`], also returning the failed attempts of the batch's first job
+    /// (the key's head job), which the turn takes over.
+    pub(crate) fn begin_turn_attempts(
+        &self,
+        max: usize,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+    ) -> (usize, u32) {
         debug_assert!(batch.is_empty() && due.is_empty());
         let mut inner = lock(&self.inner);
         debug_assert_eq!(
@@ -21,7 +33,12 @@ impl<K, J> Mailbox<K, J> {
             "a turn of a key that was not queued"
         );
         inner.state = State::Running;
-        self.take_batch(&mut inner, max, batch, due)
+        // A paused key (or one being cancelled) takes no job: its turn ends at once, Held.
+        if inner.held_back() {
+            return (self.take_batch(&mut inner, 0, batch, due), 0);
+        }
+        let attempts = std::mem::take(&mut inner.attempts);
+        (self.take_batch(&mut inner, max, batch, due), attempts)
     }
 
     /// Worker: the turn's batch has run to its end and jobs wait behind it; goes on with the
@@ -41,7 +58,7 @@ impl<K, J> Mailbox<K, J> {
         debug_assert!(batch.is_empty() && due.is_empty());
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.state, State::Running);
-        if inner.queue.is_empty() {
+        if inner.queue.is_empty() || inner.held_back() {
             return 0;
         }
         inner.in_turn = 0;
@@ -110,11 +127,27 @@ impl<K, J> Mailbox<K, J> {
     /// With `halted`, the key is left Queued but out of the ready queue: `close_now` will take
     /// its jobs. Otherwise the key is requeued or made Idle, to be entered in the idle list if
     /// it is not there yet.
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn end_turn(
         &self,
         leftovers: &mut VecDeque<J>,
         due: &mut Marks,
         halted: bool,
+    ) -> EndTurn {
+        let stop = if halted { Stop::Halted } else { Stop::Ran };
+        self.end_turn_as(leftovers, due, stop)
+    }
+
+    /// [`Mailbox::end_turn`], for any [`Stop`]. With [`Stop::Backoff`], `leftovers` starts
+    /// with the job that failed: it goes back to the front with its attempt count, and the
+    /// key becomes Waiting (returning [`EndTurn::Backoff`]) for the worker to file it in the
+    /// backoff heap. Its mark (if it counts in a group) goes back behind it, as a halted
+    /// turn's leftovers' marks do, so the group counts the job once, when it finally ends.
+    pub(crate) fn end_turn_as(
+        &self,
+        leftovers: &mut VecDeque<J>,
+        due: &mut Marks,
+        stop: Stop,
     ) -> EndTurn {
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.state, State::Running);
@@ -141,10 +174,30 @@ impl<K, J> Mailbox<K, J> {
         if inner.waiters > 0 && !fault!(NoRoomWake) {
             self.room.notify_all();
         }
-        if halted {
-            inner.state = State::Queued;
-            EndTurn::Halted
-        } else if !inner.queue.is_empty() && !fault!(IdleWithJobsLeft) {
+        match stop {
+            Stop::Halted => {
+                inner.state = State::Queued;
+                return EndTurn::Halted;
+            }
+            Stop::Backoff { attempts } => {
+                debug_assert!(!inner.queue.is_empty(), "a retried job was not put back");
+                inner.attempts = attempts;
+                inner.state = if fault!(BackoffEndsIdle) {
+                    State::Idle
+                } else {
+                    State::Waiting
+                };
+                return EndTurn::Backoff;
+            }
+            // The head job goes back with the attempts it had made.
+            Stop::Stopped { attempts } => inner.attempts = attempts,
+            Stop::Ran => {}
+        }
+        if inner.held_back() && !inner.queue.is_empty() {
+            inner.state = State::Held;
+            return EndTurn::Held;
+        }
+        if !inner.queue.is_empty() && !fault!(IdleWithJobsLeft) {
             inner.state = State::Queued;
             EndTurn::Requeue
         } else {

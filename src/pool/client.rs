@@ -13,11 +13,22 @@ pub(crate) trait Client: Send + Sync + 'static {
     /// been released or handed back to the pool's queue.
     fn run(self: Arc<Self>, worker: &Worker<'_>);
 
-    /// A timer set with [`PoolShared::set_timer`] is due; returns when the next one is.
-    fn on_timer(&self, now: Instant) -> Option<Instant>;
+    /// A timer of `kind` set with [`PoolShared::set_timer`] is due; returns when the next one
+    /// of that kind is.
+    fn on_timer(&self, now: Instant, kind: TimerKind) -> Option<Instant>;
 
     /// Closes the client, draining its jobs: the pool is closing, or its handle was dropped.
     fn close_client(&self);
+}
+
+/// What a client's timer is for: a dispatcher has two, armed and run apart, so that one
+/// firing does not run the other's work early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerKind {
+    /// The sweep of idle keys (see `dispatcher::evict`).
+    Sweep,
+    /// The end of the earliest backoff of a retried job (see `dispatcher::backoff`).
+    Backoff,
 }
 
 /// Passed to a running client: what it may ask of the worker thread it runs on.

@@ -14,7 +14,7 @@ mod client;
 mod threads;
 
 pub(crate) use self::{
-    client::{Client, Worker},
+    client::{Client, TimerKind, Worker},
     threads::{PoolShared, MAX_WORKERS},
 };
 use crate::sync::Arc;

@@ -21,7 +21,7 @@
 //! [`WorkerPool::close`]: super::WorkerPool::close
 
 use super::{
-    client::{Client, TurnBuffers, Worker},
+    client::{Client, TimerKind, TurnBuffers, Worker},
     default_workers,
 };
 use crate::{
@@ -72,7 +72,7 @@ static NEXT_POOL_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// What a worker thread is handed.
 enum Work {
     Run(Arc<dyn Client>),
-    Timer(Arc<dyn Client>),
+    Timer(Arc<dyn Client>, TimerKind),
 }
 
 /// The state every worker and every dispatcher of a pool shares.
@@ -105,7 +105,7 @@ struct PoolState {
     /// Workers asleep on `wake`.
     sleeping: usize,
     /// Timers of clients, each due at its instant.
-    timers: Vec<(Instant, Weak<dyn Client>)>,
+    timers: Vec<(Instant, Weak<dyn Client>, TimerKind)>,
     /// Open dispatchers attached to the pool, for `WorkerPool::close`.
     clients: Vec<Weak<dyn Client>>,
     /// Whether a `WorkerPool` handle still exists and has not been closed (a dispatcher's
@@ -279,9 +279,9 @@ impl PoolShared {
         while let Some(work) = self.next_work() {
             match work {
                 Work::Run(client) => client.run(&worker),
-                Work::Timer(client) => {
-                    if let Some(due) = client.on_timer(Instant::now()) {
-                        self.set_timer(due, Arc::downgrade(&client));
+                Work::Timer(client, kind) => {
+                    if let Some(due) = client.on_timer(Instant::now(), kind) {
+                        self.set_timer(due, Arc::downgrade(&client), kind);
                     }
                 }
             }
@@ -333,7 +333,7 @@ impl PoolShared {
             if state.shutdown {
                 return None;
             }
-            let next_timer = state.timers.iter().map(|(due, _)| *due).min();
+            let next_timer = state.timers.iter().map(|(due, _, _)| *due).min();
             state.sleeping += 1;
             state = match next_timer {
                 Some(due) => wait_timeout(
@@ -361,10 +361,10 @@ impl PoolShared {
             return None;
         }
         let now = Instant::now();
-        while let Some(at) = state.timers.iter().position(|(due, _)| *due <= now) {
-            let (_, client) = state.timers.swap_remove(at);
+        while let Some(at) = state.timers.iter().position(|(due, _, _)| *due <= now) {
+            let (_, client, kind) = state.timers.swap_remove(at);
             if let Some(client) = client.upgrade() {
-                return Some(Work::Timer(client));
+                return Some(Work::Timer(client, kind));
             }
         }
         None
@@ -392,13 +392,13 @@ impl PoolShared {
         }
     }
 
-    /// Calls `client.on_timer` on a worker thread once `due` has passed.
-    pub(crate) fn set_timer(&self, due: Instant, client: Weak<dyn Client>) {
+    /// Calls `client.on_timer` with `kind` on a worker thread once `due` has passed.
+    pub(crate) fn set_timer(&self, due: Instant, client: Weak<dyn Client>, kind: TimerKind) {
         let mut state = lock(&self.state);
         if state.shutdown {
             return;
         }
-        state.timers.push((due, client));
+        state.timers.push((due, client, kind));
         if state.sleeping > 0 {
             // A sleeper may be waiting for a later timer, or for none: let it recompute.
             self.wake.notify_one();
@@ -427,7 +427,7 @@ impl PoolShared {
                 .retain(|s| !Weak::ptr_eq(s, client) && s.strong_count() > 0);
             state
                 .timers
-                .retain(|(_, s)| !Weak::ptr_eq(s, client) && s.strong_count() > 0);
+                .retain(|(_, s, _)| !Weak::ptr_eq(s, client) && s.strong_count() > 0);
             state.clients.is_empty() && !state.handle
         };
         if last {

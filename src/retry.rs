@@ -1,0 +1,303 @@
+//! Failure handling for dispatchers built with
+//! [`Builder::build_retrying`](crate::Builder::build_retrying): the [`RetryPolicy`], the
+//! [`Failure`] a handler may return to steer it, the [`DeadLetter`] hook, and the erased
+//! handler that runs one attempt and says what becomes of the job.
+//!
+//! The retrying handler borrows its job (`Fn(&K, &J)`), so that a failed attempt leaves the
+//! job with the dispatcher, which puts it back at the front of its key's queue and makes the key
+//! Waiting until the backoff ends (see `mailbox`). The plain `build` path never reaches this
+//! module: its handler is another [`ErasedHandler`] that never asks for a retry.
+
+use crate::handler::{ErasedHandler, Report};
+use std::{
+    fmt::{self, Debug, Display},
+    marker::PhantomData,
+    panic::{catch_unwind, AssertUnwindSafe},
+    time::Duration,
+};
+
+/// How a retrying dispatcher retries a failed job: how many attempts in all, and how long the
+/// key waits between two of them.
+///
+/// The delay after the `n`-th failed attempt is `initial * 2^(n-1)`, at most `max`, unless the
+/// handler names its own with [`Failure::retry_after`]. While a key waits, no thread waits with
+/// it, and none of its later jobs starts: the key resumes with the failed job.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::RetryPolicy;
+/// use std::time::Duration;
+///
+/// let policy = RetryPolicy::exponential(Duration::from_millis(5), Duration::from_secs(2))
+///     .max_attempts(5); // attempts in all, the first included
+/// assert_eq!(policy.delay(1), Duration::from_millis(5));
+/// assert_eq!(policy.delay(3), Duration::from_millis(20));
+/// assert_eq!(policy.delay(30), Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_panics: bool,
+}
+
+impl Default for RetryPolicy {
+    /// `exponential(100 ms, 30 s)`, [`DEFAULT_MAX_ATTEMPTS`] attempts, panics not retried.
+    fn default() -> Self {
+        RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(30))
+    }
+}
+
+/// Attempts in all, unless [`RetryPolicy::max_attempts`] says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+impl RetryPolicy {
+    /// Waits `initial` after the first failed attempt, doubling after each further one up to
+    /// `max`; [`DEFAULT_MAX_ATTEMPTS`] attempts in all. `Duration::ZERO` for both retries at
+    /// once (on the next turn of the key). A `max` below `initial` is
+    /// [`BuildError::BackoffBelowInitial`](crate::BuildError::BackoffBelowInitial).
+    pub fn exponential(initial: Duration, max: Duration) -> Self {
+        RetryPolicy {
+            initial,
+            max,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_panics: false,
+        }
+    }
+
+    /// Attempts in all, the first included; `1` never retries. Zero is
+    /// [`BuildError::ZeroAttempts`](crate::BuildError::ZeroAttempts).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Whether a panicking attempt is retried too; off by default, since a panic usually means
+    /// a bug that the next attempt meets again. A panic is counted in
+    /// [`Stats::panicked`](crate::Stats::panicked) and passed to `on_panic` either way; a job
+    /// whose last attempt panicked is dropped, not dead-lettered (there is no error to pass).
+    pub fn retry_panics(mut self, retry: bool) -> Self {
+        self.retry_panics = retry;
+        self
+    }
+
+    /// The backoff after the `attempt`-th failed attempt (counted from 1).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.initial
+            .checked_mul(1 << doublings)
+            .map_or(self.max, |delay| delay.min(self.max))
+    }
+}
+
+/// What a retrying handler returns to steer the retry of a failed attempt: retry after a delay
+/// of its choosing, or give up at once. A plain error converts into it with `?` (or `.into()`),
+/// and is retried as the [`RetryPolicy`] says.
+///
+/// It does not implement `Display`, so that a handler may return either `Result<(), E>` or
+/// `Result<(), Failure<E>>`; the dead-letter hook receives the plain `E`.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::Failure;
+/// use std::time::Duration;
+///
+/// fn send(status: u16) -> Result<(), Failure<String>> {
+///     match status {
+///         200 => Ok(()),
+///         429 => Err(Failure::retry_after(Duration::from_secs(1), "rate limited".into())),
+///         400 => Err(Failure::permanent("bad request".into())),
+///         _ => Err(format!("status {status}"))?, // retried as the policy says
+///     }
+/// }
+/// assert!(send(200).is_ok());
+/// assert_eq!(send(400).unwrap_err().into_error(), "bad request");
+/// ```
+pub struct Failure<E> {
+    error: E,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Policy,
+    After(Duration),
+    Permanent,
+}
+
+impl<E> Failure<E> {
+    /// Retry after `delay` (if attempts remain), instead of the policy's backoff.
+    pub fn retry_after(delay: Duration, error: E) -> Self {
+        Failure {
+            error,
+            kind: Kind::After(delay),
+        }
+    }
+
+    /// Do not retry: dead-letter the job at once.
+    pub fn permanent(error: E) -> Self {
+        Failure {
+            error,
+            kind: Kind::Permanent,
+        }
+    }
+
+    /// The error.
+    pub fn error(&self) -> &E {
+        &self.error
+    }
+
+    /// The error, by value.
+    pub fn into_error(self) -> E {
+        self.error
+    }
+}
+
+impl<E> From<E> for Failure<E> {
+    /// Retried as the policy says.
+    fn from(error: E) -> Self {
+        Failure {
+            error,
+            kind: Kind::Policy,
+        }
+    }
+}
+
+impl<E: Debug> Debug for Failure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Failure")
+            .field("error", &self.error)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// What a retrying handler closure may return: `Result<(), E>` or `Result<(), Failure<E>>`,
+/// with `E: Display`.
+pub trait RetryOutput {
+    /// The error type.
+    type Error: Display + Send + 'static;
+
+    /// Turns the closure's return value into a `Result` with a [`Failure`].
+    ///
+    /// # Errors
+    ///
+    /// Returns the failure the closure reported.
+    fn into_failure(self) -> Result<(), Failure<Self::Error>>;
+}
+
+impl<E: Display + Send + 'static> RetryOutput for Result<(), E> {
+    type Error = E;
+
+    fn into_failure(self) -> Result<(), Failure<E>> {
+        self.map_err(Failure::from)
+    }
+}
+
+impl<E: Display + Send + 'static> RetryOutput for Result<(), Failure<E>> {
+    type Error = E;
+
+    fn into_failure(self) -> Result<(), Failure<E>> {
+        self
+    }
+}
+
+/// Where a retrying dispatcher hands a job that failed for good: after its last attempt, or at
+/// once for a [`Failure::permanent`]. Set with
+/// [`Builder::on_dead_letter`](crate::Builder::on_dead_letter): a closure
+/// `Fn(&K, J, E, u32)`, given the key, the job, the last error and the attempts made.
+pub trait DeadLetter<K, J, E>: Send + Sync + 'static {
+    /// Takes a dead job.
+    fn dead(&self, key: &K, job: J, error: E, attempts: u32);
+
+    /// Whether this is a hook of the user's (not [`NoDeadLetter`]): for the log line's level.
+    fn is_hook(&self) -> bool {
+        true
+    }
+}
+
+/// No dead-letter hook: a dead job is logged at `error`, counted and dropped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDeadLetter;
+
+impl<K, J, E> DeadLetter<K, J, E> for NoDeadLetter {
+    fn dead(&self, _: &K, job: J, error: E, _: u32) {
+        crate::unwind::drop_contained((job, error));
+    }
+
+    fn is_hook(&self) -> bool {
+        false
+    }
+}
+
+/// A dead-letter closure, with the error type it takes named for the builder.
+pub struct DeadLetterFn<F, E>(pub(crate) F, pub(crate) PhantomData<fn(E)>);
+
+impl<F, E> Debug for DeadLetterFn<F, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeadLetterFn(..)")
+    }
+}
+
+impl<K, J, E, F> DeadLetter<K, J, E> for DeadLetterFn<F, E>
+where
+    F: Fn(&K, J, E, u32) + Send + Sync + 'static,
+    E: 'static,
+{
+    fn dead(&self, key: &K, job: J, error: E, attempts: u32) {
+        (self.0)(key, job, error, attempts);
+    }
+}
+
+/// A retrying handler with its policy and dead-letter hook, behind [`ErasedHandler`].
+pub(crate) struct Retrying<F, R, D> {
+    pub(crate) handler: F,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) dead: D,
+    pub(crate) output: PhantomData<fn() -> R>,
+}
+
+impl<K, J, F, R, D> ErasedHandler<K, J> for Retrying<F, R, D>
+where
+    F: Fn(&K, &J) -> R + Send + Sync + 'static,
+    R: RetryOutput,
+    D: DeadLetter<K, J, R::Error>,
+{
+    fn run(&self, key: &K, job: J, attempt: u32, report: &mut dyn Report) -> Option<(J, Duration)> {
+        let last = attempt >= self.policy.max_attempts;
+        let failure = match catch_unwind(AssertUnwindSafe(|| (self.handler)(key, &job))) {
+            Ok(result) => match result.into_failure() {
+                Ok(()) => return None,
+                Err(failure) => failure,
+            },
+            Err(payload) => {
+                report.panicked(payload);
+                if self.policy.retry_panics && !last {
+                    return Some((job, self.policy.delay(attempt)));
+                }
+                crate::unwind::drop_contained(job);
+                return None;
+            }
+        };
+        report.failed(&failure.error);
+        let delay = match failure.kind {
+            Kind::Permanent => None,
+            _ if last => None,
+            Kind::Policy => Some(self.policy.delay(attempt)),
+            Kind::After(delay) => Some(delay),
+        };
+        if let Some(delay) = delay {
+            return Some((job, delay));
+        }
+        report.dead_lettered(attempt, self.dead.is_hook());
+        let dead = &self.dead;
+        let error = failure.error;
+        if crate::unwind::contained(|| dead.dead(key, job, error, attempt)).is_none() {
+            report.dead_letter_panicked();
+        }
+        None
+    }
+}
