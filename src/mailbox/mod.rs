@@ -119,7 +119,11 @@
 //!
 //! The order is: map shard, then mailbox. No lock is held while user code runs.
 
+mod evict;
+mod hold;
 mod turn;
+
+pub(crate) use hold::{Cancelled, Resumed, Woken};
 
 use crate::{
     gate::Gate,
@@ -257,39 +261,6 @@ pub(crate) enum Push<J> {
     Held,
 }
 
-/// What the backoff timer did to a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Woken {
-    /// Queued: the caller schedules it.
-    Schedule,
-    /// Paused, so Held: the caller counts it.
-    Held,
-    /// No longer Waiting: left alone.
-    Gone,
-}
-
-/// What `resume_key` did to a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Resumed {
-    /// It was paused.
-    pub(crate) was_paused: bool,
-    /// It was Held and is now Queued: the caller schedules it and uncounts it as held.
-    pub(crate) schedule: bool,
-    /// It is Idle and not listed: the caller enters it in the idle list.
-    pub(crate) list: bool,
-}
-
-/// What `cancel_key` took from a key.
-#[derive(Debug)]
-pub(crate) struct Cancelled<J> {
-    pub(crate) jobs: VecDeque<J>,
-    pub(crate) marks: Marks,
-    /// It was Held: the caller uncounts it.
-    pub(crate) was_held: bool,
-    /// It is now Idle and not listed: the caller enters it in the idle list.
-    pub(crate) list: bool,
-}
-
 /// How a turn ended, and so where the worker files the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EndTurn {
@@ -376,68 +347,6 @@ impl<K, J> Mailbox<K, J> {
     /// The key; the mailbox is live (not a spare).
     pub(crate) fn key(&self) -> &K {
         self.key.as_ref().expect("a spare mailbox was shared")
-    }
-
-    /// Makes a spare the mailbox of `key`, holding `job`, as [`Mailbox::new`] would, but
-    /// keeping its allocations.
-    pub(crate) fn reuse(&mut self, key: K, hash: u64, job: J, group: Option<Arc<Latch>>) {
-        self.refill(job, group);
-        self.key = Some(key);
-        self.hash = hash;
-    }
-
-    /// Takes a mailbox that [`Mailbox::new`] or [`Mailbox::reuse`] just made, and that was
-    /// never shared, apart again: its key, its job and the job's group. It is left a spare.
-    pub(crate) fn unmake(&mut self) -> (K, J, Option<Arc<Latch>>) {
-        let inner = self
-            .inner
-            .get_mut()
-            .unwrap_or_else(|poison| poison.into_inner());
-        debug_assert_eq!((inner.state, inner.queue.len()), (State::Queued, 1));
-        let job = inner
-            .queue
-            .pop_front()
-            .expect("a new mailbox holds its job");
-        let group = inner.marks.pop_front().map(|mark| mark.state);
-        inner.state = State::Evicted;
-        self.queued.store(0, Ordering::Relaxed);
-        (
-            self.key.take().expect("a new mailbox has its key"),
-            job,
-            group,
-        )
-    }
-
-    /// Turns an evicted mailbox that nothing else refers to any more into a spare, dropping
-    /// its key (here: an evicted key is not kept alive by its spare; the caller holds no lock)
-    /// and a queue buffer grown past [`SPARE_QUEUE_BYTES`]. Returns false, leaving it as it
-    /// is, if it is not evicted and empty, as eviction leaves it.
-    pub(crate) fn retire(&mut self) -> bool {
-        let inner = self
-            .inner
-            .get_mut()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if inner.state != State::Evicted || !inner.queue.is_empty() || !inner.marks.is_empty() {
-            return false;
-        }
-        if inner
-            .queue
-            .capacity()
-            .saturating_mul(std::mem::size_of::<J>())
-            > SPARE_QUEUE_BYTES
-        {
-            inner.queue = VecDeque::new();
-        }
-        if let Some(key) = self.key.take() {
-            drop_contained(key);
-        }
-        true
-    }
-
-    /// The key of a mailbox that nothing else refers to any more, taken out of it (which is
-    /// left a spare).
-    pub(crate) fn into_key(mut self) -> K {
-        self.key.take().expect("a spare mailbox was shared")
     }
 
     fn refill(&mut self, job: J, group: Option<Arc<Latch>>) {
@@ -580,168 +489,6 @@ impl<K, J> Mailbox<K, J> {
             flush: true,
         });
         Some(barrier)
-    }
-
-    /// Sweeper: called under the map shard's write lock with this key's entry; marks the
-    /// mailbox Evicted and returns true if it is Idle. Either way its idle-list entry is
-    /// consumed.
-    pub(crate) fn try_evict(&self) -> bool {
-        let mut inner = lock(&self.inner);
-        inner.listed = false;
-        inner.used = false;
-        if inner.state == State::Idle && !inner.paused {
-            debug_assert!(inner.queue.is_empty() && inner.in_turn == 0);
-            debug_assert!(inner.marks.is_empty(), "an idle key kept a mark");
-            inner.state = State::Evicted;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Sweeper: forgets the key's idle-list entry without evicting it (its eviction failed),
-    /// so that the key is listed again when it next goes idle.
-    pub(crate) fn unlist(&self) {
-        let mut inner = lock(&self.inner);
-        inner.listed = false;
-        inner.used = false;
-    }
-
-    /// Sweeper, for a listed key: true if it was listed or scheduled since the last sweep that
-    /// met it, in which case it stays listed and the sweeper files its entry again instead of
-    /// evicting it. A key that comes back between two sweeps is thus kept; one that stays idle
-    /// from one sweep to the next is evicted by the second. No map lock is needed: keeping a
-    /// key is always safe.
-    pub(crate) fn second_chance(&self) -> bool {
-        let mut inner = lock(&self.inner);
-        // Not listed any more if the shutdown evicted it meanwhile.
-        let keep = inner.listed && inner.used;
-        inner.used = false;
-        keep
-    }
-
-    /// The backoff timer: a Waiting key's backoff is over; makes it Queued and returns true
-    /// (the caller schedules it), or returns false if it is no longer Waiting (`close_now`
-    /// took its jobs).
-    pub(crate) fn backoff_over(&self) -> Woken {
-        let mut inner = lock(&self.inner);
-        if inner.state != State::Waiting {
-            Woken::Gone
-        } else if inner.held_back() {
-            inner.state = State::Held;
-            Woken::Held
-        } else {
-            inner.state = State::Queued;
-            Woken::Schedule
-        }
-    }
-
-    /// The running turn's hint to stop after its running job: the key was paused or is being
-    /// cancelled. Read without the lock once per job; `continue_turn` and `end_turn` look
-    /// again under it.
-    #[inline]
-    pub(crate) fn stop_hint(&self) -> bool {
-        // ORDERING: Relaxed; a turn that misses it stops after its next job, or at the end of
-        // its batch, where the lock is taken.
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    /// `pause_key`: pauses the key, unless its dispatcher has closed (checked under this lock,
-    /// which `close`'s resuming pass takes after setting the flag, so that no key stays paused
-    /// through a close). Returns `None` once closed, else whether this call paused it.
-    pub(crate) fn pause(&self, gate: &Gate) -> Option<bool> {
-        let mut inner = lock(&self.inner);
-        if gate.is_closed() || inner.state == State::Evicted {
-            return None;
-        }
-        if inner.paused {
-            return Some(false);
-        }
-        inner.paused = true;
-        self.stop.store(true, Ordering::Relaxed);
-        Some(true)
-    }
-
-    /// `resume_key`, and `close`: unpauses the key; see [`Resumed`].
-    pub(crate) fn resume(&self) -> Resumed {
-        let mut inner = lock(&self.inner);
-        if !inner.paused {
-            return Resumed::default();
-        }
-        inner.paused = false;
-        if inner.cancelling == 0 {
-            self.stop.store(false, Ordering::Relaxed);
-        }
-        let mut resumed = Resumed {
-            was_paused: true,
-            ..Resumed::default()
-        };
-        match inner.state {
-            State::Held if inner.cancelling == 0 => {
-                inner.state = State::Queued;
-                inner.used = true;
-                resumed.schedule = true;
-            }
-            State::Idle if !inner.listed => {
-                inner.listed = true;
-                inner.used = true;
-                resumed.list = true;
-            }
-            _ => {}
-        }
-        resumed
-    }
-
-    /// `cancel_key`: takes every job not started, with their marks (see [`Cancelled`]). If the
-    /// key is Running, holds it back and waits for its turn to end first. `None` if the key was
-    /// evicted meanwhile (every job of it had finished, or `close_now` took them).
-    pub(crate) fn cancel(&self) -> Option<Cancelled<J>> {
-        let mut inner = lock(&self.inner);
-        if inner.state == State::Running {
-            inner.cancelling += 1;
-            self.stop.store(true, Ordering::Relaxed);
-            inner.waiters += 1;
-            while inner.state == State::Running {
-                inner = wait(&self.room, inner);
-            }
-            inner.waiters -= 1;
-            inner.cancelling -= 1;
-            if !inner.held_back() {
-                self.stop.store(false, Ordering::Relaxed);
-            }
-        }
-        if inner.state == State::Evicted {
-            return None;
-        }
-        debug_assert_eq!(inner.in_turn, 0);
-        let jobs = std::mem::take(&mut inner.queue);
-        let marks = std::mem::take(&mut inner.marks);
-        inner.attempts = 0;
-        self.queued.store(0, Ordering::Relaxed);
-        if inner.waiters > 0 {
-            self.room.notify_all();
-        }
-        let was_held = inner.state == State::Held;
-        let mut list = false;
-        match inner.state {
-            // Its next turn finds nothing and makes it Idle.
-            State::Queued => {}
-            State::Held | State::Waiting | State::Idle => {
-                inner.state = State::Idle;
-                if !inner.listed {
-                    inner.listed = true;
-                    inner.used = true;
-                    list = true;
-                }
-            }
-            State::Running | State::Evicted => unreachable!("checked above"),
-        }
-        Some(Cancelled {
-            jobs,
-            marks,
-            was_held,
-            list,
-        })
     }
 
     /// `close_now`: takes every queued job and every mark (one per grouped job among them, and

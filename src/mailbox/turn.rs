@@ -12,7 +12,7 @@ impl<K, J> Mailbox<K, J> {
     ///
     /// The marks that fall within the batch move into `due` (which must be empty), each with
     /// the number of the batch's jobs that must finish before it is completed.
-    #[cfg(all(test, not(loom)))]
+    #[cfg(test)]
     pub(crate) fn begin_turn(&self, max: usize, batch: &mut VecDeque<J>, due: &mut Marks) -> usize {
         self.begin_turn_attempts(max, batch, due).0
     }
@@ -127,7 +127,7 @@ impl<K, J> Mailbox<K, J> {
     /// With `halted`, the key is left Queued but out of the ready queue: `close_now` will take
     /// its jobs. Otherwise the key is requeued or made Idle, to be entered in the idle list if
     /// it is not there yet.
-    #[cfg(all(test, not(loom)))]
+    #[cfg(test)]
     pub(crate) fn end_turn(
         &self,
         leftovers: &mut VecDeque<J>,
