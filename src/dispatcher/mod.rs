@@ -18,6 +18,7 @@
 mod backoff;
 pub(crate) mod core;
 mod evict;
+mod keys;
 mod pause;
 mod route;
 mod shutdown;
@@ -36,7 +37,7 @@ use crate::{
 use std::{
     fmt::{self, Debug},
     hash::Hash,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// Runs jobs one at a time per key, in dispatch order, and different keys in parallel on a
@@ -283,80 +284,6 @@ where
         self.core.send(key, item, Wait::within(timeout))
     }
 
-    /// Blocks until every job of `key` dispatched before this call has finished; returns at
-    /// once if none is queued or running (the key is idle or absent). Jobs of `key` dispatched
-    /// after the call are not waited for, and other keys, and further dispatches on `key`, go on
-    /// meanwhile. A job that [`close_now`](Dispatcher::close_now) hands back counts as
-    /// finished here: the flush returns, since it will never run.
-    ///
-    /// It registers a barrier at the end of the key's queue, which the worker completes as soon
-    /// as the job before it has finished, even if later jobs of the key follow in the same turn.
-    /// The barrier takes no room from the key's capacity and is shared by flushes made at the
-    /// same point. A barrier rather than per-key counters of jobs pushed and finished, which
-    /// would cost every job of every key an update and a wake-up check so that a few could be
-    /// flushed: here a key that is never flushed pays nothing.
-    ///
-    /// # Errors
-    ///
-    /// [`WaitError::WouldDeadlock`] at once on a worker thread of the dispatcher's pool (in a
-    /// handler of any dispatcher on it): flushing the handler's own key would wait for the
-    /// calling job itself, and flushing another key could wait for a thread that every
-    /// handler holds.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use keyed_dispatch::Dispatcher;
-    /// use std::sync::{Arc, Mutex};
-    ///
-    /// let balance = Arc::new(Mutex::new(0i64));
-    /// let b = Arc::clone(&balance);
-    /// let d = Dispatcher::builder().build(move |_: &&str, amount: i64| {
-    ///     *b.lock().unwrap() += amount;
-    /// })?;
-    /// d.dispatch("acct-1", 100)?;
-    /// d.dispatch("acct-1", -30)?;
-    /// d.flush_key(&"acct-1")?; // both have run
-    /// assert_eq!(*balance.lock().unwrap(), 70);
-    /// d.flush_key(&"acct-2")?; // no job: returns at once
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn flush_key(&self, key: &K) -> Result<(), WaitError> {
-        self.core.flush_key(key, None)
-    }
-
-    /// As [`flush_key`](Dispatcher::flush_key), waiting at most `timeout`.
-    ///
-    /// # Errors
-    ///
-    /// [`WaitError::Timeout`] if jobs of `key` dispatched before the call were still queued
-    /// or running after `timeout`; [`WaitError::WouldDeadlock`] as for `flush_key`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use keyed_dispatch::{Dispatcher, WaitError};
-    /// use std::{sync::mpsc, time::Duration};
-    ///
-    /// let (tx, started) = mpsc::sync_channel(0);
-    /// let d = Dispatcher::builder().build(move |_: &u8, _: u32| {
-    ///     let _ = tx.send(()); // taken by `started.recv()` once the job runs
-    ///     let _ = tx.send(()); // holds the job until `started` is dropped
-    /// })?;
-    /// # let started = started; // dropped before `d`, should an assertion fail
-    /// d.dispatch(1, 0)?;
-    /// started.recv()?; // job 0 runs
-    /// let flushed = d.flush_key_timeout(&1, Duration::from_millis(10));
-    /// assert_eq!(flushed, Err(WaitError::Timeout));
-    /// drop(started);
-    /// d.flush_key_timeout(&1, Duration::from_secs(60))?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn flush_key_timeout(&self, key: &K, timeout: Duration) -> Result<(), WaitError> {
-        self.core
-            .flush_key(key, Instant::now().checked_add(timeout))
-    }
-
     /// Blocks until no job is queued or running and, with the default eviction, every idle key
     /// has been evicted (so `stats().keys == 0`). Jobs dispatched meanwhile are waited for too.
     ///
@@ -391,85 +318,6 @@ where
     /// ```
     pub fn wait_idle(&self) -> Result<(), WaitError> {
         self.core.wait_idle()
-    }
-
-    /// Pauses `key`: its queued jobs and those dispatched from now on wait, in order, until
-    /// [`resume_key`](Dispatcher::resume_key); other keys go on. A job of `key` running now
-    /// finishes, and its turn then ends without starting another. A key with no jobs, or one
-    /// the dispatcher has not seen, is paused too (its mailbox is created to hold the pause).
-    /// Pausing a paused key does nothing; so does pausing once close has begun.
-    ///
-    /// A paused key is never evicted (`stats().keys` counts it), and its queue stays bounded by
-    /// [`key_capacity`](Builder::key_capacity): producers wait for room, or get
-    /// [`Full`](DispatchError::Full) with [`Bound::Key`](crate::Bound::Key). A job of a
-    /// retrying dispatcher waiting out its backoff stays put until the key resumes.
-    /// [`close`](Dispatcher::close) resumes every paused key and drains it;
-    /// [`close_now`](Dispatcher::close_now) hands their jobs back; `wait_idle` returns
-    /// [`WaitError::KeysPaused`] while a paused key holds jobs. Safe to call from a handler.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use keyed_dispatch::Dispatcher;
-    /// use std::sync::{Arc, Mutex};
-    ///
-    /// let ran = Arc::new(Mutex::new(Vec::new()));
-    /// let log = Arc::clone(&ran);
-    /// let d = Dispatcher::builder().build(move |key: &u8, n: u32| {
-    ///     log.lock().unwrap().push((*key, n));
-    /// })?;
-    /// d.pause_key(&7);
-    /// d.dispatch(7, 1)?;
-    /// d.dispatch(8, 2)?;
-    /// d.flush_key(&8)?; // key 8 goes on
-    /// assert_eq!(*ran.lock().unwrap(), [(8, 2)]);
-    /// d.resume_key(&7);
-    /// d.flush_key(&7)?;
-    /// assert_eq!(*ran.lock().unwrap(), [(8, 2), (7, 1)]);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn pause_key(&self, key: &K) {
-        self.core.pause_key(key);
-    }
-
-    /// Resumes a paused `key`: it continues where it stopped, in order. Does nothing to a key
-    /// that is not paused. Safe to call from a handler.
-    pub fn resume_key(&self, key: &K) {
-        self.core.resume_key(key);
-    }
-
-    /// Takes `key`'s jobs that have not started, in dispatch order: queued ones, and a
-    /// retrying dispatcher's job waiting out its backoff (first). A job of `key` running now
-    /// finishes first: the call waits for it, and the rest of its turn is not started. Each
-    /// taken job completes its [`Group`](crate::Group) as handed back, releases the
-    /// `flush_key` barriers behind it and counts in
-    /// [`Stats::handed_back`](crate::Stats::handed_back), as with `close_now`. The key stays
-    /// as it was otherwise (paused or not), and later dispatches on it run as usual.
-    ///
-    /// Returns a `Result`, unlike a plain `Vec`, since it may wait for the running job.
-    ///
-    /// # Errors
-    ///
-    /// [`WaitError::WouldDeadlock`] at once on a worker thread of the dispatcher's pool (from
-    /// a handler), where waiting for a running job could wait for the caller itself.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use keyed_dispatch::Dispatcher;
-    ///
-    /// let d = Dispatcher::builder().build(|_: &u8, _: u32| {})?;
-    /// d.pause_key(&7);
-    /// for n in 0..3 {
-    ///     d.dispatch(7, n)?;
-    /// }
-    /// assert_eq!(d.cancel_key(&7)?, [0, 1, 2]);
-    /// d.resume_key(&7);
-    /// assert_eq!(d.close().stats.handed_back, 3);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn cancel_key(&self, key: &K) -> Result<Vec<J>, WaitError> {
-        self.core.cancel_key(key)
     }
 
     /// A snapshot of the counters; see [`Stats`].
@@ -691,49 +539,4 @@ impl<K, J> Debug for Dispatcher<K, J> {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-    use std::sync::{mpsc, Mutex};
-
-    /// A flush waits for the jobs before it, not for a later job of the same key, even when
-    /// both are taken in one turn: the barrier completes between them.
-    #[test]
-    fn flush_barrier_completes_between_jobs_of_one_turn() {
-        let (started, starts) = mpsc::channel();
-        let (release, held) = mpsc::channel::<()>();
-        let (started, held) = (Mutex::new(started), Mutex::new(held));
-        let d = Dispatcher::builder()
-            .workers(1)
-            .build(move |_: &u8, n: u32| {
-                started.lock().unwrap().send(n).unwrap();
-                if n != 1 {
-                    held.lock().unwrap().recv().unwrap();
-                }
-            })
-            .unwrap();
-        d.dispatch(7, 0).unwrap();
-        assert_eq!(starts.recv().unwrap(), 0);
-        d.dispatch(7, 1).unwrap();
-        // Registered behind jobs 0 and 1; job 2 comes after it.
-        let barrier = d.core.flush_barrier(&7).expect("jobs are pending");
-        d.dispatch(7, 2).unwrap();
-        assert_eq!(barrier.pending(), 1);
-        release.send(()).unwrap(); // job 0 finishes; jobs 1 and 2 run in the next turn
-        assert_eq!(starts.recv().unwrap(), 1);
-        assert_eq!(starts.recv().unwrap(), 2);
-        // Job 2 is running and held, yet the barrier behind job 1 is complete.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        assert!(
-            barrier.wait(Some(deadline)),
-            "the flush waited for a later job"
-        );
-        assert_eq!(
-            d.flush_key_timeout(&7, Duration::ZERO),
-            Err(WaitError::Timeout)
-        );
-        release.send(()).unwrap();
-        d.flush_key(&7).unwrap();
-        assert!(d.core.flush_barrier(&7).is_none());
-        assert_eq!(d.close().stats.completed, 3);
-    }
-}
+mod tests;
