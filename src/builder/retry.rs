@@ -37,22 +37,7 @@ where
         F: Fn(&K, J, E, u32) + Send + Sync + 'static,
         E: 'static,
     {
-        Builder {
-            workers: self.workers,
-            threads: self.threads,
-            pool: self.pool,
-            max_parallel: self.max_parallel,
-            capacity: self.capacity,
-            key_capacity: self.key_capacity,
-            jobs_per_turn: self.jobs_per_turn,
-            name: self.name,
-            idle_timeout: self.idle_timeout,
-            on_panic: self.on_panic,
-            on_error: self.on_error,
-            retry: self.retry,
-            dead_letter: DeadLetterFn(hook, PhantomData),
-            jobs: PhantomData,
-        }
+        self.swap_dead_letter(DeadLetterFn(hook, PhantomData)).0
     }
 
     /// Builds a dispatcher that retries failed jobs in order: a failed attempt of a key's job
@@ -138,24 +123,27 @@ where
 
     /// Separates the dead-letter hook from the other settings.
     fn split_dead_letter(self) -> (Builder<K, J>, D) {
-        (
-            Builder {
-                workers: self.workers,
-                threads: self.threads,
-                pool: self.pool,
-                max_parallel: self.max_parallel,
-                capacity: self.capacity,
-                key_capacity: self.key_capacity,
-                jobs_per_turn: self.jobs_per_turn,
-                name: self.name,
-                idle_timeout: self.idle_timeout,
-                on_panic: self.on_panic,
-                on_error: self.on_error,
-                retry: self.retry,
-                dead_letter: NoDeadLetter,
-                jobs: PhantomData,
-            },
-            self.dead_letter,
-        )
+        self.swap_dead_letter(NoDeadLetter)
+    }
+
+    /// The same settings with another dead-letter hook, and the hook they had.
+    fn swap_dead_letter<D2>(self, dead_letter: D2) -> (Builder<K, J, D2>, D) {
+        let swapped = Builder {
+            workers: self.workers,
+            threads: self.threads,
+            pool: self.pool,
+            max_parallel: self.max_parallel,
+            capacity: self.capacity,
+            key_capacity: self.key_capacity,
+            jobs_per_turn: self.jobs_per_turn,
+            name: self.name,
+            idle_timeout: self.idle_timeout,
+            on_panic: self.on_panic,
+            on_error: self.on_error,
+            retry: self.retry,
+            dead_letter,
+            jobs: PhantomData,
+        };
+        (swapped, self.dead_letter)
     }
 }
