@@ -51,6 +51,15 @@ impl Default for RetryPolicy {
 }
 
 /// Attempts in all, unless [`RetryPolicy::max_attempts`] says otherwise.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
+///
+/// assert_eq!(DEFAULT_MAX_ATTEMPTS, 3);
+/// assert_eq!(RetryPolicy::default(), RetryPolicy::default().max_attempts(3));
+/// ```
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 impl RetryPolicy {
@@ -58,6 +67,17 @@ impl RetryPolicy {
     /// `max`; [`DEFAULT_MAX_ATTEMPTS`] attempts in all. `Duration::ZERO` for both retries at
     /// once (on the next turn of the key). A `max` below `initial` is
     /// [`BuildError::BackoffBelowInitial`](crate::BuildError::BackoffBelowInitial).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let policy = RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(50));
+    /// let delays: Vec<_> = (1..=4).map(|n| policy.delay(n).as_millis()).collect();
+    /// assert_eq!(delays, [10, 20, 40, 50]);
+    /// ```
     pub fn exponential(initial: Duration, max: Duration) -> Self {
         RetryPolicy {
             initial,
@@ -69,6 +89,17 @@ impl RetryPolicy {
 
     /// Attempts in all, the first included; `1` never retries. Zero is
     /// [`BuildError::ZeroAttempts`](crate::BuildError::ZeroAttempts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher, RetryPolicy};
+    ///
+    /// let zero = Dispatcher::builder()
+    ///     .retry(RetryPolicy::default().max_attempts(0))
+    ///     .build_retrying(|_: &u8, _: &u8| -> Result<(), String> { Ok(()) });
+    /// assert!(matches!(zero.unwrap_err(), BuildError::ZeroAttempts));
+    /// ```
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -78,12 +109,42 @@ impl RetryPolicy {
     /// a bug that the next attempt meets again. A panic is counted in
     /// [`Stats::panicked`](crate::Stats::panicked) and passed to `on_panic` either way; a job
     /// whose last attempt panicked is dropped, not dead-lettered (there is no error to pass).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, RetryPolicy};
+    /// use std::{sync::atomic::{AtomicU32, Ordering}, time::Duration};
+    ///
+    /// let tries = AtomicU32::new(0);
+    /// let d = Dispatcher::builder()
+    ///     .retry(RetryPolicy::exponential(Duration::ZERO, Duration::ZERO).retry_panics(true))
+    ///     .build_retrying(move |_: &u8, _: &u8| -> Result<(), String> {
+    ///         assert!(tries.fetch_add(1, Ordering::SeqCst) > 0, "first attempt fails");
+    ///         Ok(())
+    ///     })?;
+    /// d.dispatch(1, 1)?;
+    /// let stats = d.close().stats;
+    /// assert_eq!((stats.panicked, stats.retried, stats.completed), (1, 1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn retry_panics(mut self, retry: bool) -> Self {
         self.retry_panics = retry;
         self
     }
 
     /// The backoff after the `attempt`-th failed attempt (counted from 1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let policy = RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(5));
+    /// assert_eq!(policy.delay(2), Duration::from_secs(2));
+    /// assert_eq!(policy.delay(9), Duration::from_secs(5));
+    /// ```
     pub fn delay(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(1).min(31);
         self.initial
@@ -129,7 +190,18 @@ enum Kind {
 }
 
 impl<E> Failure<E> {
-    /// Retry after `delay` (if attempts remain), instead of the policy's backoff.
+    /// Retry after `delay` (if attempts remain), instead of the policy's backoff: a 429 with
+    /// `Retry-After`, say.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Failure;
+    /// use std::time::Duration;
+    ///
+    /// let busy = Failure::retry_after(Duration::from_secs(30), "429 Too Many Requests");
+    /// assert_eq!(*busy.error(), "429 Too Many Requests");
+    /// ```
     pub fn retry_after(delay: Duration, error: E) -> Self {
         Failure {
             error,
@@ -138,6 +210,15 @@ impl<E> Failure<E> {
     }
 
     /// Do not retry: dead-letter the job at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Failure;
+    ///
+    /// let bad = Failure::permanent("400 Bad Request".to_string());
+    /// assert_eq!(bad.into_error(), "400 Bad Request");
+    /// ```
     pub fn permanent(error: E) -> Self {
         Failure {
             error,
@@ -146,11 +227,25 @@ impl<E> Failure<E> {
     }
 
     /// The error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let failure: keyed_dispatch::Failure<u16> = 503.into();
+    /// assert_eq!(*failure.error(), 503);
+    /// ```
     pub fn error(&self) -> &E {
         &self.error
     }
 
     /// The error, by value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let failure = keyed_dispatch::Failure::from("timed out");
+    /// assert_eq!(failure.into_error(), "timed out");
+    /// ```
     pub fn into_error(self) -> E {
         self.error
     }
@@ -177,6 +272,17 @@ impl<E: Debug> Debug for Failure<E> {
 
 /// What a retrying handler closure may return: `Result<(), E>` or `Result<(), Failure<E>>`,
 /// with `E: Display`.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{Failure, RetryOutput};
+///
+/// let plain: Result<(), String> = Err("down".into());
+/// assert_eq!(plain.into_failure().unwrap_err().into_error(), "down");
+/// let steered: Result<(), Failure<String>> = Err(Failure::permanent("gone".into()));
+/// assert_eq!(steered.into_failure().unwrap_err().into_error(), "gone");
+/// ```
 pub trait RetryOutput {
     /// The error type.
     type Error: Display + Send + 'static;
@@ -209,6 +315,16 @@ impl<E: Display + Send + 'static> RetryOutput for Result<(), Failure<E>> {
 /// once for a [`Failure::permanent`]. Set with
 /// [`Builder::on_dead_letter`](crate::Builder::on_dead_letter): a closure
 /// `Fn(&K, J, E, u32)`, given the key, the job, the last error and the attempts made.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::{DeadLetter, NoDeadLetter};
+///
+/// // Without a hook, a dead job is dropped (and the dispatcher logs and counts it).
+/// DeadLetter::<u64, String, String>::dead(&NoDeadLetter, &7, "job".into(), "down".into(), 3);
+/// assert!(!DeadLetter::<u64, String, String>::is_hook(&NoDeadLetter));
+/// ```
 pub trait DeadLetter<K, J, E>: Send + Sync + 'static {
     /// Takes a dead job.
     fn dead(&self, key: &K, job: J, error: E, attempts: u32);
@@ -219,7 +335,8 @@ pub trait DeadLetter<K, J, E>: Send + Sync + 'static {
     }
 }
 
-/// No dead-letter hook: a dead job is logged at `error`, counted and dropped.
+/// No dead-letter hook: a dead job is logged at `error`, counted and dropped. The builder's
+/// default; see [`DeadLetter`] for an example.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoDeadLetter;
 
@@ -233,7 +350,22 @@ impl<K, J, E> DeadLetter<K, J, E> for NoDeadLetter {
     }
 }
 
-/// A dead-letter closure, with the error type it takes named for the builder.
+/// A dead-letter closure, with the error type it takes named for the builder: what
+/// [`Builder::on_dead_letter`](crate::Builder::on_dead_letter) makes of its closure, never
+/// named by hand.
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::Dispatcher;
+///
+/// // The builder's third type parameter is a `DeadLetterFn` from here on.
+/// let builder = Dispatcher::<u64, String>::builder()
+///     .on_dead_letter(|_key: &u64, _job: String, _err: String, _attempts: u32| {});
+/// let d = builder.build_retrying(|_: &u64, _: &String| -> Result<(), String> { Ok(()) })?;
+/// d.close();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct DeadLetterFn<F, E>(pub(crate) F, pub(crate) PhantomData<fn(E)>);
 
 impl<F, E> Debug for DeadLetterFn<F, E> {

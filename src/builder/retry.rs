@@ -18,6 +18,22 @@ where
     /// without it, [`RetryPolicy::default`]. Not for [`build`](Builder::build), whose handler
     /// takes its job by value and so cannot run it again: `build` refuses it with
     /// [`BuildError::RetryWithoutRetryingHandler`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{BuildError, Dispatcher, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let policy = RetryPolicy::exponential(Duration::from_millis(5), Duration::from_secs(2));
+    /// let d = Dispatcher::builder()
+    ///     .retry(policy.max_attempts(5))
+    ///     .build_retrying(|_: &u64, _: &String| -> Result<(), String> { Ok(()) })?;
+    /// d.close();
+    /// let plain = Dispatcher::builder().retry(policy).build(|_: &u64, _: String| {});
+    /// assert!(matches!(plain.unwrap_err(), BuildError::RetryWithoutRetryingHandler));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
@@ -32,6 +48,25 @@ where
     /// logged at `error` and counted in [`Stats::panicked`](crate::Stats::panicked); the key
     /// goes on. Without it, a dead job is logged at `error`, counted in
     /// [`Stats::dead_lettered`](crate::Stats::dead_lettered) and dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, RetryPolicy};
+    /// use std::{sync::mpsc, time::Duration};
+    ///
+    /// let (parked, dead) = mpsc::channel();
+    /// let d = Dispatcher::builder()
+    ///     .retry(RetryPolicy::exponential(Duration::ZERO, Duration::ZERO).max_attempts(2))
+    ///     .on_dead_letter(move |key: &u64, job: String, err: String, attempts: u32| {
+    ///         parked.send((*key, job, err, attempts)).unwrap();
+    ///     })
+    ///     .build_retrying(|_: &u64, _: &String| -> Result<(), String> { Err("down".into()) })?;
+    /// d.dispatch(9, "hook".into())?;
+    /// assert_eq!(dead.recv()?, (9, "hook".into(), "down".into(), 2));
+    /// # d.close();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_dead_letter<E, F>(self, hook: F) -> Builder<K, J, DeadLetterFn<F, E>>
     where
         F: Fn(&K, J, E, u32) + Send + Sync + 'static,

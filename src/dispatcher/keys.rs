@@ -128,6 +128,21 @@ where
 
     /// Resumes a paused `key`: it continues where it stopped, in order. Does nothing to a key
     /// that is not paused. Safe to call from a handler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, WaitError};
+    ///
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u32| {})?;
+    /// d.pause_key(&7);
+    /// d.dispatch(7, 1)?;
+    /// assert_eq!(d.wait_idle(), Err(WaitError::KeysPaused)); // it would wait for ever
+    /// d.resume_key(&7);
+    /// d.wait_idle()?;
+    /// assert_eq!(d.stats().completed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn resume_key(&self, key: &K) {
         self.core.resume_key(key);
     }
