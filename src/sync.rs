@@ -94,7 +94,7 @@ pub(crate) fn spin_once(step: u32) {
     }
 }
 
-/// A fault that the loom models (`src/tests/loom.rs`) and the shuttle tests
+/// A fault that the loom models (`src/tests/loom/`) and the shuttle tests
 /// (`src/tests/shuttle.rs`) inject into the protocol, each at the one line it breaks, to show that
 /// the model written against it catches it. Only a loom or shuttle build can arm one; elsewhere
 /// [`Fault::on`] is a constant `false` and every check folds away. The protocol's code asks

@@ -4,7 +4,7 @@
 //!
 //! # Why shuttle
 //!
-//! The loom models (`src/tests/loom.rs`) cannot run `DashMap`: its shard locks are not loom's, so
+//! The loom models (`src/tests/loom/`) cannot run `DashMap`: its shard locks are not loom's, so
 //! under loom `keymap` swaps in a plain locked `HashMap` and the `DashMap` branch (entry API,
 //! `remove_if`, `retain`, read-locked lookups) is never checked. Under `cfg(shuttle)`,
 //! `crate::sync` takes every lock, condition variable, atomic and thread from shuttle, and
