@@ -100,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .name("ledger")
             .key_capacity(1024)
             .capacity(100_000)
-            .on_error(move |_, _| {
+            .on_error(move |_, _: &Overdrawn, _| {
                 rejected.fetch_add(1, Ordering::Relaxed);
             })
             .build(move |tenant: &TenantId, op: Op| -> Result<(), Overdrawn> {

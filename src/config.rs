@@ -5,7 +5,7 @@
 use crate::error::BuildError;
 use std::{
     any::Any,
-    fmt::{self, Debug, Display},
+    fmt::{self, Debug},
     sync::Arc,
     time::Duration,
 };
@@ -28,8 +28,6 @@ pub(crate) struct Config {
 
 /// The hook called with the payload of a panicking job.
 pub(crate) type PanicHook<K> = Box<dyn Fn(&K, &(dyn Any + Send)) + Send + Sync>;
-/// The hook called with the error of a failed job.
-pub(crate) type ErrorHook<K> = Box<dyn Fn(&K, &dyn Display) + Send + Sync>;
 
 /// The function that names worker thread `i`.
 pub(crate) type ThreadName = Arc<dyn Fn(usize) -> String + Send + Sync>;

@@ -1,6 +1,7 @@
 //! The [`Handler`] trait: what a dispatcher runs for each job; [`BoxedJob`], the job that runs
 //! itself.
 
+use crate::hooks::ErrorHook;
 use std::{
     any::Any,
     fmt::{self, Display},
@@ -13,7 +14,7 @@ use std::{
 /// Closures implement it: an infallible `Fn(&K, J)`, or a fallible `Fn(&K, J) -> Result<(), E>`
 /// with `E: Display`; pass them to [`Builder::build`](crate::Builder::build). A failure is
 /// logged at `warn` with its key, counted in [`Stats::failed`](crate::Stats::failed) and passed
-/// to the [`on_error`](crate::Builder::on_error) hook; the key's later jobs still run.
+/// to the [`on_error`](crate::Builder::on_error) hook, typed; the key's later jobs still run.
 ///
 /// Implement it on a type of your own when the handler carries state or a named error type, and
 /// pass that to [`Builder::build_handler`](crate::Builder::build_handler).
@@ -279,18 +280,26 @@ pub(crate) trait Report {
     /// The job failed for good after `attempts` attempts, and goes to the dead-letter hook
     /// if `hooked` (else it is dropped).
     fn dead_lettered(&mut self, attempts: u32, hooked: bool);
-    /// The dead-letter hook panicked (caught).
-    fn dead_letter_panicked(&mut self);
+    /// The `on_error` or the dead-letter hook panicked (caught).
+    fn hook_panicked(&mut self, hook: &'static str);
 }
 
-/// A plain [`Handler`], as the dispatcher runs it: each job once, never retried.
-pub(crate) struct Plain<H>(pub(crate) H);
+/// A plain [`Handler`] and its error hook, as the dispatcher runs them: each job once, never
+/// retried.
+pub(crate) struct Plain<H, E> {
+    pub(crate) handler: H,
+    pub(crate) on_error: E,
+}
 
-impl<K, J, H: Handler<K, J>> ErasedHandler<K, J> for Plain<H> {
+impl<K, J, H, E> ErasedHandler<K, J> for Plain<H, E>
+where
+    H: Handler<K, J>,
+    E: ErrorHook<K, H::Error>,
+{
     #[inline]
     fn run(&self, key: &K, job: J, _: u32, report: &mut dyn Report) -> Option<(J, Duration)> {
-        if let Err(err) = self.0.handle(key, job) {
-            report.failed(&err);
+        if let Err(err) = self.handler.handle(key, job) {
+            crate::retry::report_failure(&self.on_error, key, &err, 1, report);
         }
         None
     }

@@ -166,8 +166,9 @@
 //! | key `Clone` | only in `close_now`, for a key whose mailbox a racing dispatch still holds | yes | that key's jobs cannot be handed back: dropped, logged at `error`, counted as handed back |
 //! | key `Drop` | when the key's mailbox is freed (eviction, shutdown), or in `dispatch` once the job is queued where the key already has a mailbox | yes | caught and logged: the dispatch still returns `Ok` |
 //! | key `Debug` | in log lines, when their level is enabled | yes | the line shows `<Debug panicked>` |
-//! | handler, job `Drop`, error `Display` and `Drop`, `on_error` | on a worker, for each job (each attempt, on a retrying dispatcher) | yes, as [below](#shutdown) | counted as the job's panic; the key goes on (a retrying handler's panic is retried only with `retry_panics`) |
+//! | handler, job `Drop`, error `Display` and `Drop` | on a worker, for each job (each attempt, on a retrying dispatcher) | yes, as [below](#shutdown) | counted as the job's panic; the key goes on (a retrying handler's panic is retried only with `retry_panics`) |
 //! | `on_panic`, a panic payload's `Drop` | on a worker, after a job panicked | yes | caught and logged |
+//! | `on_error` | on a worker, after each failed attempt, before the job is retried or dead-lettered | yes, as from a handler | caught, logged at `error` and counted in `panicked`; the job is retried or dead-lettered as it would have been |
 //! | `on_dead_letter` | on a worker, when a retrying dispatcher's job failed for good, before the key's next job | yes, as from a handler | caught, logged at `error` and counted in `panicked`; the key goes on |
 //! | `thread_name` | in `build`, on the caller's thread, once per worker before any starts | yes | `build` panics; no thread was started |
 //! | `on_thread_start`, `on_thread_stop` | on each worker, before it takes work / right before it exits | yes, as from a handler | caught and logged at `error`; the thread goes on |
@@ -200,6 +201,7 @@ mod error;
 mod gate;
 mod group;
 mod handler;
+mod hooks;
 mod keymap;
 mod latch;
 mod mailbox;
@@ -223,9 +225,8 @@ pub use dispatcher::{CloseReport, Dispatcher};
 pub use error::{Bound, BuildError, DispatchError, WaitError};
 pub use group::Group;
 pub use handler::{BoxedJob, Handler, HandlerOutput, Never};
+pub use hooks::{DeadLetter, DeadLetterFn, ErrorHook, ErrorHookFn, NoDeadLetter, NoErrorHook};
 pub use latch::GroupReport;
 pub use pool::WorkerPool;
-pub use retry::{
-    DeadLetter, DeadLetterFn, Failure, NoDeadLetter, RetryOutput, RetryPolicy, DEFAULT_MAX_ATTEMPTS,
-};
+pub use retry::{Failure, RetryOutput, RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 pub use stats::Stats;

@@ -8,7 +8,11 @@
 //! Waiting until the backoff ends (see `mailbox`). The plain `build` path never reaches this
 //! module: its handler is another [`ErasedHandler`] that never asks for a retry.
 
-use crate::handler::{ErasedHandler, Report};
+use crate::{
+    handler::{ErasedHandler, Report},
+    hooks::{DeadLetter, ErrorHook},
+    unwind::contained,
+};
 use std::{
     fmt::{self, Debug, Display},
     marker::PhantomData,
@@ -311,92 +315,21 @@ impl<E: Display + Send + 'static> RetryOutput for Result<(), Failure<E>> {
     }
 }
 
-/// Where a retrying dispatcher hands a job that failed for good: after its last attempt, or at
-/// once for a [`Failure::permanent`]. Set with
-/// [`Builder::on_dead_letter`](crate::Builder::on_dead_letter): a closure
-/// `Fn(&K, J, E, u32)`, given the key, the job, the last error and the attempts made.
-///
-/// # Examples
-///
-/// ```
-/// use keyed_dispatch::{DeadLetter, NoDeadLetter};
-///
-/// // Without a hook, a dead job is dropped (and the dispatcher logs and counts it).
-/// DeadLetter::<u64, String, String>::dead(&NoDeadLetter, &7, "job".into(), "down".into(), 3);
-/// assert!(!DeadLetter::<u64, String, String>::is_hook(&NoDeadLetter));
-/// ```
-pub trait DeadLetter<K, J, E>: Send + Sync + 'static {
-    /// Takes a dead job.
-    fn dead(&self, key: &K, job: J, error: E, attempts: u32);
-
-    /// Whether this is a hook of the user's (not [`NoDeadLetter`]): for the log line's level.
-    fn is_hook(&self) -> bool {
-        true
-    }
-}
-
-/// No dead-letter hook: a dead job is logged at `error`, counted and dropped. The builder's
-/// default; see [`DeadLetter`] for an example.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoDeadLetter;
-
-impl<K, J, E> DeadLetter<K, J, E> for NoDeadLetter {
-    fn dead(&self, _: &K, job: J, error: E, _: u32) {
-        crate::unwind::drop_contained((job, error));
-    }
-
-    fn is_hook(&self) -> bool {
-        false
-    }
-}
-
-/// A dead-letter closure, with the error type it takes named for the builder: what
-/// [`Builder::on_dead_letter`](crate::Builder::on_dead_letter) makes of its closure, never
-/// named by hand.
-///
-/// # Examples
-///
-/// ```
-/// use keyed_dispatch::Dispatcher;
-///
-/// // The builder's third type parameter is a `DeadLetterFn` from here on.
-/// let builder = Dispatcher::<u64, String>::builder()
-///     .on_dead_letter(|_key: &u64, _job: String, _err: String, _attempts: u32| {});
-/// let d = builder.build_retrying(|_: &u64, _: &String| -> Result<(), String> { Ok(()) })?;
-/// d.close();
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct DeadLetterFn<F, E>(pub(crate) F, pub(crate) PhantomData<fn(E)>);
-
-impl<F, E> Debug for DeadLetterFn<F, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DeadLetterFn(..)")
-    }
-}
-
-impl<K, J, E, F> DeadLetter<K, J, E> for DeadLetterFn<F, E>
-where
-    F: Fn(&K, J, E, u32) + Send + Sync + 'static,
-    E: 'static,
-{
-    fn dead(&self, key: &K, job: J, error: E, attempts: u32) {
-        (self.0)(key, job, error, attempts);
-    }
-}
-
-/// A retrying handler with its policy and dead-letter hook, behind [`ErasedHandler`].
-pub(crate) struct Retrying<F, R, D> {
+/// A retrying handler with its policy and hooks, behind [`ErasedHandler`].
+pub(crate) struct Retrying<F, R, D, E> {
     pub(crate) handler: F,
     pub(crate) policy: RetryPolicy,
     pub(crate) dead: D,
+    pub(crate) on_error: E,
     pub(crate) output: PhantomData<fn() -> R>,
 }
 
-impl<K, J, F, R, D> ErasedHandler<K, J> for Retrying<F, R, D>
+impl<K, J, F, R, D, E> ErasedHandler<K, J> for Retrying<F, R, D, E>
 where
     F: Fn(&K, &J) -> R + Send + Sync + 'static,
     R: RetryOutput,
     D: DeadLetter<K, J, R::Error>,
+    E: ErrorHook<K, R::Error>,
 {
     fn run(&self, key: &K, job: J, attempt: u32, report: &mut dyn Report) -> Option<(J, Duration)> {
         let last = attempt >= self.policy.max_attempts;
@@ -414,7 +347,7 @@ where
                 return None;
             }
         };
-        report.failed(&failure.error);
+        report_failure(&self.on_error, key, &failure.error, attempt, report);
         let delay = match failure.kind {
             Kind::Permanent => None,
             _ if last => None,
@@ -427,9 +360,24 @@ where
         report.dead_lettered(attempt, self.dead.is_hook());
         let dead = &self.dead;
         let error = failure.error;
-        if crate::unwind::contained(|| dead.dead(key, job, error, attempt)).is_none() {
-            report.dead_letter_panicked();
+        if contained(|| dead.dead(key, job, error, attempt)).is_none() {
+            report.hook_panicked("on_dead_letter");
         }
         None
+    }
+}
+
+/// Logs and counts a failed attempt, then calls the error hook, whose panic is caught: the
+/// job's fate does not depend on it.
+pub(crate) fn report_failure<K, E: Display>(
+    hook: &impl ErrorHook<K, E>,
+    key: &K,
+    error: &E,
+    attempt: u32,
+    report: &mut dyn Report,
+) {
+    report.failed(error);
+    if contained(|| hook.failed(key, error, attempt)).is_none() {
+        report.hook_panicked("on_error");
     }
 }

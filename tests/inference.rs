@@ -106,7 +106,7 @@ fn handler_type_builds_with_build_handler() -> Result {
     let failed = Mutex::new(failed);
     let d = Dispatcher::builder()
         .workers(1)
-        .on_error(move |account, err| {
+        .on_error(move |account, err: &Empty, _| {
             let line = format!("{account}: {err}");
             failed.lock().unwrap().send(line).unwrap();
         })

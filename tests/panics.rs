@@ -84,8 +84,8 @@ fn failures_are_counted_and_passed_to_on_error() {
     let e = Arc::clone(&errors);
     let d = Dispatcher::builder()
         .workers(1)
-        .on_error(move |key: &String, err: &dyn std::fmt::Display| {
-            e.lock().unwrap().push(format!("{key}: {err}"));
+        .on_error(move |key: &String, err: &String, attempt| {
+            e.lock().unwrap().push(format!("{key}: {err} ({attempt})"));
         })
         .build(|_: &String, amount: i64| -> Result<(), String> {
             if amount < 0 {
@@ -100,7 +100,7 @@ fn failures_are_counted_and_passed_to_on_error() {
     d.dispatch("acct".to_string(), 7).unwrap();
     let stats = d.close().stats;
     assert_eq!((stats.completed, stats.failed, stats.panicked), (3, 1, 0));
-    assert_eq!(*errors.lock().unwrap(), ["acct: negative amount -1"]);
+    assert_eq!(*errors.lock().unwrap(), ["acct: negative amount -1 (1)"]);
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn a_panicking_hook_does_not_kill_the_worker() {
     let d = Dispatcher::builder()
         .workers(1)
         .on_panic(|_: &u8, _: &(dyn Any + Send)| panic!("hook"))
-        .on_error(|_: &u8, _: &dyn std::fmt::Display| panic!("hook"))
+        .on_error(|_: &u8, _: &&str, _| panic!("hook"))
         .build(|_: &u8, n: u8| -> Result<(), &'static str> {
             match n {
                 0 => panic!("job"),
@@ -122,6 +122,6 @@ fn a_panicking_hook_does_not_kill_the_worker() {
         d.dispatch(0, n).unwrap();
     }
     let stats = d.close().stats;
-    // The failing job's hook panicked, which counts as that job's panic.
+    // Both hooks panicked, each counted; the jobs' fates are unchanged.
     assert_eq!((stats.completed, stats.failed, stats.panicked), (3, 1, 2));
 }

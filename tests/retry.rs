@@ -254,6 +254,77 @@ fn panics_are_not_retried_unless_asked() {
 }
 
 #[test]
+fn on_error_hears_each_failed_attempt_typed_with_its_number() {
+    let _watchdog = Watchdog::new("on_error_typed", LIMIT);
+    #[derive(Debug, PartialEq)]
+    struct Status(u16);
+    impl std::fmt::Display for Status {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "status {}", self.0)
+        }
+    }
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&heard);
+    let attempts = Attempts::default();
+    let d = Dispatcher::builder()
+        .workers(1)
+        .retry(fast(3))
+        .on_error(move |key: &u8, err: &Status, attempt| {
+            log.lock().unwrap().push((*key, err.0, attempt));
+        })
+        .on_dead_letter(|_: &u8, _: u32, _: Status, _: u32| {})
+        .build_retrying(move |_: &u8, job: &u32| -> Result<(), Status> {
+            match (*job, attempts.next(*job)) {
+                (0, attempt) => Err(Status(500 + attempt as u16)),
+                (1, 1) => Err(Status(429)),
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+    d.dispatch(4, 0).unwrap();
+    d.dispatch(4, 1).unwrap();
+    let stats = d.close().stats;
+    assert_eq!((stats.dead_lettered, stats.retried), (1, 3));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [(4, 501, 1), (4, 502, 2), (4, 503, 3), (4, 429, 1)]
+    );
+}
+
+#[test]
+fn panicking_on_error_hook_changes_nothing_for_the_job() {
+    let _watchdog = Watchdog::new("on_error_panics", LIMIT);
+    let attempts = Attempts::default();
+    let (dead_tx, dead) = mpsc::channel();
+    let dead_tx = Mutex::new(dead_tx);
+    let d = Dispatcher::builder()
+        .workers(1)
+        .retry(fast(2))
+        .on_error(|_: &u8, _: &String, _| panic!("the hook panics"))
+        .on_dead_letter(move |_: &u8, job: u32, _: String, attempts: u32| {
+            dead_tx.lock().unwrap().send((job, attempts)).unwrap();
+        })
+        .build_retrying(move |_: &u8, job: &u32| -> Result<(), String> {
+            // Job 0 fails for good; job 1 fails once, then succeeds.
+            match (*job, attempts.next(*job)) {
+                (0, _) | (1, 1) => Err("down".into()),
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+    d.dispatch(1, 0).unwrap();
+    d.dispatch(1, 1).unwrap();
+    let stats = d.close().stats;
+    // Three failed attempts, each hook call panicking; job 0 still dead-lettered after its two
+    // attempts, job 1 still retried.
+    assert_eq!(dead.try_iter().collect::<Vec<_>>(), [(0, 2)]);
+    assert_eq!(
+        (stats.failed, stats.panicked, stats.retried, stats.completed),
+        (3, 3, 2, 2)
+    );
+}
+
+#[test]
 fn panicking_dead_letter_hook_is_contained() {
     let _watchdog = Watchdog::new("dead_letter_panics", LIMIT);
     let ran = Arc::new(Mutex::new(Vec::new()));

@@ -11,18 +11,19 @@ mod threads;
 pub use pool::PoolBuilder;
 
 use crate::{
-    config::{Config, ErrorHook, PanicHook, ThreadSettings},
+    config::{Config, PanicHook, ThreadSettings},
     dispatcher::{core::Core, Dispatcher},
     error::BuildError,
     gate::MAX_CAPACITY,
-    handler::{BoxedJob, ErasedHandler, Handler, HandlerOutput, Plain},
+    handler::{BoxedJob, ErasedHandler, Handler, HandlerOutput, Never, Plain},
+    hooks::{ErrorHook, ErrorHookFn, NoDeadLetter, NoErrorHook},
     pool::{default_workers, PoolShared, DEFAULT_NAME, MAX_WORKERS},
-    retry::{NoDeadLetter, RetryPolicy},
+    retry::RetryPolicy,
     sync::Arc,
 };
 use std::{
     any::Any,
-    fmt::{self, Debug, Display},
+    fmt::{self, Debug},
     hash::Hash,
     marker::PhantomData,
     time::Duration,
@@ -75,10 +76,11 @@ pub const DEFAULT_JOBS_PER_TURN: usize = 64;
 /// # Ok::<(), BuildError>(())
 /// ```
 ///
-/// The third type parameter is the dead-letter hook of a retrying dispatcher, set by
-/// [`on_dead_letter`](Builder::on_dead_letter); it stays [`NoDeadLetter`] otherwise, and
-/// need never be named.
-pub struct Builder<K, J, D = NoDeadLetter> {
+/// The last two type parameters are the typed failure hooks: `D` the dead-letter hook of a
+/// retrying dispatcher, set by [`on_dead_letter`](Builder::on_dead_letter), and `O` the error
+/// hook, set by [`on_error`](Builder::on_error). They stay [`NoDeadLetter`] and
+/// [`NoErrorHook`] otherwise, and need never be named.
+pub struct Builder<K, J, D = NoDeadLetter, O = NoErrorHook> {
     workers: Option<usize>,
     /// The private pool's thread settings: none of them may be set with `pool`.
     threads: ThreadSettings,
@@ -90,7 +92,7 @@ pub struct Builder<K, J, D = NoDeadLetter> {
     name: Option<String>,
     idle_timeout: Duration,
     on_panic: Option<PanicHook<K>>,
-    on_error: Option<ErrorHook<K>>,
+    on_error: O,
     retry: Option<RetryPolicy>,
     dead_letter: D,
     jobs: PhantomData<fn(J)>,
@@ -113,7 +115,7 @@ where
             name: None,
             idle_timeout: Duration::ZERO,
             on_panic: None,
-            on_error: None,
+            on_error: NoErrorHook,
             retry: None,
             dead_letter: NoDeadLetter,
             jobs: PhantomData,
@@ -121,7 +123,7 @@ where
     }
 }
 
-impl<K, J, D> Builder<K, J, D>
+impl<K, J, D, O> Builder<K, J, D, O>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
@@ -211,14 +213,16 @@ where
         self
     }
 
-    /// Called with the key and the error when a fallible handler fails, after the failure has
-    /// been logged at `warn` and counted. A panic inside the hook counts as the job's panic.
+    /// Called with the key, the error (by reference, as the handler returned it) and the
+    /// attempt number when a fallible handler fails, after the failure has been logged at
+    /// `warn` and counted. The attempt is 1 on a plain dispatcher; on a retrying one
+    /// ([`build_retrying`](Builder::build_retrying)) the hook hears of every failed attempt,
+    /// the last included, before the job is retried or dead-lettered. The error type must be
+    /// the handler's: name it in the closure (`err: &MyError`).
     ///
-    /// On a retrying dispatcher ([`build_retrying`](Builder::build_retrying)) it is called for
-    /// every failed attempt, the last included, before the job is retried or dead-lettered;
-    /// a panic inside it then also drops the job, which is neither retried nor dead-lettered.
-    /// One hook for both kinds of dispatcher, rather than a typed one for retrying ones: the
-    /// typed error reaches the [`on_dead_letter`](Builder::on_dead_letter) hook.
+    /// A panic inside the hook is caught, logged at `error` and counted in
+    /// [`Stats::panicked`](crate::Stats::panicked); it changes nothing for the job, which is
+    /// retried or dead-lettered as it would have been, and the key goes on.
     ///
     /// # Examples
     ///
@@ -228,17 +232,56 @@ where
     ///
     /// let (tx, rx) = mpsc::channel();
     /// let d = Dispatcher::builder()
-    ///     .on_error(move |key: &u32, err| tx.send(format!("{key}: {err}")).unwrap())
+    ///     .on_error(move |key: &u32, err: &&str, attempt| {
+    ///         tx.send(format!("{key}: {err} (attempt {attempt})")).unwrap()
+    ///     })
     ///     .build(|_: &u32, n: u32| if n == 0 { Err("empty") } else { Ok(()) })?;
     /// d.dispatch(7, 0)?;
     /// d.dispatch(7, 1)?;
     /// assert_eq!(d.close().stats.failed, 1);
-    /// assert_eq!(rx.recv()?, "7: empty");
+    /// assert_eq!(rx.recv()?, "7: empty (attempt 1)");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn on_error(mut self, hook: impl Fn(&K, &dyn Display) + Send + Sync + 'static) -> Self {
-        self.on_error = Some(Box::new(hook));
-        self
+    pub fn on_error<E, F>(self, hook: F) -> Builder<K, J, D, ErrorHookFn<F, E>>
+    where
+        F: Fn(&K, &E, u32) + Send + Sync + 'static,
+        E: 'static,
+    {
+        let hook = ErrorHookFn(hook, PhantomData);
+        self.map_hooks(|dead_letter, _| (dead_letter, hook, ())).0
+    }
+
+    /// The same settings with the failure hooks that `f` makes of the current ones, and what
+    /// else `f` returns.
+    fn map_hooks<D2, O2, T>(
+        self,
+        f: impl FnOnce(D, O) -> (D2, O2, T),
+    ) -> (Builder<K, J, D2, O2>, T) {
+        let (dead_letter, on_error, rest) = f(self.dead_letter, self.on_error);
+        let builder = Builder {
+            workers: self.workers,
+            threads: self.threads,
+            pool: self.pool,
+            max_parallel: self.max_parallel,
+            capacity: self.capacity,
+            key_capacity: self.key_capacity,
+            jobs_per_turn: self.jobs_per_turn,
+            name: self.name,
+            idle_timeout: self.idle_timeout,
+            on_panic: self.on_panic,
+            on_error,
+            retry: self.retry,
+            dead_letter,
+            jobs: PhantomData,
+        };
+        (builder, rest)
+    }
+
+    /// Separates the failure hooks from the other settings, to be stored with the handler.
+    fn split_hooks(self) -> (Builder<K, J>, D, O) {
+        let (builder, (dead_letter, on_error)) =
+            self.map_hooks(|d, o| (NoDeadLetter, NoErrorHook, (d, o)));
+        (builder, dead_letter, on_error)
     }
 
     /// Checks the settings for a pool of `workers` threads.
@@ -299,7 +342,7 @@ where
     }
 }
 
-impl<K, J> Builder<K, J>
+impl<K, J, O> Builder<K, J, NoDeadLetter, O>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
@@ -352,6 +395,7 @@ where
     where
         F: Fn(&K, J) -> R + Send + Sync + 'static,
         R: HandlerOutput,
+        O: ErrorHook<K, R::Error>,
     {
         self.build_handler(handler)
     }
@@ -387,16 +431,24 @@ where
     /// assert_eq!(d.close().stats.completed, 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn build_handler<H: Handler<K, J>>(
-        self,
-        handler: H,
-    ) -> Result<Dispatcher<K, J>, BuildError> {
+    pub fn build_handler<H>(self, handler: H) -> Result<Dispatcher<K, J>, BuildError>
+    where
+        H: Handler<K, J>,
+        O: ErrorHook<K, H::Error>,
+    {
         if self.retry.is_some() {
             return Err(BuildError::RetryWithoutRetryingHandler);
         }
-        self.start(Box::new(Plain(handler)))
+        let (builder, NoDeadLetter, on_error) = self.split_hooks();
+        builder.start(Box::new(Plain { handler, on_error }))
     }
+}
 
+impl<K, J> Builder<K, J>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+{
     /// Checks the configuration and starts the dispatcher on `handler`.
     fn start(self, handler: Box<dyn ErasedHandler<K, J>>) -> Result<Dispatcher<K, J>, BuildError> {
         let workers = match &self.pool {
@@ -408,7 +460,7 @@ where
             Some(pool) => pool,
             None => PoolShared::start(workers, &config.name, false, &self.threads)?,
         };
-        let core = Core::new(config, pool, handler, self.on_panic, self.on_error);
+        let core = Core::new(config, pool, handler, self.on_panic);
         core.pool().attach(core.as_client())?;
         log::debug!(
             "{}: dispatcher built on pool {} ({} workers)",
@@ -420,9 +472,10 @@ where
     }
 }
 
-impl<K> Builder<K, BoxedJob>
+impl<K, O> Builder<K, BoxedJob, NoDeadLetter, O>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    O: ErrorHook<K, Never>,
 {
     /// Builds a dispatcher of boxed closures, which runs each job by calling it. Use
     /// [`Dispatcher::spawn`] to dispatch them.
@@ -447,7 +500,7 @@ where
     }
 }
 
-impl<K, J, D> fmt::Debug for Builder<K, J, D> {
+impl<K, J, D, O> fmt::Debug for Builder<K, J, D, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("workers", &self.workers)

@@ -4,7 +4,7 @@
 use super::Builder;
 use std::{fmt::Debug, hash::Hash, time::Duration};
 
-impl<K, J, D> Builder<K, J, D>
+impl<K, J, D, O> Builder<K, J, D, O>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,

@@ -5,11 +5,12 @@ use super::Builder;
 use crate::{
     dispatcher::Dispatcher,
     error::BuildError,
-    retry::{DeadLetter, DeadLetterFn, NoDeadLetter, RetryOutput, RetryPolicy, Retrying},
+    hooks::{DeadLetter, DeadLetterFn, ErrorHook},
+    retry::{RetryOutput, RetryPolicy, Retrying},
 };
 use std::{fmt::Debug, hash::Hash, marker::PhantomData};
 
-impl<K, J, D> Builder<K, J, D>
+impl<K, J, D, O> Builder<K, J, D, O>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
@@ -67,12 +68,13 @@ where
     /// # d.close();
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn on_dead_letter<E, F>(self, hook: F) -> Builder<K, J, DeadLetterFn<F, E>>
+    pub fn on_dead_letter<E, F>(self, hook: F) -> Builder<K, J, DeadLetterFn<F, E>, O>
     where
         F: Fn(&K, J, E, u32) + Send + Sync + 'static,
         E: 'static,
     {
-        self.swap_dead_letter(DeadLetterFn(hook, PhantomData)).0
+        let hook = DeadLetterFn(hook, PhantomData);
+        self.map_hooks(|_, on_error| (hook, on_error, ())).0
     }
 
     /// Builds a dispatcher that retries failed jobs in order: a failed attempt of a key's job
@@ -136,6 +138,7 @@ where
         F: Fn(&K, &J) -> R + Send + Sync + 'static,
         R: RetryOutput + 'static,
         D: DeadLetter<K, J, R::Error>,
+        O: ErrorHook<K, R::Error>,
     {
         let policy = self.retry.unwrap_or_default();
         if policy.max_attempts == 0 {
@@ -147,38 +150,13 @@ where
                 max: policy.max,
             });
         }
-        let (erased, parts) = self.split_dead_letter();
-        erased.start(Box::new(Retrying {
+        let (builder, dead, on_error) = self.split_hooks();
+        builder.start(Box::new(Retrying {
             handler,
             policy,
-            dead: parts,
+            dead,
+            on_error,
             output: PhantomData,
         }))
-    }
-
-    /// Separates the dead-letter hook from the other settings.
-    fn split_dead_letter(self) -> (Builder<K, J>, D) {
-        self.swap_dead_letter(NoDeadLetter)
-    }
-
-    /// The same settings with another dead-letter hook, and the hook they had.
-    fn swap_dead_letter<D2>(self, dead_letter: D2) -> (Builder<K, J, D2>, D) {
-        let swapped = Builder {
-            workers: self.workers,
-            threads: self.threads,
-            pool: self.pool,
-            max_parallel: self.max_parallel,
-            capacity: self.capacity,
-            key_capacity: self.key_capacity,
-            jobs_per_turn: self.jobs_per_turn,
-            name: self.name,
-            idle_timeout: self.idle_timeout,
-            on_panic: self.on_panic,
-            on_error: self.on_error,
-            retry: self.retry,
-            dead_letter,
-            jobs: PhantomData,
-        };
-        (swapped, self.dead_letter)
     }
 }

@@ -7,7 +7,7 @@ use crate::sync::Arc;
 use crate::{BuildError, PoolBuilder};
 use std::{fmt::Debug, hash::Hash};
 
-impl<K, J, D> Builder<K, J, D>
+impl<K, J, D, O> Builder<K, J, D, O>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,

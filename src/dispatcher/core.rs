@@ -16,7 +16,7 @@
 //! jobs it hands back, and releases the barriers of the keys it empties.
 
 use crate::{
-    config::{Config, ErrorHook, PanicHook},
+    config::{Config, PanicHook},
     gate::Gate,
     handler::ErasedHandler,
     keymap::KeyMap,
@@ -88,7 +88,6 @@ pub(crate) struct Core<K, J> {
     pub(super) counters: Counters,
     pub(super) handler: Box<dyn ErasedHandler<K, J>>,
     pub(super) on_panic: Option<PanicHook<K>>,
-    pub(super) on_error: Option<ErrorHook<K>>,
     pub(super) config: Config,
     pub(super) pool: Arc<PoolShared>,
     /// Announced when the gate empties, the idle list empties, or (after `close_now`) the last
@@ -142,7 +141,6 @@ where
         pool: Arc<PoolShared>,
         handler: Box<dyn ErasedHandler<K, J>>,
         on_panic: Option<PanicHook<K>>,
-        on_error: Option<ErrorHook<K>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Core {
             keys: KeyMap::new(),
@@ -160,7 +158,6 @@ where
             counters: Counters::default(),
             handler,
             on_panic,
-            on_error,
             config,
             pool,
             idle: Signal::default(),

@@ -266,7 +266,6 @@ where
         }
     }
 
-    /// Runs inside the job's `catch_unwind`: a panicking `on_error` counts as the job's panic.
     fn job_failed(&self, key: &K, err: &dyn Display) {
         self.counters.failed();
         log::warn!(
@@ -275,9 +274,6 @@ where
             ShowKey(key),
             Show(err)
         );
-        if let Some(hook) = &self.on_error {
-            hook(key, err);
-        }
     }
 
     fn job_panicked(&self, key: &K, payload: Box<dyn Any + Send>) {
@@ -357,10 +353,10 @@ where
         }
     }
 
-    fn dead_letter_panicked(&mut self) {
+    fn hook_panicked(&mut self, hook: &'static str) {
         self.core.counters.panicked();
         log::error!(
-            "{}: the dead-letter hook panicked for key {}",
+            "{}: the {hook} hook panicked for key {}",
             self.core.config.name,
             ShowKey(self.key)
         );
