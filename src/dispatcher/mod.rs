@@ -12,11 +12,15 @@
 //! - `evict`: the idle list, sweeps, spare mailboxes, the sweep timer;
 //! - `pause`: pausing, resuming and cancelling one key;
 //! - `backoff`: retried jobs' keys waiting out their backoff, and the timer that wakes them;
+//! - `delay`: `dispatch_after`'s jobs waiting for their delay, and the timer that routes them;
+//! - `due`: the heap of due instants and the timer bookkeeping those two share;
 //! - `shutdown`: `close`, `close_now` and the waits; its docs number the shutdown steps and
 //!   the races they must win.
 
 mod backoff;
 pub(crate) mod core;
+mod delay;
+mod due;
 mod evict;
 mod keys;
 mod pause;
@@ -410,6 +414,10 @@ where
     /// back every accepted job that had not started, grouped by key, each key's jobs in
     /// dispatch order, so that they can be persisted and replayed later without breaking any
     /// key's order. Then evicts every key and joins the threads, as [`close`](Dispatcher::close).
+    ///
+    /// A job in backoff comes back first among its key's jobs; jobs of
+    /// [`dispatch_after`](Dispatcher::dispatch_after) that were not yet due come back after
+    /// their key's queued jobs, earliest due first.
     ///
     /// # Errors
     ///

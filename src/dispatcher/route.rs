@@ -56,8 +56,18 @@ enum Filing {
     Halted,
 }
 
+/// How a job comes to its key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// From a producer: bounded by the key's capacity, counted as it is queued.
+    Dispatched,
+    /// A delayed job whose delay is over (see `delay`): accepted and counted when it was
+    /// dispatched, so it joins its key's queue whatever the key holds.
+    Due,
+}
+
 /// What routing a job to its key's mailbox did.
-enum Routed<K, J> {
+pub(super) enum Routed<K, J> {
     /// Queued behind the key's other jobs; the key, unless the map keeps it, comes back to be
     /// dropped once the job's slot is no longer the caller's to give back.
     Added(Option<K>),
@@ -95,26 +105,15 @@ where
         // The key's one call of `Hash`, before anything that would need undoing if it panics.
         let hash = self.keys.hash(&key);
         loop {
-            if let Err((refused, emptied)) = self.gate.enter(self.config.admitted) {
-                if emptied {
-                    self.progressed();
-                }
-                match refused {
-                    Refused::Closed => {
-                        let job = item.job;
-                        return Err(self.refuse(DispatchError::Closed { key, job }));
-                    }
-                    Refused::Full => {
-                        if self.wait_for_global_room(wait) {
-                            continue;
-                        }
-                        let full = too_full(wait, key, item.job, Bound::Dispatcher);
-                        return Err(self.refuse(full));
-                    }
-                }
+            if let Err(refused) = self.admit(wait) {
+                let err = match refused {
+                    Refused::Closed => DispatchError::Closed { key, job: item.job },
+                    Refused::Full => too_full(wait, key, item.job, Bound::Dispatcher),
+                };
+                return Err(self.refuse(err));
             }
             let reserved = Reserved(self);
-            let routed = self.route(hash, key, item);
+            let routed = self.route(hash, key, item, Arrival::Dispatched);
             reserved.disarm();
             match routed {
                 Routed::Added(key) => {
@@ -152,9 +151,31 @@ where
         }
     }
 
+    /// Takes a slot of the gate, waiting for one as `wait` allows.
+    #[inline]
+    pub(super) fn admit(&self, wait: Wait) -> Result<(), Refused> {
+        loop {
+            let Err((refused, emptied)) = self.gate.enter(self.config.admitted) else {
+                return Ok(());
+            };
+            if emptied {
+                self.progressed();
+            }
+            if refused == Refused::Closed || !self.wait_for_global_room(wait) {
+                return Err(refused);
+            }
+        }
+    }
+
     /// Pushes `item` into `key`'s mailbox, creating it if the key has none. The caller has
     /// entered the gate. `hash` is the key's (see `keymap`).
-    fn route(&self, hash: u64, mut key: K, item: Item<J>) -> Routed<K, J> {
+    pub(super) fn route(
+        &self,
+        hash: u64,
+        mut key: K,
+        item: Item<J>,
+        arrival: Arrival,
+    ) -> Routed<K, J> {
         // The mailbox takes the group only with the job; a refused job gets it back here.
         let Item { mut job, mut group } = item;
         loop {
@@ -162,7 +183,7 @@ where
             let found = self
                 .keys
                 .get(Hashed { hash, key: &key }, job, |mailbox, job| {
-                    self.push(mailbox, job, &mut group)
+                    self.push(mailbox, job, &mut group, arrival)
                 });
             match found {
                 Ok(Ok(None)) => return Routed::Added(Some(key)),
@@ -186,7 +207,9 @@ where
                             // never filed.
                             None if self.gate.halt_seen() => Filing::Halted,
                             None => {
-                                self.counters.accepted();
+                                if arrival == Arrival::Dispatched {
+                                    self.counters.accepted();
+                                }
                                 Filing::Filed
                             }
                         };
@@ -217,10 +240,16 @@ where
         mailbox: &Arc<Mailbox<K, J>>,
         job: J,
         group: &mut Option<Arc<Latch>>,
+        arrival: Arrival,
     ) -> Pushed<K, J> {
-        let capacity = self.config.key_capacity;
+        let (capacity, count) = match arrival {
+            Arrival::Dispatched => (self.config.key_capacity, true),
+            Arrival::Due => (usize::MAX, false),
+        };
         match mailbox.push(job, group, capacity, &self.gate, || {
-            self.counters.accepted()
+            if count {
+                self.counters.accepted();
+            }
         }) {
             Push::Added => Ok(None),
             Push::Held => {
@@ -274,7 +303,7 @@ where
         })
     }
 
-    fn refuse(&self, err: DispatchError<K, J>) -> DispatchError<K, J> {
+    pub(super) fn refuse(&self, err: DispatchError<K, J>) -> DispatchError<K, J> {
         self.counters.refused();
         err
     }
@@ -313,7 +342,7 @@ where
 
 /// Drops the key of an accepted dispatch. The job is queued: a panic of the key's `Drop` must not
 /// make the caller think otherwise, so it is caught and logged (see `unwind`).
-fn drop_accepted<K>(key: Option<K>) {
+pub(super) fn drop_accepted<K>(key: Option<K>) {
     if let Some(key) = key {
         drop_contained(key);
     }

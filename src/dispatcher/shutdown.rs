@@ -18,8 +18,9 @@
 //!
 //! [`Dispatcher::close_now`](crate::Dispatcher::close_now) differs in step 3: it also sets the
 //! halt flag, so that workers start no new job; it waits until every running turn has ended
-//! (each puts the jobs it had not started back at the front of its key's queue), takes every
-//! key's queue out of the map, and hands them back. Each handed-back job of a
+//! (each puts the jobs it had not started back at the front of its key's queue), takes the
+//! delayed jobs that are not yet in their keys' queues (see `delay`), takes every key's queue
+//! out of the map, and hands them back. Each handed-back job of a
 //! [`Group`](crate::Group) completes it as `handed_back`, and each pending
 //! [`flush_key`](crate::Dispatcher::flush_key) barrier is released, so that no wait hangs on
 //! a job that will never run.
@@ -41,15 +42,21 @@
 //!   finishes when the last job does, and a later `close` from outside (or `Drop`) still waits
 //!   and joins.
 
-use super::{core::Core, evict::SWEEP_PERIOD};
+use super::{core::Core, delay::Delayed, evict::SWEEP_PERIOD};
 use crate::{
     error::WaitError,
+    keymap::Keyed,
     mailbox::{Mailbox, Marks},
     stats::Stats,
     sync::{dekker_fence, fault, lock, Arc, Ordering},
     unwind::{contained, drop_contained},
 };
-use std::{collections::VecDeque, fmt::Debug, hash::Hash, time::Instant};
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt::Debug,
+    hash::Hash,
+    time::Instant,
+};
 
 /// The result of [`Core::close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +131,7 @@ where
         self.room.notify();
         // Every turn puts its unstarted jobs back into its mailbox before it ends.
         self.idle.wait_until(None, || self.counters.turns() == 0);
+        let delayed = self.halt_delays();
         let mut queues = Vec::new();
         let mut jobs = 0;
         let mut released = Marks::new();
@@ -146,9 +154,12 @@ where
             .fetch_sub(paused.unsigned_abs(), Ordering::SeqCst);
         self.held.store(0, Ordering::SeqCst);
         self.clear_sched();
-        let left = self.hand_back(removed, queues);
+        let mut left = self.hand_back(removed, queues);
+        jobs += delayed.len();
+        merge_delayed(&mut left, delayed);
         self.counters.handed_back(jobs);
         self.left(jobs);
+        let left = left.into_iter().map(|(_, key, jobs)| (key, jobs)).collect();
         // Producers that entered the gate before it closed see the halt flag and leave.
         self.idle.wait_until(None, || self.gate.count() == 0);
         self.finish();
@@ -160,7 +171,8 @@ where
         Ok(left)
     }
 
-    /// Pairs the mailboxes that `close_now` took out of the map with their jobs, by key.
+    /// Pairs the mailboxes that `close_now` took out of the map with their jobs, by key, with
+    /// each key's hash.
     ///
     /// Each key is moved out of its mailbox, which nothing else refers to once the ready and
     /// idle lists are cleared, except where a dispatch that raced `close_now` still holds it:
@@ -170,18 +182,19 @@ where
         &self,
         removed: Vec<Arc<Mailbox<K, J>>>,
         queues: Vec<VecDeque<J>>,
-    ) -> Vec<(K, Vec<J>)> {
+    ) -> Vec<(u64, K, Vec<J>)> {
         let mut left = Vec::new();
         for (mailbox, queue) in removed.into_iter().zip(queues) {
             if queue.is_empty() {
                 continue;
             }
+            let hash = mailbox.stored_hash();
             let key = match Arc::try_unwrap(mailbox) {
                 Ok(mailbox) => Some(mailbox.into_key()),
                 Err(shared) => contained(|| shared.key().clone()),
             };
             match key {
-                Some(key) => left.push((key, Vec::from(queue))),
+                Some(key) => left.push((hash, key, Vec::from(queue))),
                 None => {
                     log::error!(
                         "{}: a key's Clone panicked in close_now; its {} jobs are dropped",
@@ -294,5 +307,32 @@ where
         // ORDERING: SeqCst, see `Signal`.
         self.gate.count() == 0
             && (self.config.idle_timeout.is_some() || self.listed.load(Ordering::SeqCst) == 0)
+    }
+}
+
+/// Appends each delayed job that `close_now` took to its key's jobs in `left`, or to a new
+/// entry for a key that had none queued. A key whose `Eq` panics is taken for another.
+fn merge_delayed<K: Eq, J>(left: &mut Vec<(u64, K, Vec<J>)>, delayed: Vec<Delayed<K, J>>) {
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (index, (hash, ..)) in left.iter().enumerate() {
+        by_hash.entry(*hash).or_default().push(index);
+    }
+    for Delayed { hash, key, job } in delayed {
+        let same = by_hash.get(&hash).and_then(|indices| {
+            indices
+                .iter()
+                .copied()
+                .find(|&i| contained(|| left[i].1 == key).unwrap_or(false))
+        });
+        match same {
+            Some(index) => {
+                left[index].2.push(job);
+                drop_contained(key);
+            }
+            None => {
+                by_hash.entry(hash).or_default().push(left.len());
+                left.push((hash, key, vec![job]));
+            }
+        }
     }
 }

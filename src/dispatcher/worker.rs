@@ -389,11 +389,13 @@ where
         worker.turn_buffers.put((batch, due));
     }
 
-    /// The sweep timer (see `evict`) or the backoff timer (see `backoff`).
+    /// The sweep timer (see `evict`), the backoff timer (see `backoff`) or the delay timer
+    /// (see `delay`).
     fn on_timer(&self, now: Instant, kind: TimerKind) -> Option<Instant> {
         match kind {
             TimerKind::Sweep => self.on_sweep_timer(now),
             TimerKind::Backoff => self.on_backoff_timer(now),
+            TimerKind::Delay => self.on_delay_timer(now),
         }
     }
 

@@ -29,6 +29,8 @@ pub(crate) enum TimerKind {
     Sweep,
     /// The end of the earliest backoff of a retried job (see `dispatcher::backoff`).
     Backoff,
+    /// The end of the earliest delay of a delayed dispatch (see `dispatcher::delay`).
+    Delay,
 }
 
 /// Passed to a running client: what it may ask of the worker thread it runs on.
