@@ -448,6 +448,10 @@ pub enum WaitError {
     /// `wait_idle` found a paused key holding jobs, which would never run: resume it (or
     /// cancel its jobs) first.
     KeysPaused,
+    /// [`close_timeout`](crate::Dispatcher::close_timeout) returned with jobs still running,
+    /// and the jobs kept behind them will never run: wait with
+    /// [`close_now`](crate::Dispatcher::close_now), which hands them back.
+    Halted,
 }
 
 impl fmt::Display for WaitError {
@@ -456,6 +460,7 @@ impl fmt::Display for WaitError {
             Self::WouldDeadlock => "waiting on a worker thread of the same pool could deadlock",
             Self::Timeout => "timed out waiting",
             Self::KeysPaused => "a paused key holds jobs that would never run",
+            Self::Halted => "the dispatcher was halted with jobs left that will never run",
         })
     }
 }

@@ -38,9 +38,14 @@ pub struct Stats {
     pub panicked: u64,
     /// Dispatches refused (`Full`, `Timeout` or `Closed`); each handed its job back.
     pub refused: u64,
-    /// Accepted jobs that never ran because [`close_now`](crate::Dispatcher::close_now) handed
-    /// them back.
+    /// Accepted jobs that never ran because [`close_now`](crate::Dispatcher::close_now) (or
+    /// [`close_timeout`](crate::Dispatcher::close_timeout)) handed them back.
     pub handed_back: u64,
+    /// Accepted jobs that neither ran nor came back, each logged at `error`: those left behind
+    /// a job still running when [`close_timeout`](crate::Dispatcher::close_timeout) returned,
+    /// dropped by a later `close` (or the last handle's drop) once that job ended; and delayed
+    /// jobs whose key's `Eq` panicked as they fell due.
+    pub dropped: u64,
     /// Attempts after the first, of a retrying dispatcher's jobs (see
     /// [`Builder::build_retrying`](crate::Builder::build_retrying)).
     pub retried: u64,
@@ -81,6 +86,7 @@ pub(crate) struct Counters {
     panicked: AtomicU64,
     refused: AtomicU64,
     handed_back: AtomicU64,
+    dropped: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     paused: AtomicUsize,
@@ -150,6 +156,10 @@ impl Counters {
         self.handed_back.fetch_add(n as u64, Ordering::Release);
     }
 
+    pub(crate) fn dropped(&self, n: usize) {
+        self.dropped.fetch_add(n as u64, Ordering::Release);
+    }
+
     // ORDERING: the turn count is SeqCst: `close_now` sets the halt flag and then waits for it
     // to reach zero, while a turn counts itself and then checks the flag (see `Core::run_turn`).
     pub(crate) fn turn_started(&self) {
@@ -169,12 +179,13 @@ impl Counters {
     pub(crate) fn snapshot(&self, keys: usize, workers: usize) -> Stats {
         let completed = self.completed.load(Ordering::Acquire);
         let handed_back = self.handed_back.load(Ordering::Acquire);
+        let dropped = self.dropped.load(Ordering::Acquire);
         let dispatched: u64 = self
             .accepted
             .iter()
             .map(|stripe| stripe.load(Ordering::Relaxed))
             .sum();
-        let pending = dispatched.saturating_sub(completed + handed_back) as usize;
+        let pending = dispatched.saturating_sub(completed + handed_back + dropped) as usize;
         let running = self.running.load(Ordering::Relaxed).min(pending);
         Stats {
             dispatched,
@@ -183,6 +194,7 @@ impl Counters {
             panicked: self.panicked.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             handed_back,
+            dropped,
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             paused: self.paused.load(Ordering::Relaxed),

@@ -125,6 +125,10 @@ pub(crate) enum Fault {
     SecondPoolCloseSkipsWait,
     /// `Mailbox::end_turn_as` makes a key whose head job is to be retried Idle, not Waiting.
     BackoffEndsIdle,
+    /// `Core::halt_delays` takes the delayed jobs without waiting for those being routed.
+    CloseNowSkipsDeliveries,
+    /// `Mailbox::take_all_unless_running` takes a key whose turn is running too.
+    TimeoutTakesRunningKeys,
 }
 
 /// Whether the [`Fault`] variant `$name` is armed: `fault!(NoRoomWake)`. The one way the

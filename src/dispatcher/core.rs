@@ -117,6 +117,11 @@ pub(crate) struct Core<K, J> {
     /// Set by a `close` that could not wait (it ran on a worker thread): whoever empties the
     /// gate afterwards finishes the shutdown.
     pub(super) finish_pending: AtomicBool,
+    /// Set once `close_timeout` has returned leaving jobs behind running ones.
+    pub(super) timed_out: AtomicBool,
+    /// Set by a `close` after that: whoever sees the last running turn end drops those jobs
+    /// and finishes the shutdown (see `shutdown`).
+    pub(super) abandoned: AtomicBool,
     /// Whether the shutdown has finished: keys evicted, pool detached.
     pub(super) finished: Mutex<bool>,
     /// This dispatcher as the pool sees it.
@@ -177,6 +182,8 @@ where
             returned: Mutex::new(Vec::new()),
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             finished: Mutex::new(false),
             me: me.clone(),
         })

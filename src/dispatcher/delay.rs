@@ -21,7 +21,7 @@
 //!    is run, or handed back, exactly once.
 //!
 //! A key's `Eq` that panics while its due job is routed (on a pool thread) drops that job,
-//! logged at `error` and counted in `panicked`.
+//! logged at `error` and counted in `dropped`.
 
 use super::{
     core::{Core, Item, Wait},
@@ -33,7 +33,7 @@ use crate::{
     error::{Bound, DispatchError},
     gate::Refused,
     pool::TimerKind,
-    sync::{lock, Ordering},
+    sync::{fault, lock, Ordering},
     unwind::contained,
 };
 use std::{
@@ -176,7 +176,7 @@ where
                          dropped",
                         self.config.name
                     );
-                    self.counters.panicked();
+                    self.counters.dropped(1);
                     self.left(1);
                 }
             }
@@ -192,8 +192,9 @@ where
     /// that is not in its mailbox, earliest due first.
     pub(super) fn halt_delays(&self) -> Vec<Delayed<K, J>> {
         let waiting = lock(&self.delayed).clear();
-        self.idle
-            .wait_until(None, || self.delivering.load(Ordering::SeqCst) == 0);
+        self.idle.wait_until(None, || {
+            fault!(CloseNowSkipsDeliveries) || self.delivering.load(Ordering::SeqCst) == 0
+        });
         // Those refused at their mailbox were due before any still waiting.
         let mut left = std::mem::take(&mut *lock(&self.returned));
         left.extend(waiting);

@@ -1,4 +1,4 @@
-//! [`Dispatcher`]: the handle producers dispatch through, and [`CloseReport`].
+//! [`Dispatcher`]: the handle producers dispatch through.
 //!
 //! The handle forwards each call to the engine behind it, [`Core`]: the state it shares with the
 //! worker threads. The engine is split by concern, one file each, so that each protocol is told
@@ -18,6 +18,7 @@
 //!   the races they must win.
 
 mod backoff;
+mod close;
 pub(crate) mod core;
 mod delay;
 mod due;
@@ -29,6 +30,7 @@ mod shutdown;
 mod tokens;
 mod worker;
 
+pub use self::close::CloseReport;
 use self::core::{Core, Item, Wait};
 use crate::{
     builder::Builder,
@@ -113,35 +115,6 @@ impl Drop for LastHandle {
     fn drop(&mut self) {
         self.client.close_client();
     }
-}
-
-/// What [`Dispatcher::close`] found.
-///
-/// # Examples
-///
-/// ```
-/// use keyed_dispatch::Dispatcher;
-/// use std::sync::mpsc;
-///
-/// let d = Dispatcher::builder().build_spawner()?;
-/// let (tx, rx) = mpsc::channel();
-/// let handle = d.clone();
-/// d.spawn(1, move || tx.send(handle.close()).unwrap())?;
-/// assert!(!rx.recv()?.drained); // from a job: it only stopped accepting
-/// let report = d.close(); // waits for the drain and joins the threads
-/// assert!(report.drained);
-/// assert_eq!(report.stats.completed, 1);
-/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CloseReport {
-    /// The counters when close returned; exact when `drained` is true.
-    pub stats: Stats,
-    /// True when every accepted job had finished and the threads were joined before close
-    /// returned; false when close was called on one of the pool's worker threads (from a
-    /// handler), where it only stops accepting.
-    pub drained: bool,
 }
 
 impl<K, J> Dispatcher<K, J>
@@ -377,89 +350,6 @@ where
     /// ```
     pub fn name(&self) -> &str {
         &self.core.config().name
-    }
-
-    /// Stops accepting jobs, runs every job already accepted, evicts every key and joins the
-    /// worker threads (of a private pool; a shared pool keeps its threads). Idempotent: a
-    /// second call, concurrent or later, waits for the same drain and returns the same counts.
-    ///
-    /// From a handler it only stops accepting and returns at once with
-    /// [`CloseReport::drained`] false: the shutdown finishes when the last job does, and a
-    /// later `close` from outside (or the last clone's drop) still waits and joins.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use keyed_dispatch::Dispatcher;
-    ///
-    /// let d = Dispatcher::builder().workers(2).build(|_: &u32, _: u32| {})?;
-    /// for i in 0..100 {
-    ///     d.dispatch(i % 7, i)?;
-    /// }
-    /// let report = d.close();
-    /// assert!(report.drained);
-    /// assert_eq!(report.stats.completed, 100);
-    /// assert_eq!(report.stats.keys, 0);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn close(&self) -> CloseReport {
-        let closed = self.core.close();
-        CloseReport {
-            stats: closed.stats,
-            drained: closed.drained,
-        }
-    }
-
-    /// Stops accepting jobs and starting them, waits for the jobs running right now, and hands
-    /// back every accepted job that had not started, grouped by key, each key's jobs in
-    /// dispatch order, so that they can be persisted and replayed later without breaking any
-    /// key's order. Then evicts every key and joins the threads, as [`close`](Dispatcher::close).
-    ///
-    /// A job in backoff comes back first among its key's jobs; jobs of
-    /// [`dispatch_after`](Dispatcher::dispatch_after) that were not yet due come back after
-    /// their key's queued jobs, earliest due first.
-    ///
-    /// # Errors
-    ///
-    /// [`WaitError::WouldDeadlock`] at once, changing nothing, when called on a worker thread of
-    /// the dispatcher's pool (from a handler): it would wait for its own job.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use keyed_dispatch::Dispatcher;
-    /// use std::sync::{mpsc, Mutex};
-    ///
-    /// let (started, wait_start) = mpsc::channel();
-    /// let (release, gate) = mpsc::channel::<()>();
-    /// let gate = Mutex::new(gate);
-    /// let d = Dispatcher::builder().workers(1).build(move |_: &char, n: u32| {
-    ///     if n == 0 {
-    ///         started.send(()).unwrap();
-    ///         gate.lock().unwrap().recv().unwrap();
-    ///     }
-    /// })?;
-    /// d.dispatch('a', 0)?;
-    /// wait_start.recv()?; // job 0 is running
-    /// for n in 1..4 {
-    ///     d.dispatch('a', n)?;
-    /// }
-    /// let left = std::thread::scope(|s| {
-    ///     // Let job 0 finish once close_now has begun.
-    ///     s.spawn(|| {
-    ///         while !d.is_closed() {
-    ///             std::thread::yield_now();
-    ///         }
-    ///         release.send(()).unwrap();
-    ///     });
-    ///     d.close_now()
-    /// })?;
-    /// assert_eq!(left, [('a', vec![1, 2, 3])]);
-    /// assert_eq!(d.stats().handed_back, 3);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn close_now(&self) -> Result<Vec<(K, Vec<J>)>, WaitError> {
-        self.core.close_now()
     }
 }
 

@@ -42,10 +42,10 @@
 //!   finishes when the last job does, and a later `close` from outside (or `Drop`) still waits
 //!   and joins.
 
-use super::{core::Core, delay::Delayed, evict::SWEEP_PERIOD};
+use super::{core::Core, delay::Delayed, due::due_in, evict::SWEEP_PERIOD};
 use crate::{
     error::WaitError,
-    keymap::Keyed,
+    keymap::{Hashed, Keyed},
     mailbox::{Mailbox, Marks},
     stats::Stats,
     sync::{dekker_fence, fault, lock, Arc, Ordering},
@@ -55,8 +55,29 @@ use std::{
     collections::{HashMap, VecDeque},
     fmt::Debug,
     hash::Hash,
-    time::Instant,
+    time::{Duration, Instant},
 };
+
+/// How long `close_timeout`, at its deadline, waits for the running turns to stop at their
+/// next job and put their unstarted jobs back, before it leaves the keys of those still
+/// running: long enough for any turn between two short jobs. None in the models, where time
+/// does not pass and the turns' interleavings are what is explored.
+const HALT_GRACE: Duration = if crate::sync::CHECKED {
+    Duration::ZERO
+} else {
+    Duration::from_millis(20)
+};
+
+/// A key taken out of the map, with its queue.
+type Taken<K, J> = (Arc<Mailbox<K, J>>, VecDeque<J>);
+
+/// Which keys `take_keys` takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    All,
+    /// Those that no turn holds (`close_timeout`).
+    Unheld,
+}
 
 /// The result of [`Core::close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,30 +94,18 @@ where
     /// Stops accepting, waits for every accepted job to finish, evicts every key and leaves
     /// the pool (joining it if this was its last user). On a worker thread it only stops
     /// accepting; the shutdown then finishes when the last job does.
+    ///
+    /// After a `close_timeout` that left jobs behind running ones, it does not wait: those
+    /// jobs are dropped once the running ones end (see [`Core::abandon`]).
     pub(crate) fn close(&self) -> Closed {
         let skip_drain = (fault!(CountBeforeClose) && self.gate.count() == 0)
             || (fault!(LateCloseSkipsDrain) && self.gate.is_closed());
-        if self.gate.close() {
-            log::debug!("{}: close begun", self.config.name);
-            self.room.notify();
-            let mut resumed = Vec::new();
-            self.keys.for_each(|mailbox| {
-                if !fault!(CloseLeavesKeyWaiters) {
-                    mailbox.wake_producers();
-                }
-                // Paused keys drain too: no pause survives close (`pause` checks the flag
-                // under the mailbox lock that this takes after setting it).
-                let resume = mailbox.resume();
-                if resume.was_paused {
-                    resumed.push((Arc::clone(mailbox), resume));
-                }
-            });
-            // Outside the map's locks, as producers schedule.
-            for (mailbox, resume) in resumed {
-                self.resumed(mailbox, resume);
-            }
-        }
+        self.stop_accepting();
+        let stranded = || self.timed_out.load(Ordering::SeqCst) && self.gate.count() > 0;
         if self.pool.is_current() {
+            if stranded() {
+                self.abandon();
+            }
             // ORDERING: SeqCst, see `progressed`.
             self.finish_pending.store(true, Ordering::SeqCst);
             if self.gate.count() == 0 {
@@ -107,8 +116,18 @@ where
                 drained: false,
             };
         }
-        self.idle
-            .wait_until(None, || skip_drain || self.gate.count() == 0);
+        self.idle.wait_until(None, || {
+            skip_drain || self.gate.count() == 0 || self.timed_out.load(Ordering::SeqCst)
+        });
+        if stranded() {
+            if self.abandon() {
+                self.pool.join();
+            }
+            return Closed {
+                stats: self.stats(),
+                drained: false,
+            };
+        }
         self.finish();
         self.pool.join();
         Closed {
@@ -117,30 +136,195 @@ where
         }
     }
 
+    /// Steps 1 and 2 of the shutdown sequence, once: closes the gate, wakes every waiting
+    /// producer, and resumes the paused keys.
+    fn stop_accepting(&self) {
+        if !self.gate.close() {
+            return;
+        }
+        log::debug!("{}: close begun", self.config.name);
+        self.room.notify();
+        let mut resumed = Vec::new();
+        self.keys.for_each(|mailbox| {
+            if !fault!(CloseLeavesKeyWaiters) {
+                mailbox.wake_producers();
+            }
+            // Paused keys drain too: no pause survives close (`pause` checks the flag under
+            // the mailbox lock that this takes after setting it).
+            let resume = mailbox.resume();
+            if resume.was_paused {
+                resumed.push((Arc::clone(mailbox), resume));
+            }
+        });
+        // Outside the map's locks, as producers schedule.
+        for (mailbox, resume) in resumed {
+            self.resumed(mailbox, resume);
+        }
+    }
+
+    /// Sets the halt flag: no turn starts a job any more, and producers that entered the gate
+    /// are refused.
+    fn halt(&self, how: &str) {
+        if self.gate.halt() {
+            log::debug!("{}: {how} begun", self.config.name);
+        }
+        // The halt flag, then the turn count (see `run_turn`).
+        dekker_fence();
+        self.room.notify();
+    }
+
     /// Stops accepting and starting jobs, waits for the running ones, and hands back every job
     /// that had not started, grouped by key in dispatch order.
     pub(crate) fn close_now(&self) -> Result<Vec<(K, Vec<J>)>, WaitError> {
         if self.pool.is_current() {
             return Err(WaitError::WouldDeadlock);
         }
-        if self.gate.halt() {
-            log::debug!("{}: close_now begun", self.config.name);
-        }
-        // The halt flag, then the turn count (see `run_turn`).
-        dekker_fence();
-        self.room.notify();
+        self.halt("close_now");
         // Every turn puts its unstarted jobs back into its mailbox before it ends.
         self.idle.wait_until(None, || self.counters.turns() == 0);
+        Ok(self.hand_back_all())
+    }
+
+    /// Drains until `deadline`; then as `close_now`, except that a key whose job is still
+    /// running after a short grace keeps its unstarted jobs (its turn holds some of them):
+    /// see [`Dispatcher::close_timeout`](crate::Dispatcher::close_timeout).
+    pub(crate) fn close_timeout(&self, timeout: Duration) -> Result<Vec<(K, Vec<J>)>, WaitError> {
+        if self.pool.is_current() {
+            return Err(WaitError::WouldDeadlock);
+        }
+        let deadline = Instant::now().checked_add(timeout);
+        self.stop_accepting();
+        if self.idle.wait_until(deadline, || self.gate.count() == 0) {
+            self.finish();
+            self.pool.join();
+            return Ok(Vec::new());
+        }
+        self.halt("close_timeout's halt");
+        let grace = deadline.and_then(|deadline| deadline.checked_add(HALT_GRACE));
+        if self.idle.wait_until(grace, || self.counters.turns() == 0) {
+            return Ok(self.hand_back_all());
+        }
+        let mut delayed = self.halt_delays();
+        let mut taken = self.take_keys(Take::Unheld);
+        self.timed_out.store(true, Ordering::SeqCst);
+        // The flag, then the turn count: a turn that ends unseen sees the flag.
+        dekker_fence();
+        let running = self.counters.turns();
+        if running == 0 {
+            // Every turn ended meanwhile: nothing is left behind after all.
+            taken.extend(self.take_keys(Take::All));
+        } else {
+            delayed = self.keep_delayed_of_kept_keys(delayed);
+        }
+        let left = self.hand_back(taken, delayed);
+        if running == 0 {
+            self.idle.wait_until(None, || self.gate.count() == 0);
+            self.finish();
+            self.pool.join();
+        } else {
+            log::warn!(
+                "{}: close_timeout returned with {running} jobs still running; their keys keep \
+                 {} jobs that did not start (close_now hands them back)",
+                self.config.name,
+                self.gate.count().saturating_sub(running)
+            );
+        }
+        self.idle.notify();
+        Ok(left.into_iter().map(|(_, key, jobs)| (key, jobs)).collect())
+    }
+
+    /// Files back the delayed jobs whose key stays in the map (its job still running), so that
+    /// the key comes back whole, later; returns the others. A key whose `Eq` panics is taken
+    /// for absent.
+    fn keep_delayed_of_kept_keys(&self, delayed: Vec<Delayed<K, J>>) -> Vec<Delayed<K, J>> {
+        let mut heap = lock(&self.delayed);
+        let mut left = Vec::new();
+        for job in delayed {
+            let key = Hashed {
+                hash: job.hash,
+                key: &job.key,
+            };
+            if contained(|| self.keys.get(key, (), |_, ()| ()).is_ok()).unwrap_or(false) {
+                // Never due: no timer is armed for it; `close_now` or `drop_stranded` takes it.
+                heap.push(due_in(Duration::MAX), job);
+            } else {
+                left.push(job);
+            }
+        }
+        left
+    }
+
+    /// After a timed-out `close_timeout`, on `close` or the last handle's drop: gives up on the
+    /// jobs left behind running ones. They are dropped, and the shutdown finished, by whoever
+    /// sees the last running turn end: this call, or that turn (see `turn_ended`). Returns
+    /// whether it was this call.
+    pub(super) fn abandon(&self) -> bool {
+        self.abandoned.store(true, Ordering::SeqCst);
+        // The flag, then the turn count; `turn_ended` does the converse.
+        dekker_fence();
+        if self.counters.turns() == 0 {
+            self.drop_stranded();
+            return true;
+        }
+        false
+    }
+
+    /// Drops every job left in the map once no turn runs (see `abandon`), and the delayed jobs
+    /// kept with them, and finishes.
+    pub(super) fn drop_stranded(&self) {
+        let delayed = lock(&self.delayed).clear();
+        let taken = self.take_keys(Take::All);
+        let jobs = delayed.len() + taken.iter().map(|(_, queue)| queue.len()).sum::<usize>();
+        if jobs > 0 {
+            log::error!(
+                "{}: {jobs} jobs left behind by close_timeout are dropped",
+                self.config.name
+            );
+        }
+        for (mailbox, queue) in taken {
+            drop(mailbox);
+            for job in queue {
+                drop_contained(job);
+            }
+        }
+        for Delayed { key, job, .. } in delayed {
+            drop_contained((key, job));
+        }
+        self.counters.dropped(jobs);
+        self.left(jobs);
+        self.finish();
+    }
+
+    /// The end of `close_now`, once no turn runs: takes every delayed job and every key's
+    /// queue, hands them back, and finishes.
+    fn hand_back_all(&self) -> Vec<(K, Vec<J>)> {
         let delayed = self.halt_delays();
+        let taken = self.take_keys(Take::All);
+        let left = self.hand_back(taken, delayed);
+        // Producers that entered the gate before it closed see the halt flag and leave.
+        self.idle.wait_until(None, || self.gate.count() == 0);
+        self.finish();
+        self.pool.join();
+        log::debug!("{}: close_now done", self.config.name);
+        left.into_iter().map(|(_, key, jobs)| (key, jobs)).collect()
+    }
+
+    /// Takes the keys out of the map with their queues (all of them, or those no turn holds),
+    /// completing the marks of their jobs as handed back.
+    fn take_keys(&self, take: Take) -> Vec<Taken<K, J>> {
         let mut queues = Vec::new();
-        let mut jobs = 0;
         let mut released = Marks::new();
         let mut paused = 0;
         let removed = self.keys.remove_where(|mailbox| {
-            let (queue, marks, was_paused) = mailbox.take_all();
+            let taken = match take {
+                Take::All => Some(mailbox.take_all()),
+                Take::Unheld => mailbox.take_all_unless_running(),
+            };
+            let Some((queue, marks, was_paused)) = taken else {
+                return false;
+            };
             paused += isize::from(was_paused);
             released.extend(marks);
-            jobs += queue.len();
             queues.push(queue);
             true
         });
@@ -152,42 +336,33 @@ where
         self.counters.paused(-paused);
         self.stopping
             .fetch_sub(paused.unsigned_abs(), Ordering::SeqCst);
-        self.held.store(0, Ordering::SeqCst);
-        self.clear_sched();
-        let mut left = self.hand_back(removed, queues);
-        jobs += delayed.len();
-        merge_delayed(&mut left, delayed);
-        self.counters.handed_back(jobs);
-        self.left(jobs);
-        let left = left.into_iter().map(|(_, key, jobs)| (key, jobs)).collect();
-        // Producers that entered the gate before it closed see the halt flag and leave.
-        self.idle.wait_until(None, || self.gate.count() == 0);
-        self.finish();
-        self.pool.join();
-        log::debug!(
-            "{}: close_now done, {jobs} jobs handed back",
-            self.config.name
-        );
-        Ok(left)
+        if take == Take::All {
+            self.held.store(0, Ordering::SeqCst);
+            self.clear_sched();
+        }
+        removed.into_iter().zip(queues).collect()
     }
 
-    /// Pairs the mailboxes that `close_now` took out of the map with their jobs, by key, with
-    /// each key's hash.
+    /// Pairs the mailboxes taken out of the map with their jobs, by key with each key's hash,
+    /// appends the delayed jobs to their keys, and counts them all as handed back.
     ///
     /// Each key is moved out of its mailbox, which nothing else refers to once the ready and
-    /// idle lists are cleared, except where a dispatch that raced `close_now` still holds it:
-    /// that key is cloned. Should that clone panic, the key's jobs cannot be handed back; they
-    /// are dropped, logged at `error` and counted as handed back.
+    /// idle lists are cleared, except where a dispatch that raced the halt still holds it (or,
+    /// after `close_timeout`, a turn that was about to begin on it): that key is cloned. Should
+    /// that clone panic, the key's jobs cannot be handed back; they are dropped, logged at
+    /// `error` and counted as handed back.
     fn hand_back(
         &self,
-        removed: Vec<Arc<Mailbox<K, J>>>,
-        queues: Vec<VecDeque<J>>,
+        taken: Vec<Taken<K, J>>,
+        delayed: Vec<Delayed<K, J>>,
     ) -> Vec<(u64, K, Vec<J>)> {
         let mut left = Vec::new();
-        for (mailbox, queue) in removed.into_iter().zip(queues) {
+        let mut jobs = delayed.len();
+        for (mailbox, queue) in taken {
             if queue.is_empty() {
                 continue;
             }
+            jobs += queue.len();
             let hash = mailbox.stored_hash();
             let key = match Arc::try_unwrap(mailbox) {
                 Ok(mailbox) => Some(mailbox.into_key()),
@@ -207,6 +382,9 @@ where
                 }
             }
         }
+        merge_delayed(&mut left, delayed);
+        self.counters.handed_back(jobs);
+        self.left(jobs);
         left
     }
 
@@ -266,37 +444,40 @@ where
         if self.pool.is_current() {
             return Err(WaitError::WouldDeadlock);
         }
-        // Checked at the start and whenever the wait wakes: a key that becomes Held announces
-        // it (see `held_more`).
-        let paused = || self.any_held();
-        let (None, Some(period)) = (self.config.idle_timeout, SWEEP_PERIOD) else {
-            self.idle.wait_until(None, || paused() || self.is_idle());
-            return if paused() {
-                Err(WaitError::KeysPaused)
+        // Jobs that would never run. Checked at the start and whenever the wait wakes: a key
+        // that becomes Held announces it (see `held_more`), and so does `close_timeout`.
+        let stuck = || {
+            if self.timed_out.load(Ordering::SeqCst) && self.gate.count() > 0 {
+                Some(WaitError::Halted)
+            } else if self.any_held() {
+                Some(WaitError::KeysPaused)
             } else {
-                Ok(())
-            };
+                None
+            }
+        };
+        let done = || stuck().map_or(Ok(()), Err);
+        let (None, Some(period)) = (self.config.idle_timeout, SWEEP_PERIOD) else {
+            self.idle
+                .wait_until(None, || stuck().is_some() || self.is_idle());
+            return done();
         };
         loop {
             // Once every job has finished, evict the idle keys now rather than at the next
             // sweep. A key that a worker has counted but not yet filed is swept by the next
             // round, or by the timer.
             self.idle
-                .wait_until(None, || paused() || self.gate.count() == 0);
-            if paused() {
-                return Err(WaitError::KeysPaused);
+                .wait_until(None, || stuck().is_some() || self.gate.count() == 0);
+            if let Some(err) = stuck() {
+                return Err(err);
             }
             let idle = std::mem::take(&mut lock(&self.sched).idle);
             self.sweep(idle, false);
+            let deadline = Some(Instant::now() + period);
             if self
                 .idle
-                .wait_until(Some(Instant::now() + period), || paused() || self.is_idle())
+                .wait_until(deadline, || stuck().is_some() || self.is_idle())
             {
-                return if paused() {
-                    Err(WaitError::KeysPaused)
-                } else {
-                    Ok(())
-                };
+                return done();
             }
         }
     }

@@ -69,7 +69,10 @@ where
             return EndTurn::Halted;
         }
         let max = self.config.jobs_per_turn;
-        let (_, mut attempts) = mailbox.begin_turn_attempts(max, batch, due);
+        let Some((_, mut attempts)) = mailbox.begin_turn_attempts(max, batch, due) else {
+            self.turn_ended();
+            return EndTurn::Halted;
+        };
         let mut done;
         let mut stop;
         loop {
@@ -235,6 +238,10 @@ where
         dekker_fence();
         if running == 0 && self.gate.is_halted() {
             self.idle.notify();
+            // ORDERING: SeqCst, paired with `abandon`: of the two, one sees the other.
+            if self.abandoned.load(Ordering::SeqCst) {
+                self.drop_stranded();
+            }
         }
     }
 

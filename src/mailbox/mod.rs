@@ -129,7 +129,9 @@ use crate::{
     gate::Gate,
     keymap::Keyed,
     latch::Latch,
-    sync::{lock, wait, wait_timeout, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering},
+    sync::{
+        fault, lock, wait, wait_timeout, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering,
+    },
     unwind::drop_contained,
 };
 use std::{collections::VecDeque, time::Instant};
@@ -493,10 +495,25 @@ impl<K, J> Mailbox<K, J> {
 
     /// `close_now`: takes every queued job and every mark (one per grouped job among them, and
     /// the flush barriers behind them), and marks the mailbox Evicted. Called under the map
-    /// shard's write lock, after every turn has ended.
+    /// shard's write lock, after every turn has ended. Also says whether the key was paused.
     pub(crate) fn take_all(&self) -> (VecDeque<J>, Marks, bool) {
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.in_turn, 0, "close_now took a key during its turn");
+        self.take_locked(&mut inner)
+    }
+
+    /// `close_timeout`: as [`Mailbox::take_all`], unless a turn holds the key, whose batch it
+    /// cannot reach: then `None`, and the key keeps its jobs. A turn about to begin on a key
+    /// taken here finds it Evicted and leaves it (see [`Mailbox::begin_turn_attempts`]).
+    pub(crate) fn take_all_unless_running(&self) -> Option<(VecDeque<J>, Marks, bool)> {
+        let mut inner = lock(&self.inner);
+        if inner.state == State::Running && !fault!(TimeoutTakesRunningKeys) {
+            return None;
+        }
+        Some(self.take_locked(&mut inner))
+    }
+
+    fn take_locked(&self, inner: &mut Inner<J>) -> (VecDeque<J>, Marks, bool) {
         let paused = std::mem::take(&mut inner.paused);
         inner.state = State::Evicted;
         inner.attempts = 0;

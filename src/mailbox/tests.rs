@@ -368,7 +368,10 @@ fn retried_head_job_waits_then_is_queued_by_the_timer() {
     mb.push(11, &mut None, 8, &gate, || {});
     let mut batch = VecDeque::new();
     let mut due = Marks::new();
-    assert_eq!(mb.begin_turn_attempts(8, &mut batch, &mut due), (2, 0));
+    assert_eq!(
+        mb.begin_turn_attempts(8, &mut batch, &mut due),
+        Some((2, 0))
+    );
     // Job 10 failed its first attempt: it and the unstarted 11 go back.
     let end = mb.end_turn_as(&mut batch, &mut due, Stop::Backoff { attempts: 1 });
     assert_eq!(end, EndTurn::Backoff);
@@ -378,7 +381,10 @@ fn retried_head_job_waits_then_is_queued_by_the_timer() {
     assert_eq!(mb.backoff_over(), Woken::Schedule);
     assert_eq!(mb.state(), State::Queued);
     assert_eq!(mb.backoff_over(), Woken::Gone);
-    assert_eq!(mb.begin_turn_attempts(8, &mut batch, &mut due), (3, 1));
+    assert_eq!(
+        mb.begin_turn_attempts(8, &mut batch, &mut due),
+        Some((3, 1))
+    );
     assert_eq!(batch, [10, 11, 12]);
 }
 
@@ -403,7 +409,10 @@ fn paused_key_holds_its_jobs_until_resumed() {
     assert_eq!(mb.pause(&gate), Some(false), "already paused");
     let mut batch = VecDeque::new();
     let mut due = Marks::new();
-    assert_eq!(mb.begin_turn_attempts(8, &mut batch, &mut due), (0, 0));
+    assert_eq!(
+        mb.begin_turn_attempts(8, &mut batch, &mut due),
+        Some((0, 0))
+    );
     assert_eq!(
         mb.end_turn_as(&mut batch, &mut due, Stop::Ran),
         EndTurn::Held
@@ -433,4 +442,26 @@ fn cancel_takes_held_jobs_in_order_and_leaves_the_key_idle() {
     assert!(cancelled.was_held && cancelled.list);
     assert_eq!(mb.state(), State::Idle);
     assert_eq!(mb.len(), 0);
+}
+
+#[test]
+fn close_timeout_takes_a_key_unless_a_turn_holds_it_and_a_late_turn_leaves_it() {
+    let gate = Gate::new();
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    // Running: not taken, and its jobs stay.
+    let mb = Mailbox::new(1u8, 0, 1u32, None);
+    assert_eq!(mb.push(2, &mut None, 8, &gate, || {}), Push::Added);
+    assert_eq!(mb.begin_turn(1, &mut batch, &mut due), 1);
+    assert!(mb.take_all_unless_running().is_none());
+    assert_eq!(mb.len(), 2);
+    // Queued (popped by a worker that has not begun its turn yet): taken whole, and the turn
+    // that begins afterwards finds the key Evicted and takes nothing.
+    let mb = Mailbox::new(2u8, 0, 3u32, None);
+    assert_eq!(mb.push(4, &mut None, 8, &gate, || {}), Push::Added);
+    let (taken, _, paused) = mb.take_all_unless_running().expect("no turn holds it");
+    assert_eq!((Vec::from(taken), paused), (vec![3, 4], false));
+    let (mut late, mut late_due) = (VecDeque::new(), Marks::new());
+    assert_eq!(mb.begin_turn_attempts(8, &mut late, &mut late_due), None);
+    assert_eq!(mb.state(), State::Evicted);
+    assert!(late.is_empty() && late_due.is_empty());
 }

@@ -14,19 +14,26 @@ impl<K, J> Mailbox<K, J> {
     /// the number of the batch's jobs that must finish before it is completed.
     #[cfg(test)]
     pub(crate) fn begin_turn(&self, max: usize, batch: &mut VecDeque<J>, due: &mut Marks) -> usize {
-        self.begin_turn_attempts(max, batch, due).0
+        self.begin_turn_attempts(max, batch, due)
+            .expect("a turn of an evicted key")
+            .0
     }
 
-    /// [`Mailbox::begin_turn`], also returning the failed attempts of the batch's first job
+    /// [`Mailbox::begin_turn`], also returning the failed attempts of the batch's first job;
+    /// `None`, changing nothing, if `close_timeout` has taken the key's jobs
     /// (the key's head job), which the turn takes over.
     pub(crate) fn begin_turn_attempts(
         &self,
         max: usize,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
-    ) -> (usize, u32) {
+    ) -> Option<(usize, u32)> {
         debug_assert!(batch.is_empty() && due.is_empty());
         let mut inner = lock(&self.inner);
+        // `close_timeout` took the key's jobs between its pop and this turn: nothing to run.
+        if inner.state == State::Evicted {
+            return None;
+        }
         debug_assert_eq!(
             inner.state,
             State::Queued,
@@ -35,10 +42,10 @@ impl<K, J> Mailbox<K, J> {
         inner.state = State::Running;
         // A paused key (or one being cancelled) takes no job: its turn ends at once, Held.
         if inner.held_back() {
-            return (self.take_batch(&mut inner, 0, batch, due), 0);
+            return Some((self.take_batch(&mut inner, 0, batch, due), 0));
         }
         let attempts = std::mem::take(&mut inner.attempts);
-        (self.take_batch(&mut inner, max, batch, due), attempts)
+        Some((self.take_batch(&mut inner, max, batch, due), attempts))
     }
 
     /// Worker: the turn's batch has run to its end and jobs wait behind it; goes on with the

@@ -56,6 +56,13 @@
 //!     running turn; what ran and what was taken are the key's jobs in order, each once. Twin:
 //!     the turn's end does not wake the key's waiters ([`Fault::NoRoomWake`]), so the cancel
 //!     waiting for it hangs.
+//! 11. [`stops::delayed_job_racing_close_now_runs_or_comes_back_once`]: a delayed job falls due
+//!     while `close_now` runs; it runs or comes back, once. Twin: close_now does not wait for
+//!     the due jobs being routed ([`Fault::CloseNowSkipsDeliveries`]).
+//! 12. [`stops::close_timeout_takes_only_keys_no_turn_holds`]: `close_timeout`, its deadline
+//!     passed, takes a key while its turn pops, begins or runs; a `close_now` collects the rest;
+//!     each job ran or came back once, in order. Twin: it takes a running key too
+//!     ([`Fault::TimeoutTakesRunningKeys`]), whose turn then strands its unstarted jobs.
 //!
 //! Each twin is the same model with its fault armed (see [`Fault`]), marked `#[should_panic]`
 //! with the failure it must produce in a release build. With debug assertions, the crate's own
@@ -73,6 +80,7 @@
 mod close;
 mod failures;
 mod keys;
+mod stops;
 
 use crate::{
     sync::{thread, Fault},
