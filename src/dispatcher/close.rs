@@ -134,9 +134,9 @@ where
     /// cannot be stopped, and its key's unstarted jobs stay with it: the running turn holds
     /// some of them, and handing back the others alone would break the key's order on replay.
     /// Such a key comes back whole, or not at all. Then the dispatcher is halted but not
-    /// finished: [`stats`](Dispatcher::stats) counts the jobs still `running` and the ones
-    /// kept behind them in `queued`, and the pool's threads are not joined (a private pool's
-    /// threads end on their own once their jobs return). Afterwards:
+    /// finished: [`stats`](Dispatcher::stats) counts the keys still `running`, and their
+    /// jobs as unfinished until their turns end, and the pool's threads are not joined (a
+    /// private pool's threads end on their own once their jobs return). Afterwards:
     ///
     /// - `close_now` waits for those jobs to return and hands back the kept ones;
     /// - `close` (and the last handle's drop) does not wait: the kept jobs are dropped once
