@@ -15,7 +15,7 @@
 //! after each batch, the barriers registered during it. `close_now` completes the groups of the
 //! jobs it hands back, and releases the barriers of the keys it empties.
 
-use super::{delay::Delayed, due::DueHeap};
+use super::delay::Delays;
 use crate::{
     config::{Config, PanicHook},
     gate::Gate,
@@ -106,12 +106,8 @@ pub(crate) struct Core<K, J> {
     pub(super) held: AtomicUsize,
     /// Waiting keys of retried jobs (see `backoff`).
     pub(super) backoffs: Mutex<super::backoff::Backoffs<K, J>>,
-    /// Jobs of `dispatch_after` waiting for their delay to end (see `delay`).
-    pub(super) delayed: Mutex<DueHeap<Delayed<K, J>>>,
-    /// Due jobs popped from `delayed` and not yet routed.
-    pub(super) delivering: AtomicUsize,
-    /// Due jobs that `close_now` refused at their mailbox, for it to hand back.
-    pub(super) returned: Mutex<Vec<Delayed<K, J>>>,
+    /// Jobs of `dispatch_after` (see `delay`): cold, so kept out of line.
+    pub(super) delays: Box<Delays<K, J>>,
     /// Whether the pool timer that sweeps the idle list is set.
     pub(super) timer_set: AtomicBool,
     /// Set by a `close` that could not wait (it ran on a worker thread): whoever empties the
@@ -177,9 +173,7 @@ where
             stopping: CachePadded::new(AtomicUsize::new(0)),
             held: AtomicUsize::new(0),
             backoffs: Mutex::new(Default::default()),
-            delayed: Mutex::new(Default::default()),
-            delivering: AtomicUsize::new(0),
-            returned: Mutex::new(Vec::new()),
+            delays: Box::default(),
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),

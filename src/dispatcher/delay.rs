@@ -9,7 +9,7 @@
 //!    job now holds its slot: `close` and `wait_idle` wait for it, as for any accepted job.
 //! 2. *Due.* When the timer fires, every job due is popped under the lock, and `delivering`
 //!    counts them before the lock is released. Each is then routed to its key's mailbox as a
-//!    producer's job would be ([`Arrival::Due`]): past the key's capacity (it was accepted
+//!    producer's job would be (as [`DUE`]): past the key's capacity (it was accepted
 //!    already), into a paused key's queue if the key is paused. Its key's order counts from
 //!    then. `delivering` goes down once each has been routed.
 //! 3. *close_now.* It sets the halt flag, takes the heap's jobs under the lock, then waits until
@@ -25,15 +25,15 @@
 
 use super::{
     core::{Core, Item, Wait},
-    due::due_in,
-    route::{drop_accepted, Arrival, Routed},
+    due::{due_in, DueHeap},
+    route::{drop_accepted, Routed, DUE},
     Dispatcher,
 };
 use crate::{
     error::{Bound, DispatchError},
     gate::Refused,
     pool::TimerKind,
-    sync::{fault, lock, Ordering},
+    sync::{fault, lock, AtomicUsize, Mutex, Ordering},
     unwind::contained,
 };
 use std::{
@@ -41,6 +41,26 @@ use std::{
     hash::Hash,
     time::{Duration, Instant},
 };
+
+/// The delayed jobs' state: the protocol's `delayed`, `delivering` and `returned`.
+pub(crate) struct Delays<K, J> {
+    /// Jobs waiting for their delay to end.
+    pub(super) delayed: Mutex<DueHeap<Delayed<K, J>>>,
+    /// Due jobs popped from `delayed` and not yet routed.
+    pub(super) delivering: AtomicUsize,
+    /// Due jobs that `close_now` refused at their mailbox, for it to hand back.
+    pub(super) returned: Mutex<Vec<Delayed<K, J>>>,
+}
+
+impl<K, J> Default for Delays<K, J> {
+    fn default() -> Self {
+        Delays {
+            delayed: Mutex::new(DueHeap::default()),
+            delivering: AtomicUsize::new(0),
+            returned: Mutex::new(Vec::new()),
+        }
+    }
+}
 
 /// A job waiting for its delay to end, with its key and the key's hash.
 pub(super) struct Delayed<K, J> {
@@ -129,7 +149,7 @@ where
         }
         let at = due_in(delay);
         let arm = {
-            let mut delayed = lock(&self.delayed);
+            let mut delayed = lock(&self.delays.delayed);
             // Under the lock that close_now takes the heap under, after setting the flag.
             if self.gate.halt_seen() {
                 drop(delayed);
@@ -150,16 +170,18 @@ where
     pub(super) fn on_delay_timer(&self, now: Instant) -> Option<Instant> {
         let mut due = Vec::new();
         let next = {
-            let mut delayed = lock(&self.delayed);
+            let mut delayed = lock(&self.delays.delayed);
             let next = delayed.pop_due(now, &mut due);
             // ORDERING: SeqCst, paired with close_now's wait (see `halt_delays`).
-            self.delivering.fetch_add(due.len(), Ordering::SeqCst);
+            self.delays
+                .delivering
+                .fetch_add(due.len(), Ordering::SeqCst);
             next
         };
         let popped = due.len();
         for Delayed { hash, key, job } in due {
             let item = Item { job, group: None };
-            match contained(|| self.route(hash, key, item, Arrival::Due)) {
+            match contained(|| self.route::<DUE>(hash, key, item)) {
                 Some(Routed::Added(key)) => drop_accepted(key),
                 Some(Routed::Schedule(mailbox, key)) => {
                     self.schedule(mailbox);
@@ -167,7 +189,7 @@ where
                 }
                 Some(Routed::Halted(key, item)) => {
                     let job = item.job;
-                    lock(&self.returned).push(Delayed { hash, key, job });
+                    lock(&self.delays.returned).push(Delayed { hash, key, job });
                 }
                 Some(Routed::Full(..)) => unreachable!("a due job ignores the key's capacity"),
                 None => {
@@ -182,7 +204,7 @@ where
             }
         }
         if popped > 0 {
-            self.delivering.fetch_sub(popped, Ordering::SeqCst);
+            self.delays.delivering.fetch_sub(popped, Ordering::SeqCst);
             self.idle.notify();
         }
         next
@@ -191,12 +213,12 @@ where
     /// Step 3 of the protocol, for `close_now` once the halt flag is set: every delayed job
     /// that is not in its mailbox, earliest due first.
     pub(super) fn halt_delays(&self) -> Vec<Delayed<K, J>> {
-        let waiting = lock(&self.delayed).clear();
+        let waiting = lock(&self.delays.delayed).clear();
         self.idle.wait_until(None, || {
-            fault!(CloseNowSkipsDeliveries) || self.delivering.load(Ordering::SeqCst) == 0
+            fault!(CloseNowSkipsDeliveries) || self.delays.delivering.load(Ordering::SeqCst) == 0
         });
         // Those refused at their mailbox were due before any still waiting.
-        let mut left = std::mem::take(&mut *lock(&self.returned));
+        let mut left = std::mem::take(&mut *lock(&self.delays.returned));
         left.extend(waiting);
         left
     }

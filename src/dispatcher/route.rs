@@ -56,15 +56,13 @@ enum Filing {
     Halted,
 }
 
-/// How a job comes to its key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Arrival {
-    /// From a producer: bounded by the key's capacity, counted as it is queued.
-    Dispatched,
-    /// A delayed job whose delay is over (see `delay`): accepted and counted when it was
-    /// dispatched, so it joins its key's queue whatever the key holds.
-    Due,
-}
+/// How a job comes to its key, as `route`'s `DUE` parameter (a constant, so that the
+/// producers' path is compiled without the other case): from a producer, bounded by the key's
+/// capacity and counted as it is queued.
+pub(super) const DISPATCHED: bool = false;
+/// A delayed job whose delay is over (see `delay`): accepted and counted when it was
+/// dispatched, so it joins its key's queue whatever the key holds.
+pub(super) const DUE: bool = true;
 
 /// What routing a job to its key's mailbox did.
 pub(super) enum Routed<K, J> {
@@ -113,7 +111,7 @@ where
                 return Err(self.refuse(err));
             }
             let reserved = Reserved(self);
-            let routed = self.route(hash, key, item, Arrival::Dispatched);
+            let routed = self.route::<DISPATCHED>(hash, key, item);
             reserved.disarm();
             match routed {
                 Routed::Added(key) => {
@@ -169,12 +167,11 @@ where
 
     /// Pushes `item` into `key`'s mailbox, creating it if the key has none. The caller has
     /// entered the gate. `hash` is the key's (see `keymap`).
-    pub(super) fn route(
+    pub(super) fn route<const DUE: bool>(
         &self,
         hash: u64,
         mut key: K,
         item: Item<J>,
-        arrival: Arrival,
     ) -> Routed<K, J> {
         // The mailbox takes the group only with the job; a refused job gets it back here.
         let Item { mut job, mut group } = item;
@@ -183,7 +180,7 @@ where
             let found = self
                 .keys
                 .get(Hashed { hash, key: &key }, job, |mailbox, job| {
-                    self.push(mailbox, job, &mut group, arrival)
+                    self.push::<DUE>(mailbox, job, &mut group)
                 });
             match found {
                 Ok(Ok(None)) => return Routed::Added(Some(key)),
@@ -207,7 +204,7 @@ where
                             // never filed.
                             None if self.gate.halt_seen() => Filing::Halted,
                             None => {
-                                if arrival == Arrival::Dispatched {
+                                if !DUE {
                                     self.counters.accepted();
                                 }
                                 Filing::Filed
@@ -235,19 +232,19 @@ where
     }
 
     /// Pushes `job` into the mailbox found for its key, counting it if accepted.
-    fn push(
+    fn push<const DUE: bool>(
         &self,
         mailbox: &Arc<Mailbox<K, J>>,
         job: J,
         group: &mut Option<Arc<Latch>>,
-        arrival: Arrival,
     ) -> Pushed<K, J> {
-        let (capacity, count) = match arrival {
-            Arrival::Dispatched => (self.config.key_capacity, true),
-            Arrival::Due => (usize::MAX, false),
+        let capacity = if DUE {
+            usize::MAX
+        } else {
+            self.config.key_capacity
         };
         match mailbox.push(job, group, capacity, &self.gate, || {
-            if count {
+            if !DUE {
                 self.counters.accepted();
             }
         }) {

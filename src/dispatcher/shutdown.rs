@@ -237,7 +237,7 @@ where
     /// the key comes back whole, later; returns the others. A key whose `Eq` panics is taken
     /// for absent.
     fn keep_delayed_of_kept_keys(&self, delayed: Vec<Delayed<K, J>>) -> Vec<Delayed<K, J>> {
-        let mut heap = lock(&self.delayed);
+        let mut heap = lock(&self.delays.delayed);
         let mut left = Vec::new();
         for job in delayed {
             let key = Hashed {
@@ -272,7 +272,7 @@ where
     /// Drops every job left in the map once no turn runs (see `abandon`), and the delayed jobs
     /// kept with them, and finishes.
     pub(super) fn drop_stranded(&self) {
-        let delayed = lock(&self.delayed).clear();
+        let delayed = lock(&self.delays.delayed).clear();
         let taken = self.take_keys(Take::All);
         let jobs = delayed.len() + taken.iter().map(|(_, queue)| queue.len()).sum::<usize>();
         if jobs > 0 {
