@@ -229,4 +229,4 @@ pub use hooks::{DeadLetter, DeadLetterFn, ErrorHook, ErrorHookFn, NoDeadLetter, 
 pub use latch::GroupReport;
 pub use pool::WorkerPool;
 pub use retry::{Failure, RetryOutput, RetryPolicy, DEFAULT_MAX_ATTEMPTS};
-pub use stats::Stats;
+pub use stats::{Refusals, Stats};

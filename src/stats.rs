@@ -36,8 +36,11 @@ pub struct Stats {
     pub failed: u64,
     /// Jobs whose handler panicked.
     pub panicked: u64,
-    /// Dispatches refused (`Full`, `Timeout` or `Closed`); each handed its job back.
+    /// Dispatches refused (`Full`, `Timeout` or `Closed`); each handed its job back. Split by
+    /// cause in `refusals`.
     pub refused: u64,
+    /// `refused`, by cause.
+    pub refusals: Refusals,
     /// Accepted jobs that never ran because [`close_now`](crate::Dispatcher::close_now) (or
     /// [`close_timeout`](crate::Dispatcher::close_timeout)) handed them back.
     pub handed_back: u64,
@@ -67,6 +70,42 @@ pub struct Stats {
     pub workers: usize,
 }
 
+/// Refused dispatches by cause: the parts of [`Stats::refused`].
+///
+/// # Examples
+///
+/// ```
+/// use keyed_dispatch::Dispatcher;
+///
+/// let d = Dispatcher::builder().key_capacity(0).capacity(0).build(|_: &u8, _: u8| {})?;
+/// d.close();
+/// let _ = d.try_dispatch(1, 1); // refused: closed
+/// let refusals = d.stats().refusals;
+/// assert_eq!((refusals.closed, refusals.full_key, refusals.full_dispatcher), (1, 0, 0));
+/// # Ok::<(), keyed_dispatch::BuildError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Refusals {
+    /// `Full` because the key's queue was full ([`Bound::Key`](crate::Bound::Key)).
+    pub full_key: u64,
+    /// `Full` because the dispatcher was full ([`Bound::Dispatcher`](crate::Bound::Dispatcher)).
+    pub full_dispatcher: u64,
+    /// `Timeout`: `dispatch_timeout` waited in vain.
+    pub timed_out: u64,
+    /// `Closed`: close had begun.
+    pub closed: u64,
+}
+
+/// Why a dispatch was refused, for [`Counters::refused`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    FullKey,
+    FullDispatcher,
+    TimedOut,
+    Closed,
+}
+
 /// Stripes of the accepted-jobs count (see [`Counters::accepted`]).
 const STRIPES: usize = 8;
 
@@ -85,6 +124,8 @@ pub(crate) struct Counters {
     failed: AtomicU64,
     panicked: AtomicU64,
     refused: AtomicU64,
+    /// By [`Refusal`], in its order.
+    refusals: [AtomicU64; 4],
     handed_back: AtomicU64,
     dropped: AtomicU64,
     retried: AtomicU64,
@@ -140,7 +181,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn refused(&self) {
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.refusals[why as usize].fetch_add(1, Ordering::Relaxed);
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -193,6 +235,13 @@ impl Counters {
             failed: self.failed.load(Ordering::Relaxed),
             panicked: self.panicked.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            refusals: Refusals {
+                full_key: self.refusals[Refusal::FullKey as usize].load(Ordering::Relaxed),
+                full_dispatcher: self.refusals[Refusal::FullDispatcher as usize]
+                    .load(Ordering::Relaxed),
+                timed_out: self.refusals[Refusal::TimedOut as usize].load(Ordering::Relaxed),
+                closed: self.refusals[Refusal::Closed as usize].load(Ordering::Relaxed),
+            },
             handed_back,
             dropped,
             retried: self.retried.load(Ordering::Relaxed),
@@ -221,12 +270,13 @@ mod tests {
         c.handed_back(2);
         c.failed();
         c.panicked();
-        c.refused();
+        c.refused(Refusal::TimedOut);
         c.turn_started();
         let s = c.blocked(|| c.snapshot(4, 8));
         assert_eq!(s.blocked, 1);
         assert_eq!(s.dispatched, 10);
         assert_eq!((s.completed, s.failed, s.panicked, s.refused), (5, 1, 1, 1));
+        assert_eq!((s.refusals.timed_out, s.refusals.closed), (1, 0));
         assert_eq!((s.queued, s.running, s.keys, s.workers), (2, 1, 4, 8));
         c.turn_ended();
         assert_eq!(c.snapshot(0, 8).running, 0);

@@ -12,7 +12,11 @@ pub use pool::PoolBuilder;
 
 use crate::{
     config::{Config, PanicHook, ThreadSettings},
-    dispatcher::{core::Core, Dispatcher},
+    dispatcher::{
+        core::Core,
+        watch::{SlowHook, Watch},
+        Dispatcher,
+    },
     error::BuildError,
     gate::MAX_CAPACITY,
     handler::{BoxedJob, ErasedHandler, Handler, HandlerOutput, Never, Plain},
@@ -92,6 +96,7 @@ pub struct Builder<K, J, D = NoDeadLetter, O = NoErrorHook> {
     name: Option<String>,
     idle_timeout: Duration,
     on_panic: Option<PanicHook<K>>,
+    slow_job: Option<(Duration, SlowHook<K>)>,
     on_error: O,
     retry: Option<RetryPolicy>,
     dead_letter: D,
@@ -115,6 +120,7 @@ where
             name: None,
             idle_timeout: Duration::ZERO,
             on_panic: None,
+            slow_job: None,
             on_error: NoErrorHook,
             retry: None,
             dead_letter: NoDeadLetter,
@@ -213,6 +219,51 @@ where
         self
     }
 
+    /// Reports every job still running `threshold` after it started, while it runs (a hung
+    /// handler is found before it returns, if ever): a `warn` line with the key and how long,
+    /// and `hook` with the same, once per job. How long is a lower bound, within a quarter of
+    /// the threshold of the truth.
+    ///
+    /// A watchdog thread of the dispatcher's own (named `{name}-watch`) samples the workers
+    /// every quarter of the threshold, so that it finds slow jobs even when every pool thread
+    /// is stuck in one. The hook runs there; a panic in it is caught and logged. The workers
+    /// pay two plain stores per job and a lock per turn, and only with this setting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::{sync::mpsc, time::Duration};
+    ///
+    /// let (slow, reports) = mpsc::channel();
+    /// let (release, hung) = mpsc::channel::<()>();
+    /// let hung = std::sync::Mutex::new(hung);
+    /// let d = Dispatcher::builder()
+    ///     .slow_job(Duration::from_millis(20), move |key: &u32, running_for| {
+    ///         slow.send((*key, running_for)).unwrap();
+    ///     })
+    ///     .build(move |_: &u32, n: u32| {
+    ///         if n == 0 {
+    ///             hung.lock().unwrap().recv().unwrap(); // hangs until released
+    ///         }
+    ///     })?;
+    /// d.dispatch(7, 0)?;
+    /// let (key, running_for) = reports.recv()?; // while job 0 still hangs
+    /// assert_eq!(key, 7);
+    /// assert!(running_for >= Duration::from_millis(20));
+    /// release.send(())?;
+    /// d.close();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn slow_job(
+        mut self,
+        threshold: Duration,
+        hook: impl Fn(&K, Duration) + Send + Sync + 'static,
+    ) -> Self {
+        self.slow_job = Some((threshold, Box::new(hook)));
+        self
+    }
+
     /// Called with the key, the error (by reference, as the handler returned it) and the
     /// attempt number when a fallible handler fails, after the failure has been logged at
     /// `warn` and counted. The attempt is 1 on a plain dispatcher; on a retrying one
@@ -269,6 +320,7 @@ where
             name: self.name,
             idle_timeout: self.idle_timeout,
             on_panic: self.on_panic,
+            slow_job: self.slow_job,
             on_error,
             retry: self.retry,
             dead_letter,
@@ -460,8 +512,15 @@ where
             Some(pool) => pool,
             None => PoolShared::start(workers, &config.name, false, &self.threads)?,
         };
-        let core = Core::new(config, pool, handler, self.on_panic);
+        let watch = self
+            .slow_job
+            .map(|(threshold, hook)| Watch::new(&config.name, threshold, hook, pool.workers()));
+        let core = Core::new(config, pool, handler, self.on_panic, watch);
         core.pool().attach(core.as_client())?;
+        if let Err(err) = core.start_watch() {
+            Dispatcher::from_core(core).close();
+            return Err(err);
+        }
         log::debug!(
             "{}: dispatcher built on pool {} ({} workers)",
             core.config().name,

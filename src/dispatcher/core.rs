@@ -15,7 +15,7 @@
 //! after each batch, the barriers registered during it. `close_now` completes the groups of the
 //! jobs it hands back, and releases the barriers of the keys it empties.
 
-use super::delay::Delays;
+use super::{delay::Delays, watch::Watch};
 use crate::{
     config::{Config, PanicHook},
     gate::Gate,
@@ -28,6 +28,7 @@ use crate::{
     signal::Signal,
     stats::{Counters, Stats},
     sync::{Arc, AtomicBool, AtomicUsize, Mutex, Weak},
+    unwind::contained,
 };
 use crossbeam_utils::CachePadded;
 use std::{
@@ -106,6 +107,8 @@ pub(crate) struct Core<K, J> {
     pub(super) held: AtomicUsize,
     /// Waiting keys of retried jobs (see `backoff`).
     pub(super) backoffs: Mutex<super::backoff::Backoffs<K, J>>,
+    /// The slow-job watch, if the dispatcher was built with `slow_job` (see `watch`).
+    pub(super) watch: Option<Arc<Watch<K, J>>>,
     /// Jobs of `dispatch_after` (see `delay`): cold, so kept out of line.
     pub(super) delays: Box<Delays<K, J>>,
     /// Whether the pool timer that sweeps the idle list is set.
@@ -149,6 +152,7 @@ where
         pool: Arc<PoolShared>,
         handler: Box<dyn ErasedHandler<K, J>>,
         on_panic: Option<PanicHook<K>>,
+        watch: Option<Watch<K, J>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Core {
             keys: KeyMap::new(),
@@ -174,6 +178,7 @@ where
             held: AtomicUsize::new(0),
             backoffs: Mutex::new(Default::default()),
             delays: Box::default(),
+            watch: watch.map(Arc::new),
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
@@ -202,6 +207,23 @@ where
 
     pub(crate) fn stats(&self) -> Stats {
         self.counters.snapshot(self.keys.len(), self.pool.workers())
+    }
+
+    /// See [`Dispatcher::hot_keys`](crate::Dispatcher::hot_keys).
+    pub(crate) fn hot_keys(&self, n: usize) -> Vec<(K, usize)> {
+        let mut deep = Vec::new();
+        self.keys.for_each(|mailbox| {
+            let depth = mailbox.len();
+            if depth > 0 {
+                deep.push((Arc::clone(mailbox), depth));
+            }
+        });
+        deep.sort_by_key(|&(_, depth)| std::cmp::Reverse(depth));
+        deep.truncate(n);
+        // Outside the map's locks: a key's `Clone` may call back into the dispatcher.
+        deep.into_iter()
+            .filter_map(|(mailbox, depth)| Some((contained(|| mailbox.key().clone())?, depth)))
+            .collect()
     }
 }
 

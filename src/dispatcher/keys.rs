@@ -180,4 +180,40 @@ where
     pub fn cancel_key(&self, key: &K) -> Result<Vec<J>, WaitError> {
         self.core.cancel_key(key)
     }
+
+    /// The `n` keys with the most jobs waiting right now, deepest first, each with its count:
+    /// the jobs queued behind it, and those its running turn took and has not finished (up to
+    /// [`jobs_per_turn`](crate::Builder::jobs_per_turn)). Keys with no job are left out, so
+    /// the list is empty once the dispatcher is idle. A snapshot, read one key at a time while
+    /// jobs move; it visits every key, so it suits an operator's status page, not a per-job
+    /// path.
+    ///
+    /// A key whose `Clone` panics is left out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::sync::{mpsc, Mutex};
+    ///
+    /// let (release, held) = mpsc::channel::<()>();
+    /// let held = Mutex::new(held);
+    /// let d = Dispatcher::builder().workers(1).jobs_per_turn(1).build(move |_: &&str, n: u32| {
+    ///     if n == 0 {
+    ///         held.lock().unwrap().recv().unwrap(); // the hot tenant's first job blocks
+    ///     }
+    /// })?;
+    /// for n in 0..5 {
+    ///     d.dispatch("hot", n)?;
+    /// }
+    /// d.dispatch("cold", 1)?;
+    /// assert_eq!(d.hot_keys(1), [("hot", 5)]); // four waiting, one running
+    /// release.send(())?;
+    /// d.wait_idle()?;
+    /// assert!(d.hot_keys(10).is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn hot_keys(&self, n: usize) -> Vec<(K, usize)> {
+        self.core.hot_keys(n)
+    }
 }

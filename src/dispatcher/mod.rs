@@ -14,6 +14,7 @@
 //! - `backoff`: retried jobs' keys waiting out their backoff, and the timer that wakes them;
 //! - `delay`: `dispatch_after`'s jobs waiting for their delay, and the timer that routes them;
 //! - `due`: the heap of due instants and the timer bookkeeping those two share;
+//! - `watch`: slow jobs, reported by a watchdog thread while they run;
 //! - `shutdown`: `close`, `close_now` and the waits; its docs number the shutdown steps and
 //!   the races they must win.
 
@@ -28,6 +29,7 @@ mod pause;
 mod route;
 mod shutdown;
 mod tokens;
+pub(crate) mod watch;
 mod worker;
 
 pub use self::close::CloseReport;

@@ -10,6 +10,7 @@ use crate::{
     keymap::{Hashed, Keyed},
     latch::Latch,
     mailbox::{Mailbox, Push},
+    stats::Refusal,
     sync::Arc,
     unwind::{drop_contained, ShowKey},
 };
@@ -301,7 +302,14 @@ where
     }
 
     pub(super) fn refuse(&self, err: DispatchError<K, J>) -> DispatchError<K, J> {
-        self.counters.refused();
+        self.counters.refused(match &err {
+            DispatchError::Full {
+                bound: Bound::Key, ..
+            } => Refusal::FullKey,
+            DispatchError::Full { .. } => Refusal::FullDispatcher,
+            DispatchError::Timeout { .. } => Refusal::TimedOut,
+            DispatchError::Closed { .. } => Refusal::Closed,
+        });
         err
     }
 

@@ -403,6 +403,9 @@ where
         });
         self.clear_sched();
         self.pool.detach(&self.as_client());
+        if let Some(watch) = &self.watch {
+            watch.stop(!self.pool.is_current());
+        }
         *finished = true;
         drop(finished);
         log::trace!("{name}: {} keys evicted", evicted.len());

@@ -73,10 +73,14 @@ where
             self.turn_ended();
             return EndTurn::Halted;
         };
+        let index = worker.index;
+        if let Some(watch) = &self.watch {
+            watch.turn_began(index, mailbox);
+        }
         let mut done;
         let mut stop;
         loop {
-            (done, stop) = self.run_batch(mailbox, batch, due, attempts);
+            (done, stop) = self.run_batch(mailbox, batch, due, attempts, index);
             attempts = 0;
             self.counters.completed(done);
             if stop != BatchEnd::Ran
@@ -108,6 +112,9 @@ where
         for mark in due.drain(..) {
             mark.state.ran(Outcome::default());
         }
+        if let Some(watch) = &self.watch {
+            watch.turn_ended(index);
+        }
         // Counted before the jobs leave the gate, so that `wait_idle` cannot see both at zero
         // while this key is still to be swept.
         if end == (EndTurn::Idle { list: true }) {
@@ -133,6 +140,7 @@ where
         batch: &mut VecDeque<J>,
         due: &mut Marks,
         attempts: u32,
+        index: usize,
     ) -> (usize, BatchEnd) {
         let key = mailbox.key();
         // Marks are only ever due within the batch if some were handed out: a batch of jobs
@@ -170,7 +178,7 @@ where
             } else {
                 1
             };
-            outcome = match self.run_job(key, job, attempt) {
+            outcome = match self.run_job(key, job, attempt, index) {
                 Ok(outcome) => outcome,
                 Err((job, delay)) => {
                     batch.push_front(job);
@@ -247,7 +255,13 @@ where
 
     /// Runs attempt `attempt` of one job, catching its panic, and says how it ended; or hands
     /// the job back with its backoff, if it is to be retried.
-    fn run_job(&self, key: &K, job: J, attempt: u32) -> Result<Outcome, (J, Duration)> {
+    fn run_job(
+        &self,
+        key: &K,
+        job: J,
+        attempt: u32,
+        index: usize,
+    ) -> Result<Outcome, (J, Duration)> {
         log::trace!(
             "{}: running a job of key {}",
             self.config.name,
@@ -259,9 +273,15 @@ where
             key,
             outcome: Outcome::default(),
         };
+        if let Some(watch) = &self.watch {
+            watch.job_edge(index);
+        }
         let ran = catch_unwind(AssertUnwindSafe(|| {
             handler.run(key, job, attempt, &mut report)
         }));
+        if let Some(watch) = &self.watch {
+            watch.job_edge(index);
+        }
         match ran {
             Ok(None) => Ok(report.outcome),
             Ok(Some(retry)) => Err(retry),

@@ -530,7 +530,8 @@ impl<K, J> Mailbox<K, J> {
         lock(&self.inner).state
     }
 
-    #[cfg(all(test, not(loom)))]
+    /// The jobs queued, and those the running turn took and may not have run yet: an upper
+    /// bound of the key's backlog, for `hot_keys`.
     pub(crate) fn len(&self) -> usize {
         let inner = lock(&self.inner);
         inner.queue.len() + inner.in_turn

@@ -36,6 +36,8 @@ pub(crate) enum TimerKind {
 /// Passed to a running client: what it may ask of the worker thread it runs on.
 pub(crate) struct Worker<'a> {
     pub(super) pool: &'a PoolShared,
+    /// This thread's index in its pool, from 0: a dispatcher's per-thread slots use it.
+    pub(crate) index: usize,
     /// What a client left on this thread for the next of its type (see [`TurnBuffers`]).
     pub(crate) turn_buffers: TurnBuffers,
 }

@@ -274,6 +274,7 @@ impl PoolShared {
         self.run_hook(self.on_start.as_ref(), "on_thread_start", index);
         let worker = Worker {
             pool: &self,
+            index,
             turn_buffers: TurnBuffers::default(),
         };
         while let Some(work) = self.next_work() {

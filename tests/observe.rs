@@ -1,0 +1,173 @@
+//! Seeing inside a running dispatcher: refusals counted by cause, the hottest keys, and slow
+//! jobs reported while they run.
+
+mod common;
+
+use common::Watchdog;
+use keyed_dispatch::{Bound, Dispatcher, WorkerPool};
+use std::{
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A dispatcher on one thread whose jobs numbered from 100 block until released, announcing
+/// their start.
+fn blocking(
+    key_capacity: usize,
+    capacity: usize,
+) -> (Dispatcher<u8, u32>, mpsc::Receiver<u32>, mpsc::Sender<()>) {
+    let (started, starts) = mpsc::channel();
+    let (release, held) = mpsc::channel::<()>();
+    let (started, held) = (Mutex::new(started), Mutex::new(held));
+    let d = Dispatcher::builder()
+        .workers(1)
+        .jobs_per_turn(1)
+        .key_capacity(key_capacity)
+        .capacity(capacity)
+        .build(move |_: &u8, job: u32| {
+            if job >= 100 {
+                started.lock().unwrap().send(job).unwrap();
+                let _ = held.lock().unwrap().recv();
+            }
+        })
+        .unwrap();
+    (d, starts, release)
+}
+
+#[test]
+fn refusals_are_counted_by_cause() {
+    let _watchdog = Watchdog::new("refusals", LIMIT);
+    let (d, starts, release) = blocking(1, 2);
+    d.dispatch(1, 100).unwrap();
+    starts.recv().unwrap();
+    d.dispatch(1, 1).unwrap();
+    // Key 1 holds its one waiting job: full at the key.
+    assert_eq!(d.try_dispatch(1, 2).unwrap_err().bound(), Some(Bound::Key));
+    assert!(d
+        .dispatch_timeout(1, 3, Duration::from_millis(1))
+        .unwrap_err()
+        .is_timeout());
+    d.dispatch(2, 1).unwrap();
+    // Two waiting in all: full at the dispatcher.
+    assert_eq!(
+        d.try_dispatch(3, 1).unwrap_err().bound(),
+        Some(Bound::Dispatcher)
+    );
+    release.send(()).unwrap();
+    d.close();
+    assert!(d.try_dispatch(1, 4).unwrap_err().is_closed());
+    let stats = d.stats();
+    let r = stats.refusals;
+    assert_eq!(
+        (r.full_key, r.full_dispatcher, r.timed_out, r.closed),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(stats.refused, 4);
+}
+
+#[test]
+fn hot_keys_names_the_backlogged_key_first_and_is_empty_once_idle() {
+    let _watchdog = Watchdog::new("hot_keys", LIMIT);
+    let (d, starts, release) = blocking(1000, 1000);
+    d.dispatch(9, 100).unwrap();
+    starts.recv().unwrap();
+    for job in 0..20 {
+        d.dispatch(9, job).unwrap();
+    }
+    // Other keys stay idle: the one thread is busy with key 9's first job.
+    for key in 0..5 {
+        d.dispatch(key, 1).unwrap();
+    }
+    d.dispatch(7, 1).unwrap();
+    d.dispatch(7, 2).unwrap();
+    let hot = d.hot_keys(2);
+    assert_eq!(hot, [(9, 21), (7, 2)]);
+    assert_eq!(d.hot_keys(0), []);
+    assert_eq!(d.hot_keys(100).len(), 7);
+    release.send(()).unwrap();
+    d.wait_idle().unwrap();
+    assert_eq!(d.hot_keys(10), []);
+}
+
+#[test]
+fn a_slow_job_is_reported_once_while_it_runs_and_quick_ones_are_not() {
+    let _watchdog = Watchdog::new("slow_job", LIMIT);
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let (reported, report) = mpsc::channel();
+    let log = Arc::clone(&reports);
+    let reported = Mutex::new(reported);
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let threshold = Duration::from_millis(100);
+    let d = Dispatcher::builder()
+        .workers(1)
+        .name("slowjob")
+        .slow_job(threshold, move |key: &u8, running_for| {
+            log.lock().unwrap().push((*key, running_for));
+            reported.lock().unwrap().send(()).unwrap();
+        })
+        .build(move |_: &u8, job: u32| {
+            if job == 0 {
+                let _ = held.lock().unwrap().recv();
+            } else {
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+    // Quick jobs, well under the threshold, on several keys.
+    for job in 1..=30 {
+        d.dispatch((job % 3) as u8, job).unwrap();
+    }
+    d.wait_idle().unwrap();
+    // The one thread hangs in job 0: reported while it still hangs.
+    d.dispatch(5, 0).unwrap();
+    report.recv().unwrap();
+    let first = reports.lock().unwrap().clone();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, 5);
+    assert!(first[0].1 >= threshold);
+    // Still hung well past the threshold again: not reported twice.
+    assert!(report.recv_timeout(threshold * 3).is_err());
+    release.send(()).unwrap();
+    d.close();
+    assert_eq!(reports.lock().unwrap().len(), 1);
+    common::wait_threads_gone("slowjob");
+}
+
+#[test]
+fn a_dispatcher_on_a_shared_pool_reports_its_own_slow_jobs_only() {
+    let _watchdog = Watchdog::new("slow_job_shared", LIMIT);
+    let pool = WorkerPool::new(2).unwrap();
+    let (reported, report) = mpsc::channel();
+    let reported = Mutex::new(reported);
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let (other_release, other_held) = mpsc::channel::<()>();
+    let other_held = Mutex::new(other_held);
+    let watched = Dispatcher::builder()
+        .pool(&pool)
+        .slow_job(Duration::from_millis(40), move |key: &&str, _| {
+            reported.lock().unwrap().send(*key).unwrap();
+        })
+        .build(move |_: &&str, _: u32| {
+            let _ = held.lock().unwrap().recv();
+        })
+        .unwrap();
+    let other = Dispatcher::builder()
+        .pool(&pool)
+        .build(move |_: &&str, _: u32| {
+            let _ = other_held.lock().unwrap().recv();
+        })
+        .unwrap();
+    other.dispatch("other", 1).unwrap();
+    watched.dispatch("mine", 1).unwrap();
+    assert_eq!(report.recv().unwrap(), "mine");
+    release.send(()).unwrap();
+    other_release.send(()).unwrap();
+    watched.close();
+    other.close();
+    assert!(report.try_recv().is_err());
+}
