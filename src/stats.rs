@@ -1,5 +1,6 @@
 //! The [`Stats`] snapshot and the counters behind it.
 
+use crate::histogram::Histogram;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -68,6 +69,20 @@ pub struct Stats {
     pub keys: usize,
     /// Threads of the pool the dispatcher runs on.
     pub workers: usize,
+}
+
+/// A snapshot of a dispatcher's counters and latency histograms, from
+/// [`Dispatcher::metrics`](crate::Dispatcher::metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// The counters, as [`Dispatcher::stats`](crate::Dispatcher::stats) gives them.
+    pub stats: Stats,
+    /// From dispatch to start, once per job (a job dispatched with `dispatch_after`: from
+    /// when it fell due). Empty unless the dispatcher records latency.
+    pub wait: Histogram,
+    /// From start to end, once per attempt. Empty unless the dispatcher records latency.
+    pub run: Histogram,
 }
 
 /// Refused dispatches by cause: the parts of [`Stats::refused`].

@@ -171,3 +171,114 @@ fn a_dispatcher_on_a_shared_pool_reports_its_own_slow_jobs_only() {
     other.close();
     assert!(report.try_recv().is_err());
 }
+
+#[test]
+fn latency_histograms_count_every_job_and_hold_known_durations() {
+    let _watchdog = Watchdog::new("latency_known", LIMIT);
+    let nap = Duration::from_millis(20);
+    let d = Dispatcher::builder()
+        .workers(2)
+        .record_latency(true)
+        .build(move |_: &u8, _: u32| thread::sleep(nap))
+        .unwrap();
+    for job in 0..5 {
+        d.dispatch(1, job).unwrap();
+    }
+    d.wait_idle().unwrap();
+    let m = d.metrics();
+    assert_eq!((m.wait.count(), m.run.count()), (5, 5));
+    // Each run slept 20 ms at least: every count sits in a bucket that holds 20 ms or more.
+    for (range, _) in m.run.buckets() {
+        assert!(range.end > nap, "a run counted under 20 ms: {range:?}");
+    }
+    assert!(m.run.p50() >= nap * 15 / 16 && m.run.max() >= nap);
+    // On one key, the fifth job waited for the four before it.
+    assert!(m.wait.max() >= nap * 4);
+    assert_eq!(m.stats.completed, 5);
+}
+
+#[test]
+fn latency_counts_each_job_once_through_retries_pauses_and_hand_backs() {
+    let _watchdog = Watchdog::new("latency_counts", LIMIT);
+    let attempts = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let seen = Arc::clone(&attempts);
+    let d = Dispatcher::builder()
+        .workers(2)
+        .jobs_per_turn(4)
+        .record_latency(true)
+        .retry(
+            keyed_dispatch::RetryPolicy::exponential(Duration::ZERO, Duration::ZERO)
+                .max_attempts(3),
+        )
+        .build_retrying(move |_: &u8, job: &u32| -> Result<(), String> {
+            let mut seen = seen.lock().unwrap();
+            let n = seen.entry(*job).or_insert(0);
+            *n += 1;
+            // Every third job fails its first attempt, every fifth fails for good.
+            if (*job % 3 == 0 && *n == 1) || *job % 5 == 0 {
+                return Err("down".into());
+            }
+            Ok(())
+        })
+        .unwrap();
+    d.pause_key(&3);
+    for job in 0..200 {
+        d.dispatch((job % 7) as u8, job).unwrap();
+    }
+    d.flush_key(&1).unwrap();
+    d.resume_key(&3);
+    d.pause_key(&4);
+    for job in 200..260 {
+        d.dispatch((job % 7) as u8, job).unwrap();
+    }
+    let left = d.close_now().unwrap();
+    let back: usize = left.iter().map(|(_, jobs)| jobs.len()).sum();
+    let m = d.metrics();
+    let attempts = attempts.lock().unwrap();
+    let started = attempts.len() as u64;
+    let runs: u32 = attempts.values().sum();
+    assert_eq!(m.wait.count(), started, "one wait per job that started");
+    assert_eq!(m.run.count(), u64::from(runs), "one run per attempt");
+    assert_eq!(m.stats.completed + back as u64, 260);
+}
+
+#[test]
+fn metrics_of_a_dispatcher_on_a_shared_pool_are_its_own() {
+    let _watchdog = Watchdog::new("latency_shared", LIMIT);
+    let pool = WorkerPool::new(2).unwrap();
+    let a = Dispatcher::builder()
+        .pool(&pool)
+        .record_latency(true)
+        .build(|_: &u8, _: u32| {})
+        .unwrap();
+    let b = Dispatcher::builder()
+        .pool(&pool)
+        .record_latency(true)
+        .build(|_: &u8, _: u32| {})
+        .unwrap();
+    let plain = Dispatcher::builder()
+        .pool(&pool)
+        .build(|_: &u8, _: u32| {})
+        .unwrap();
+    for job in 0..300 {
+        a.dispatch((job % 5) as u8, job).unwrap();
+        if job < 100 {
+            b.dispatch((job % 3) as u8, job).unwrap();
+            plain.dispatch(0, job).unwrap();
+        }
+    }
+    a.wait_idle().unwrap();
+    b.wait_idle().unwrap();
+    plain.wait_idle().unwrap();
+    assert_eq!(
+        (a.metrics().wait.count(), a.metrics().run.count()),
+        (300, 300)
+    );
+    assert_eq!(
+        (b.metrics().wait.count(), b.metrics().run.count()),
+        (100, 100)
+    );
+    assert_eq!(plain.metrics().run.count(), 0, "not recorded unless asked");
+    assert_eq!(plain.metrics().stats.completed, 100);
+    pool.close();
+}

@@ -50,6 +50,9 @@ pub enum Design {
     Keyed,
     KeyedBoxed,
     KeyedPinned,
+    /// The library recording latency: for paired runs against `Keyed` (`--child
+    /// keyed-latency ...`), not in the table.
+    KeyedLatency,
     ThreadPerKey,
     Striped,
     TaskPerKey,
@@ -73,6 +76,7 @@ impl Design {
             Design::Keyed => "keyed-dispatch",
             Design::KeyedBoxed => "keyed-dispatch (boxed closure)",
             Design::KeyedPinned => "keyed-dispatch (pinned workers)",
+            Design::KeyedLatency => "keyed-dispatch (latency recorded)",
             Design::ThreadPerKey => "thread per key",
             Design::Striped => "striped",
             Design::TaskPerKey => "task per key (tokio)",
@@ -86,6 +90,7 @@ impl Design {
             Design::Keyed => "keyed",
             Design::KeyedBoxed => "keyed-boxed",
             Design::KeyedPinned => "keyed-pinned",
+            Design::KeyedLatency => "keyed-latency",
             Design::ThreadPerKey => "thread-per-key",
             Design::Striped => "striped",
             Design::TaskPerKey => "task-per-key",
@@ -94,7 +99,10 @@ impl Design {
     }
 
     pub fn from_id(id: &str) -> Option<Design> {
-        Design::ALL.into_iter().find(|d| d.id() == id)
+        Design::ALL
+            .into_iter()
+            .chain([Design::KeyedLatency])
+            .find(|d| d.id() == id)
     }
 
     pub fn start(self, workers: usize, h: Handler) -> Box<dyn Running> {
@@ -104,6 +112,13 @@ impl Design {
                     .workers(workers)
                     .build(move |key: &u64, job: Job| h(*key, job))
                     .expect("building keyed-dispatch"),
+            ),
+            Design::KeyedLatency => Box::new(
+                Dispatcher::builder()
+                    .workers(workers)
+                    .record_latency(true)
+                    .build(move |key: &u64, job: Job| h(*key, job))
+                    .expect("building keyed-dispatch recording latency"),
             ),
             Design::KeyedPinned => Box::new(
                 Dispatcher::builder()

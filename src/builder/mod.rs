@@ -14,6 +14,7 @@ use crate::{
     config::{Config, PanicHook, ThreadSettings},
     dispatcher::{
         core::Core,
+        latency::Latency,
         watch::{SlowHook, Watch},
         Dispatcher,
     },
@@ -97,6 +98,7 @@ pub struct Builder<K, J, D = NoDeadLetter, O = NoErrorHook> {
     idle_timeout: Duration,
     on_panic: Option<PanicHook<K>>,
     slow_job: Option<(Duration, SlowHook<K>)>,
+    record_latency: bool,
     on_error: O,
     retry: Option<RetryPolicy>,
     dead_letter: D,
@@ -121,6 +123,7 @@ where
             idle_timeout: Duration::ZERO,
             on_panic: None,
             slow_job: None,
+            record_latency: false,
             on_error: NoErrorHook,
             retry: None,
             dead_letter: NoDeadLetter,
@@ -216,6 +219,36 @@ where
         hook: impl Fn(&K, &(dyn Any + Send)) + Send + Sync + 'static,
     ) -> Self {
         self.on_panic = Some(Box::new(hook));
+        self
+    }
+
+    /// Whether to record each job's wait (dispatch to start) and run (start to end) in the
+    /// latency histograms of [`Dispatcher::metrics`]; off by default.
+    ///
+    /// Recording reads the clock once per dispatch and once per job, and stores the dispatch
+    /// instant beside the queued job (BENCHMARKS.md, "Latency recording", has what it costs:
+    /// on tiny jobs, clock reads are a large part of a job's cost). Counts go to per-thread
+    /// recorders with plain stores, merged when read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    /// use std::time::Duration;
+    ///
+    /// let d = Dispatcher::builder()
+    ///     .record_latency(true)
+    ///     .build(|_: &u8, _: u8| std::thread::sleep(Duration::from_millis(20)))?;
+    /// d.dispatch(1, 1)?;
+    /// d.wait_idle()?;
+    /// let run = d.metrics().run;
+    /// assert_eq!(run.count(), 1);
+    /// // Within 6.25% of the truth, which is at least the 20 ms slept.
+    /// assert!(run.p50() >= Duration::from_millis(20) * 15 / 16);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn record_latency(mut self, record: bool) -> Self {
+        self.record_latency = record;
         self
     }
 
@@ -321,6 +354,7 @@ where
             idle_timeout: self.idle_timeout,
             on_panic: self.on_panic,
             slow_job: self.slow_job,
+            record_latency: self.record_latency,
             on_error,
             retry: self.retry,
             dead_letter,
@@ -515,7 +549,8 @@ where
         let watch = self
             .slow_job
             .map(|(threshold, hook)| Watch::new(&config.name, threshold, hook, pool.workers()));
-        let core = Core::new(config, pool, handler, self.on_panic, watch);
+        let latency = self.record_latency.then(|| Latency::new(pool.workers()));
+        let core = Core::new(config, pool, handler, self.on_panic, watch, latency);
         core.pool().attach(core.as_client())?;
         if let Err(err) = core.start_watch() {
             Dispatcher::from_core(core).close();

@@ -15,7 +15,7 @@
 //! after each batch, the barriers registered during it. `close_now` completes the groups of the
 //! jobs it hands back, and releases the barriers of the keys it empties.
 
-use super::{delay::Delays, watch::Watch};
+use super::{delay::Delays, latency::Latency, watch::Watch};
 use crate::{
     config::{Config, PanicHook},
     gate::Gate,
@@ -107,6 +107,8 @@ pub(crate) struct Core<K, J> {
     pub(super) held: AtomicUsize,
     /// Waiting keys of retried jobs (see `backoff`).
     pub(super) backoffs: Mutex<super::backoff::Backoffs<K, J>>,
+    /// The latency recorders, if the dispatcher records latency (see `latency`).
+    pub(super) latency: Option<Box<Latency>>,
     /// The slow-job watch, if the dispatcher was built with `slow_job` (see `watch`).
     pub(super) watch: Option<Arc<Watch<K, J>>>,
     /// Jobs of `dispatch_after` (see `delay`): cold, so kept out of line.
@@ -153,6 +155,7 @@ where
         handler: Box<dyn ErasedHandler<K, J>>,
         on_panic: Option<PanicHook<K>>,
         watch: Option<Watch<K, J>>,
+        latency: Option<Latency>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Core {
             keys: KeyMap::new(),
@@ -179,6 +182,7 @@ where
             backoffs: Mutex::new(Default::default()),
             delays: Box::default(),
             watch: watch.map(Arc::new),
+            latency: latency.map(Box::new),
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),

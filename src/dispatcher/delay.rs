@@ -181,7 +181,8 @@ where
         let popped = due.len();
         for Delayed { hash, key, job } in due {
             let item = Item { job, group: None };
-            match contained(|| self.route::<DUE>(hash, key, item)) {
+            let stamp = self.latency.is_some().then(Instant::now);
+            match contained(|| self.route::<DUE>(hash, key, item, stamp)) {
                 Some(Routed::Added(key)) => drop_accepted(key),
                 Some(Routed::Schedule(mailbox, key)) => {
                     self.schedule(mailbox);

@@ -15,6 +15,7 @@
 //! - `delay`: `dispatch_after`'s jobs waiting for their delay, and the timer that routes them;
 //! - `due`: the heap of due instants and the timer bookkeeping those two share;
 //! - `watch`: slow jobs, reported by a watchdog thread while they run;
+//! - `latency`: each job's wait and run, counted per thread and merged for `metrics`;
 //! - `shutdown`: `close`, `close_now` and the waits; its docs number the shutdown steps and
 //!   the races they must win.
 
@@ -25,6 +26,7 @@ mod delay;
 mod due;
 mod evict;
 mod keys;
+pub(crate) mod latency;
 mod pause;
 mod route;
 mod shutdown;

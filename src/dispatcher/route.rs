@@ -112,7 +112,8 @@ where
                 return Err(self.refuse(err));
             }
             let reserved = Reserved(self);
-            let routed = self.route::<DISPATCHED>(hash, key, item);
+            let stamp = self.latency.is_some().then(Instant::now);
+            let routed = self.route::<DISPATCHED>(hash, key, item, stamp);
             reserved.disarm();
             match routed {
                 Routed::Added(key) => {
@@ -173,6 +174,7 @@ where
         hash: u64,
         mut key: K,
         item: Item<J>,
+        stamp: Option<Instant>,
     ) -> Routed<K, J> {
         // The mailbox takes the group only with the job; a refused job gets it back here.
         let Item { mut job, mut group } = item;
@@ -181,7 +183,7 @@ where
             let found = self
                 .keys
                 .get(Hashed { hash, key: &key }, job, |mailbox, job| {
-                    self.push::<DUE>(mailbox, job, &mut group)
+                    self.push::<DUE>(mailbox, job, stamp, &mut group)
                 });
             match found {
                 Ok(Ok(None)) => return Routed::Added(Some(key)),
@@ -194,7 +196,7 @@ where
             }
             // Slow path: a mailbox for the key, made before the shard's write lock is taken,
             // filed under it unless another producer created the key meanwhile.
-            let mut mailbox = self.mailbox_for(key, hash, job, group.take());
+            let mut mailbox = self.mailbox_for(key, hash, job, group.take(), stamp);
             let (filing, unfiled) =
                 self.keys
                     .insert_unless_present(Arc::clone(&mailbox), |existing| {
@@ -237,6 +239,7 @@ where
         &self,
         mailbox: &Arc<Mailbox<K, J>>,
         job: J,
+        stamp: Option<Instant>,
         group: &mut Option<Arc<Latch>>,
     ) -> Pushed<K, J> {
         let capacity = if DUE {
@@ -244,7 +247,7 @@ where
         } else {
             self.config.key_capacity
         };
-        match mailbox.push(job, group, capacity, &self.gate, || {
+        match mailbox.push_stamped(job, stamp, group, capacity, &self.gate, || {
             if !DUE {
                 self.counters.accepted();
             }
@@ -268,6 +271,7 @@ where
         hash: u64,
         job: J,
         group: Option<Arc<Latch>>,
+        stamp: Option<Instant>,
     ) -> Arc<Mailbox<K, J>> {
         // Not waiting for a sweeper that is putting spares back: allocating is as good.
         let spare = self
@@ -275,14 +279,20 @@ where
             .try_lock()
             .ok()
             .and_then(|mut spares| spares.pop());
-        match spare {
+        let mut mailbox = match spare {
             Some(mut mailbox) => {
                 let unshared = Arc::get_mut(&mut mailbox).expect("a spare mailbox is unshared");
                 unshared.reuse(key, hash, job, group);
                 mailbox
             }
             None => Arc::new(Mailbox::new(key, hash, job, group)),
+        };
+        if let Some(stamp) = stamp {
+            Arc::get_mut(&mut mailbox)
+                .expect("a new mailbox is unshared")
+                .stamp_first(stamp);
         }
+        mailbox
     }
 
     /// Blocks until the gate has room or closes, as `wait` allows. Returns false if it may not

@@ -58,6 +58,7 @@ where
         mailbox: &Arc<Mailbox<K, J>>,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
         worker: &Worker<'_>,
     ) -> EndTurn {
         // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
@@ -69,7 +70,7 @@ where
             return EndTurn::Halted;
         }
         let max = self.config.jobs_per_turn;
-        let Some((_, mut attempts)) = mailbox.begin_turn_attempts(max, batch, due) else {
+        let Some((_, mut attempts)) = mailbox.begin_turn_stamped(max, batch, due, stamps) else {
             self.turn_ended();
             return EndTurn::Halted;
         };
@@ -80,12 +81,12 @@ where
         let mut done;
         let mut stop;
         loop {
-            (done, stop) = self.run_batch(mailbox, batch, due, attempts, index);
+            (done, stop) = self.run_batch(mailbox, batch, due, stamps, attempts, index);
             attempts = 0;
             self.counters.completed(done);
             if stop != BatchEnd::Ran
                 || !self.more_jobs(mailbox, done, worker)
-                || mailbox.continue_turn(max, batch, due) == 0
+                || mailbox.continue_turn_stamped(max, batch, due, stamps) == 0
             {
                 break;
             }
@@ -94,13 +95,14 @@ where
             self.left(done);
         }
         let end = match stop {
-            BatchEnd::Ran => mailbox.end_turn_as(batch, due, Stop::Ran),
-            BatchEnd::Halted => mailbox.end_turn_as(batch, due, Stop::Halted),
+            BatchEnd::Ran => mailbox.end_turn_stamped(batch, due, Stop::Ran, stamps),
+            BatchEnd::Halted => mailbox.end_turn_stamped(batch, due, Stop::Halted, stamps),
             BatchEnd::Stopped { attempts } => {
-                mailbox.end_turn_as(batch, due, Stop::Stopped { attempts })
+                mailbox.end_turn_stamped(batch, due, Stop::Stopped { attempts }, stamps)
             }
             BatchEnd::Retry { delay, attempts } => {
-                let end = mailbox.end_turn_as(batch, due, Stop::Backoff { attempts });
+                let stop = Stop::Backoff { attempts };
+                let end = mailbox.end_turn_stamped(batch, due, stop, stamps);
                 // Filed before the turn ends, while the retried job holds the gate open.
                 if end == EndTurn::Backoff {
                     self.file_backoff(Arc::clone(mailbox), delay);
@@ -139,10 +141,14 @@ where
         mailbox: &Mailbox<K, J>,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
         attempts: u32,
         index: usize,
     ) -> (usize, BatchEnd) {
         let key = mailbox.key();
+        // With latency recorded: the end of one job is the start of the next.
+        let latency = self.latency.as_deref();
+        let mut clock = latency.map(|_| Instant::now());
         // Marks are only ever due within the batch if some were handed out: a batch of jobs
         // without groups or flushes skips looking for them.
         let marked = !due.is_empty();
@@ -171,6 +177,15 @@ where
                 let attempts = if done == 0 { attempts } else { 0 };
                 return (done, BatchEnd::Stopped { attempts });
             }
+            // The stamps cover a suffix of the batch: the job has one if as many remain.
+            let stamp = if stamps.len() > batch.len() {
+                stamps.pop_front()
+            } else {
+                None
+            };
+            if let (Some(latency), Some(start), Some(stamp)) = (latency, clock, stamp) {
+                latency.waited(index, start.saturating_duration_since(stamp));
+            }
             let attempt = if done == 0 && attempts > 0 {
                 // Only a Waiting key's head job has failed attempts: off the plain path.
                 self.counters.retried();
@@ -178,7 +193,13 @@ where
             } else {
                 1
             };
-            outcome = match self.run_job(key, job, attempt, index) {
+            let ran = self.run_job(key, job, attempt, index);
+            if let (Some(latency), Some(start)) = (latency, clock) {
+                let end = Instant::now();
+                latency.ran(index, end.saturating_duration_since(start));
+                clock = Some(end);
+            }
+            outcome = match ran {
                 Ok(outcome) => outcome,
                 Err((job, delay)) => {
                     batch.push_front(job);
@@ -399,16 +420,18 @@ where
         // Empty between turns. Their allocations travel: a turn swaps `batch` with its key's
         // queue, so that the producer pushes into a buffer that has already grown.
         let (mut batch, mut due): (VecDeque<J>, Marks) = worker.turn_buffers.take();
+        // Allocated only by a dispatcher that records latency.
+        let mut stamps = VecDeque::new();
         let mut ended = None;
         while let Some(mailbox) = self.next_key(ended.take(), worker) {
-            let end = self.run_turn(&mailbox, &mut batch, &mut due, worker);
+            let end = self.run_turn(&mailbox, &mut batch, &mut due, &mut stamps, worker);
             ended = Some((mailbox, end));
             if worker.others_waiting() && self.hand_on(&mut ended) {
                 break;
             }
         }
         debug_assert!(
-            batch.is_empty() && due.is_empty(),
+            batch.is_empty() && due.is_empty() && stamps.is_empty(),
             "a turn left work behind"
         );
         batch.shrink_to(KEPT_BYTES / size_of::<J>().max(1));

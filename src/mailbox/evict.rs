@@ -32,6 +32,7 @@ impl<K, J> Mailbox<K, J> {
             .expect("a new mailbox holds its job");
         let group = inner.marks.pop_front().map(|mark| mark.state);
         inner.state = State::Evicted;
+        inner.stamps = None;
         self.queued.store(0, Ordering::Relaxed);
         (
             self.key.take().expect("a new mailbox has its key"),

@@ -139,6 +139,7 @@ impl<K, J> Mailbox<K, J> {
         let jobs = std::mem::take(&mut inner.queue);
         let marks = std::mem::take(&mut inner.marks);
         inner.attempts = 0;
+        inner.stamps = None;
         self.queued.store(0, Ordering::Relaxed);
         if inner.waiters > 0 {
             self.room.notify_all();

@@ -204,6 +204,12 @@ struct Inner<J> {
     /// `cancel_key` calls waiting for the running turn to end; they hold the key back as a
     /// pause would.
     cancelling: usize,
+    /// The dispatch instants of the queued jobs that never started, when the dispatcher
+    /// records latency (`None` otherwise, and until the first): a suffix of `queue`, since
+    /// only a retried head job has started. Boxed: one word per key when unused, where a
+    /// bare `VecDeque` would take four.
+    #[allow(clippy::box_collection)]
+    stamps: Option<Box<VecDeque<Instant>>>,
 }
 
 impl<J> Inner<J> {
@@ -312,6 +318,7 @@ impl<K, J> Mailbox<K, J> {
                 attempts: 0,
                 paused: false,
                 cancelling: 0,
+                stamps: None,
             }),
             queued: AtomicUsize::new(0),
             room: Condvar::new(),
@@ -339,6 +346,7 @@ impl<K, J> Mailbox<K, J> {
                 attempts: 0,
                 paused: true,
                 cancelling: 0,
+                stamps: None,
             }),
             queued: AtomicUsize::new(0),
             room: Condvar::new(),
@@ -374,8 +382,20 @@ impl<K, J> Mailbox<K, J> {
         inner.attempts = 0;
         inner.paused = false;
         inner.cancelling = 0;
+        inner.stamps = None;
         self.stop.store(false, Ordering::Relaxed);
         self.queued.store(1, Ordering::Relaxed);
+    }
+
+    /// Stamps the one job of a mailbox that [`Mailbox::new`] or [`Mailbox::reuse`] just made,
+    /// and that is not shared yet, with its dispatch instant.
+    pub(crate) fn stamp_first(&mut self, stamp: Instant) {
+        let inner = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner());
+        debug_assert_eq!(inner.queue.len(), 1);
+        inner.stamps = Some(Box::new(VecDeque::from([stamp])));
     }
 
     /// Producer: queues `job` unless the key is full or `close_now` has begun. If `group` is
@@ -386,9 +406,23 @@ impl<K, J> Mailbox<K, J> {
     /// mailbox cannot be Evicted here.
     ///
     /// `accepted` runs under the lock once the job is queued, before any worker can take it.
+    #[cfg(test)]
     pub(crate) fn push(
         &self,
         job: J,
+        group: &mut Option<Arc<Latch>>,
+        capacity: usize,
+        gate: &Gate,
+        accepted: impl FnOnce(),
+    ) -> Push<J> {
+        self.push_stamped(job, None, group, capacity, gate, accepted)
+    }
+
+    /// [`Mailbox::push`], with the job's dispatch instant when the dispatcher records latency.
+    pub(crate) fn push_stamped(
+        &self,
+        job: J,
+        stamp: Option<Instant>,
         group: &mut Option<Arc<Latch>>,
         capacity: usize,
         gate: &Gate,
@@ -409,6 +443,12 @@ impl<K, J> Mailbox<K, J> {
             return Push::Full(job);
         }
         inner.queue.push_back(job);
+        if let Some(stamp) = stamp {
+            inner
+                .stamps
+                .get_or_insert_with(Box::default)
+                .push_back(stamp);
+        }
         accepted();
         if group.is_some() {
             inner.mark_last(group);
@@ -522,6 +562,7 @@ impl<K, J> Mailbox<K, J> {
         }
         let marks = std::mem::take(&mut inner.marks);
         self.queued.store(0, Ordering::Relaxed);
+        inner.stamps = None;
         (std::mem::take(&mut inner.queue), marks, paused)
     }
 

@@ -465,3 +465,48 @@ fn close_timeout_takes_a_key_unless_a_turn_holds_it_and_a_late_turn_leaves_it() 
     assert_eq!(mb.state(), State::Evicted);
     assert!(late.is_empty() && late_due.is_empty());
 }
+
+#[test]
+fn stamps_follow_the_jobs_that_never_started_through_a_retry_and_a_halt() {
+    use std::time::{Duration, Instant};
+    let gate = Gate::new();
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let mut mb = Mailbox::new(1u8, 0, 10u32, None);
+    mb.stamp_first(at(0));
+    for (job, ms) in [(11, 1), (12, 2)] {
+        let pushed = mb.push_stamped(job, Some(at(ms)), &mut None, 8, &gate, || {});
+        assert_eq!(pushed, Push::Added);
+    }
+    let (mut batch, mut due, mut stamps) = (VecDeque::new(), Marks::new(), VecDeque::new());
+    assert_eq!(
+        mb.begin_turn_stamped(8, &mut batch, &mut due, &mut stamps),
+        Some((3, 0))
+    );
+    assert_eq!(stamps, [at(0), at(1), at(2)]);
+    // Job 10 started (its stamp used) and fails; 11 and 12 go back with theirs.
+    stamps.pop_front();
+    let stop = Stop::Backoff { attempts: 1 };
+    assert_eq!(
+        mb.end_turn_stamped(&mut batch, &mut due, stop, &mut stamps),
+        EndTurn::Backoff
+    );
+    mb.backoff_over();
+    // The retried head has no stamp; the two behind it keep theirs.
+    assert_eq!(
+        mb.begin_turn_stamped(2, &mut batch, &mut due, &mut stamps),
+        Some((2, 1))
+    );
+    assert_eq!(
+        (Vec::from(batch.clone()), Vec::from(stamps.clone())),
+        (vec![10, 11], vec![at(1)])
+    );
+    batch.clear();
+    stamps.clear();
+    assert_eq!(
+        mb.end_turn_stamped(&mut batch, &mut due, Stop::Ran, &mut stamps),
+        EndTurn::Requeue
+    );
+    let (taken, _, _) = mb.take_all();
+    assert_eq!(Vec::from(taken), [12]);
+}

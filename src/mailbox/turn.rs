@@ -4,7 +4,7 @@
 
 use super::{EndTurn, Inner, Mailbox, Marks, State, Stop};
 use crate::sync::{fault, lock, Ordering};
-use std::collections::VecDeque;
+use std::{collections::VecDeque, time::Instant};
 
 impl<K, J> Mailbox<K, J> {
     /// Worker: starts a turn of the key it popped from the ready queue, moving up to `max`
@@ -19,14 +19,26 @@ impl<K, J> Mailbox<K, J> {
             .0
     }
 
-    /// [`Mailbox::begin_turn`], also returning the failed attempts of the batch's first job;
-    /// `None`, changing nothing, if `close_timeout` has taken the key's jobs
-    /// (the key's head job), which the turn takes over.
+    #[cfg(test)]
     pub(crate) fn begin_turn_attempts(
         &self,
         max: usize,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
+    ) -> Option<(usize, u32)> {
+        self.begin_turn_stamped(max, batch, due, &mut VecDeque::new())
+    }
+
+    /// [`Mailbox::begin_turn`], also returning the failed attempts of the batch's first job
+    /// (the key's head job), which the turn takes over; `None`, changing nothing, if
+    /// `close_timeout` has taken the key's jobs. `stamps` (empty) receives the dispatch
+    /// instants of the batch's jobs that have them (see [`Mailbox::push_stamped`]).
+    pub(crate) fn begin_turn_stamped(
+        &self,
+        max: usize,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
     ) -> Option<(usize, u32)> {
         debug_assert!(batch.is_empty() && due.is_empty());
         let mut inner = lock(&self.inner);
@@ -42,10 +54,13 @@ impl<K, J> Mailbox<K, J> {
         inner.state = State::Running;
         // A paused key (or one being cancelled) takes no job: its turn ends at once, Held.
         if inner.held_back() {
-            return Some((self.take_batch(&mut inner, 0, batch, due), 0));
+            return Some((self.take_batch(&mut inner, 0, batch, due, stamps), 0));
         }
         let attempts = std::mem::take(&mut inner.attempts);
-        Some((self.take_batch(&mut inner, max, batch, due), attempts))
+        Some((
+            self.take_batch(&mut inner, max, batch, due, stamps),
+            attempts,
+        ))
     }
 
     /// Worker: the turn's batch has run to its end and jobs wait behind it; goes on with the
@@ -56,11 +71,24 @@ impl<K, J> Mailbox<K, J> {
     /// `due` (empty, as the batch left it) is refilled with the flush barriers registered
     /// during the batch, at position 0 (due before the next job), then with the next batch's
     /// marks.
+    #[cfg(test)]
     pub(crate) fn continue_turn(
         &self,
         max: usize,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
+    ) -> usize {
+        self.continue_turn_stamped(max, batch, due, &mut VecDeque::new())
+    }
+
+    /// [`Mailbox::continue_turn`], with the batch's dispatch instants (see
+    /// [`Mailbox::begin_turn_stamped`]).
+    pub(crate) fn continue_turn_stamped(
+        &self,
+        max: usize,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
     ) -> usize {
         debug_assert!(batch.is_empty() && due.is_empty());
         let mut inner = lock(&self.inner);
@@ -82,18 +110,28 @@ impl<K, J> Mailbox<K, J> {
         if inner.waiters > 0 && !fault!(NoRoomWake) {
             self.room.notify_all();
         }
-        self.take_batch(&mut inner, max, batch, due)
+        self.take_batch(&mut inner, max, batch, due, stamps)
     }
 
     /// Moves up to `max` queued jobs into `batch`, and the marks that fall within it into
     /// `due`, each with the number of the batch's jobs that must finish before it is due.
+    ///
+    /// The stamps of the jobs taken move into `stamps`. They cover a suffix of the queue (a
+    /// retried head job, having started, has none), and so a suffix of the batch.
     fn take_batch(
         &self,
         inner: &mut Inner<J>,
         max: usize,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
     ) -> usize {
+        if let Some(queued) = inner.stamps.as_deref_mut() {
+            debug_assert!(queued.len() <= inner.queue.len(), "more stamps than jobs");
+            let unstamped = inner.queue.len() - queued.len();
+            let taken = inner.queue.len().min(max);
+            stamps.extend(queued.drain(..taken.saturating_sub(unstamped)));
+        }
         if inner.queue.len() <= max {
             // Swapping keeps both buffers' allocations alive for reuse.
             std::mem::swap(&mut inner.queue, batch);
@@ -145,18 +183,38 @@ impl<K, J> Mailbox<K, J> {
         self.end_turn_as(leftovers, due, stop)
     }
 
-    /// [`Mailbox::end_turn`], for any [`Stop`]. With [`Stop::Backoff`], `leftovers` starts
-    /// with the job that failed: it goes back to the front with its attempt count, and the
-    /// key becomes Waiting (returning [`EndTurn::Backoff`]) for the worker to file it in the
-    /// backoff heap. Its mark (if it counts in a group) goes back behind it, as a halted
-    /// turn's leftovers' marks do, so the group counts the job once, when it finally ends.
+    #[cfg(test)]
     pub(crate) fn end_turn_as(
         &self,
         leftovers: &mut VecDeque<J>,
         due: &mut Marks,
         stop: Stop,
     ) -> EndTurn {
+        self.end_turn_stamped(leftovers, due, stop, &mut VecDeque::new())
+    }
+
+    /// [`Mailbox::end_turn`], for any [`Stop`]. With [`Stop::Backoff`], `leftovers` starts
+    /// with the job that failed: it goes back to the front with its attempt count, and the
+    /// key becomes Waiting (returning [`EndTurn::Backoff`]) for the worker to file it in the
+    /// backoff heap. Its mark (if it counts in a group) goes back behind it, as a halted
+    /// turn's leftovers' marks do, so the group counts the job once, when it finally ends.
+    ///
+    /// `stamps` holds the dispatch instants of the leftovers that have one (a suffix of them);
+    /// they go back in front of the queue's.
+    pub(crate) fn end_turn_stamped(
+        &self,
+        leftovers: &mut VecDeque<J>,
+        due: &mut Marks,
+        stop: Stop,
+        stamps: &mut VecDeque<Instant>,
+    ) -> EndTurn {
         let mut inner = lock(&self.inner);
+        if !stamps.is_empty() {
+            let queued = inner.stamps.get_or_insert_with(Box::default);
+            while let Some(stamp) = stamps.pop_back() {
+                queued.push_front(stamp);
+            }
+        }
         debug_assert_eq!(inner.state, State::Running);
         let start = inner.taken - inner.in_turn as u64;
         while let Some(mut mark) = due.pop_back() {
