@@ -71,7 +71,7 @@ impl<K, J> Mailbox<K, J> {
     /// `due` (empty, as the batch left it) is refilled with the flush barriers registered
     /// during the batch, at position 0 (due before the next job), then with the next batch's
     /// marks.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn continue_turn(
         &self,
         max: usize,
