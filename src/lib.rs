@@ -152,6 +152,18 @@
 //! [`flush_key`](Dispatcher::flush_key), [`Group::wait`], `close_now`) return
 //! [`WaitError::WouldDeadlock`].
 //! Closing from several threads at once is safe: all wait for the same drain.
+//! [`Dispatcher::close_timeout`] bounds the shutdown by a deadline, even past a handler that
+//! hangs.
+//!
+//! # Seeing inside
+//!
+//! [`Dispatcher::stats`] counts jobs by fate and refusals by cause ([`Refusals`]);
+//! [`Dispatcher::hot_keys`] names the keys with the deepest backlog;
+//! [`Builder::slow_job`] reports a job still running past a threshold while it runs; with
+//! [`Builder::record_latency`], [`Dispatcher::metrics`] adds histograms of each job's wait and
+//! run. With the cargo feature `metrics`, the same figures go to the [`metrics`](https://docs.rs/metrics)
+//! crate's facade, labelled with the dispatcher's name, for whatever exporter the
+//! application installed.
 //!
 //! # User code: where it runs, and what it may do
 //!

@@ -549,13 +549,17 @@ where
         let watch = self
             .slow_job
             .map(|(threshold, hook)| Watch::new(&config.name, threshold, hook, pool.workers()));
-        let latency = self.record_latency.then(|| Latency::new(pool.workers()));
+        let latency = self
+            .record_latency
+            .then(|| Latency::new(pool.workers(), &config.name));
         let core = Core::new(config, pool, handler, self.on_panic, watch, latency);
         core.pool().attach(core.as_client())?;
         if let Err(err) = core.start_watch() {
             Dispatcher::from_core(core).close();
             return Err(err);
         }
+        #[cfg(feature = "metrics")]
+        core.start_publishing();
         log::debug!(
             "{}: dispatcher built on pool {} ({} workers)",
             core.config().name,

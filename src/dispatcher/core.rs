@@ -107,6 +107,9 @@ pub(crate) struct Core<K, J> {
     pub(super) held: AtomicUsize,
     /// Waiting keys of retried jobs (see `backoff`).
     pub(super) backoffs: Mutex<super::backoff::Backoffs<K, J>>,
+    /// The `metrics` facade's handles (see `publish`).
+    #[cfg(feature = "metrics")]
+    pub(super) publisher: super::publish::Publisher,
     /// The latency recorders, if the dispatcher records latency (see `latency`).
     pub(super) latency: Option<Box<Latency>>,
     /// The slow-job watch, if the dispatcher was built with `slow_job` (see `watch`).
@@ -157,6 +160,8 @@ where
         watch: Option<Watch<K, J>>,
         latency: Option<Latency>,
     ) -> Arc<Self> {
+        #[cfg(feature = "metrics")]
+        let publisher = super::publish::Publisher::new(&config.name);
         Arc::new_cyclic(|me| Core {
             keys: KeyMap::new(),
             gate: Gate::new(),
@@ -183,6 +188,8 @@ where
             delays: Box::default(),
             watch: watch.map(Arc::new),
             latency: latency.map(Box::new),
+            #[cfg(feature = "metrics")]
+            publisher,
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),

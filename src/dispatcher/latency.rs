@@ -19,6 +19,9 @@ use std::{fmt::Debug, hash::Hash, time::Duration};
 /// See the module docs.
 pub(crate) struct Latency {
     slots: Box<[CachePadded<Recorders>]>,
+    /// The `metrics` facade's histograms, fed each duration as it is counted.
+    #[cfg(feature = "metrics")]
+    facade: (metrics::Histogram, metrics::Histogram),
 }
 
 #[derive(Default)]
@@ -28,9 +31,13 @@ struct Recorders {
 }
 
 impl Latency {
-    pub(crate) fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize, name: &str) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = name;
         Latency {
             slots: (0..workers).map(|_| CachePadded::default()).collect(),
+            #[cfg(feature = "metrics")]
+            facade: super::publish::Publisher::histograms(name),
         }
     }
 
@@ -38,12 +45,16 @@ impl Latency {
     #[inline]
     pub(super) fn waited(&self, index: usize, wait: Duration) {
         self.slots[index].wait.record(wait);
+        #[cfg(feature = "metrics")]
+        self.facade.0.record(wait.as_secs_f64());
     }
 
     /// Counts an attempt's run on pool thread `index`.
     #[inline]
     pub(super) fn ran(&self, index: usize, run: Duration) {
         self.slots[index].run.record(run);
+        #[cfg(feature = "metrics")]
+        self.facade.1.record(run.as_secs_f64());
     }
 
     fn snapshot(&self) -> (Histogram, Histogram) {

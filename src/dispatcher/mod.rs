@@ -16,6 +16,7 @@
 //! - `due`: the heap of due instants and the timer bookkeeping those two share;
 //! - `watch`: slow jobs, reported by a watchdog thread while they run;
 //! - `latency`: each job's wait and run, counted per thread and merged for `metrics`;
+//! - `publish`: with the `metrics` feature, the figures through the `metrics` crate's facade;
 //! - `shutdown`: `close`, `close_now` and the waits; its docs number the shutdown steps and
 //!   the races they must win.
 
@@ -28,6 +29,8 @@ mod evict;
 mod keys;
 pub(crate) mod latency;
 mod pause;
+#[cfg(feature = "metrics")]
+mod publish;
 mod route;
 mod shutdown;
 mod tokens;

@@ -407,6 +407,8 @@ where
             watch.stop(!self.pool.is_current());
         }
         *finished = true;
+        #[cfg(feature = "metrics")]
+        self.publisher.publish(&self.stats());
         drop(finished);
         log::trace!("{name}: {} keys evicted", evicted.len());
         // Outside every lock: dropping a key runs its `Drop`, which may call back into this

@@ -446,6 +446,8 @@ where
             TimerKind::Sweep => self.on_sweep_timer(now),
             TimerKind::Backoff => self.on_backoff_timer(now),
             TimerKind::Delay => self.on_delay_timer(now),
+            #[cfg(feature = "metrics")]
+            TimerKind::Publish => self.on_publish_timer(now),
         }
     }
 

@@ -31,6 +31,9 @@ pub(crate) enum TimerKind {
     Backoff,
     /// The end of the earliest delay of a delayed dispatch (see `dispatcher::delay`).
     Delay,
+    /// Publishing to the `metrics` facade (see `dispatcher::publish`).
+    #[cfg(feature = "metrics")]
+    Publish,
 }
 
 /// Passed to a running client: what it may ask of the worker thread it runs on.
