@@ -252,10 +252,12 @@ where
         self
     }
 
-    /// Reports every job still running `threshold` after it started, while it runs (a hung
+    /// Reports jobs still running `threshold` after they started, while they run (a hung
     /// handler is found before it returns, if ever): a `warn` line with the key and how long,
-    /// and `hook` with the same, once per job. How long is a lower bound, within a quarter of
-    /// the threshold of the truth.
+    /// and `hook` with the same, once per job. A job that runs for `threshold` plus a quarter
+    /// of it is always reported; one that ends between the two may not be; a job under
+    /// `threshold` never is. How long is a lower bound, within a quarter of the threshold of
+    /// the truth.
     ///
     /// A watchdog thread of the dispatcher's own (named `{name}-watch`) samples the workers
     /// every quarter of the threshold, so that it finds slow jobs even when every pool thread

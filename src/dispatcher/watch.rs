@@ -5,7 +5,9 @@
 //! while a job runs, written only by that thread. A watchdog thread of the dispatcher's own
 //! samples the counts every quarter of the threshold: a count seen odd and unchanged since a
 //! sample at least `threshold` ago belongs to a job that has run at least that long. It is
-//! reported once: a `warn` line with its key and how long, and the hook.
+//! reported once: a `warn` line with its key and how long, and the hook. A job is first seen
+//! up to a period after it began, so one that ends before `threshold` plus a period may go
+//! unreported; none shorter than `threshold` is ever reported.
 //!
 //! The watchdog runs beside the pool rather than on its timer, so that a pool whose threads
 //! all hang still has its jobs reported. A worker pays two plain stores per job and a lock per
