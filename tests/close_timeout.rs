@@ -22,22 +22,28 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// A dispatcher whose job 0 hangs, the channel announcing its start, and its release.
 type Hanging<J> = (Dispatcher<char, J>, mpsc::Receiver<()>, mpsc::Sender<()>);
 
-/// A dispatcher on one thread whose job 0 hangs until released; it announces its start.
-fn hanging(name: &str) -> Hanging<u32> {
+/// A dispatcher on one thread whose job numbered 0 (as `number` reads it) hangs until
+/// released; it announces its start.
+fn hanging<J: Send + 'static>(name: &str, number: fn(&J) -> u32) -> Hanging<J> {
     let (started, starts) = mpsc::channel();
     let (release, hung) = mpsc::channel::<()>();
     let (started, hung) = (Mutex::new(started), Mutex::new(hung));
     let d = Dispatcher::builder()
         .workers(1)
         .name(name)
-        .build(move |_: &char, job: u32| {
-            if job == 0 {
+        .build(move |_: &char, job: J| {
+            if number(&job) == 0 {
                 started.lock().unwrap().send(()).unwrap();
                 let _ = hung.lock().unwrap().recv();
             }
         })
         .unwrap();
     (d, starts, release)
+}
+
+/// Jobs that count their drops.
+fn hanging_tokens(name: &str) -> Hanging<(u32, DropToken)> {
+    hanging(name, |(number, _)| *number)
 }
 
 #[test]
@@ -61,7 +67,7 @@ fn a_drain_that_finishes_in_time_hands_back_nothing_and_joins() {
 #[test]
 fn past_the_deadline_it_returns_although_a_handler_hangs_and_a_later_close_now_gets_the_rest() {
     let _watchdog = Watchdog::new("close_timeout_hung", LIMIT);
-    let (d, starts, release) = hanging("ct-hung");
+    let (d, starts, release) = hanging("ct-hung", |n: &u32| *n);
     d.dispatch('a', 0).unwrap();
     starts.recv().unwrap();
     d.dispatch('a', 1).unwrap();
@@ -88,24 +94,6 @@ fn past_the_deadline_it_returns_although_a_handler_hangs_and_a_later_close_now_g
     );
     assert_eq!((stats.running, stats.queued), (0, 0));
     wait_threads_gone("ct-hung");
-}
-
-/// As `hanging`, with jobs that count their drops.
-fn hanging_tokens(name: &str) -> Hanging<(u32, DropToken)> {
-    let (started, starts) = mpsc::channel();
-    let (release, hung) = mpsc::channel::<()>();
-    let (started, hung) = (Mutex::new(started), Mutex::new(hung));
-    let d = Dispatcher::builder()
-        .workers(1)
-        .name(name)
-        .build(move |_: &char, (job, _): (u32, DropToken)| {
-            if job == 0 {
-                started.lock().unwrap().send(()).unwrap();
-                let _ = hung.lock().unwrap().recv();
-            }
-        })
-        .unwrap();
-    (d, starts, release)
 }
 
 #[test]
