@@ -282,3 +282,38 @@ fn metrics_of_a_dispatcher_on_a_shared_pool_are_its_own() {
     assert_eq!(plain.metrics().stats.completed, 100);
     pool.close();
 }
+
+#[test]
+fn a_slow_job_hook_that_closes_while_the_owner_closes_does_not_deadlock() {
+    let _watchdog = Watchdog::new("slow_job_hook_closes", LIMIT);
+    let handle: Arc<Mutex<Option<Dispatcher<u8, u32>>>> = Arc::default();
+    let in_hook = Arc::clone(&handle);
+    let (hooked, hook_ran) = mpsc::channel();
+    let hooked = Mutex::new(hooked);
+    let (release, held) = mpsc::channel::<()>();
+    let (release, held) = (Mutex::new(release), Mutex::new(held));
+    let d = Dispatcher::builder()
+        .workers(1)
+        .name("hookclose")
+        .slow_job(Duration::from_millis(20), move |_: &u8, _| {
+            let Some(d) = in_hook.lock().unwrap().take() else {
+                return;
+            };
+            hooked.lock().unwrap().send(()).unwrap();
+            // Let the job end once the owner has begun to close; then close too.
+            common::wait_for(|| d.is_closed());
+            release.lock().unwrap().send(()).unwrap();
+            d.close();
+        })
+        .build(move |_: &u8, _: u32| {
+            let _ = held.lock().unwrap().recv();
+        })
+        .unwrap();
+    *handle.lock().unwrap() = Some(d.clone());
+    d.dispatch(1, 1).unwrap();
+    hook_ran.recv().unwrap();
+    let report = d.close();
+    assert!(report.drained);
+    assert_eq!(report.stats.completed, 1);
+    common::wait_threads_gone("hookclose");
+}

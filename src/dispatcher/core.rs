@@ -121,6 +121,10 @@ pub(crate) struct Core<K, J> {
     /// Set by a `close` that could not wait (it ran on a worker thread): whoever empties the
     /// gate afterwards finishes the shutdown.
     pub(super) finish_pending: AtomicBool,
+    /// Held while a shutdown takes keys and delayed jobs out (`close_now`, `close_timeout`,
+    /// and a close giving up on what close_timeout kept), so that each sees the others'
+    /// results whole.
+    pub(super) taking: Mutex<()>,
     /// Set once `close_timeout` has returned leaving jobs behind running ones.
     pub(super) timed_out: AtomicBool,
     /// Set by a `close` after that: whoever sees the last running turn end drops those jobs
@@ -192,6 +196,7 @@ where
             publisher,
             timer_set: AtomicBool::new(false),
             finish_pending: AtomicBool::new(false),
+            taking: Mutex::new(()),
             timed_out: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             finished: Mutex::new(false),

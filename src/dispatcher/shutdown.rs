@@ -204,24 +204,29 @@ where
         if self.idle.wait_until(grace, || self.counters.turns() == 0) {
             return Ok(self.hand_back_all());
         }
-        let mut delayed = self.halt_delays();
-        let mut taken = self.take_keys(Take::Unheld);
-        self.timed_out.store(true, Ordering::SeqCst);
-        // The flag, then the turn count: a turn that ends unseen sees the flag.
-        dekker_fence();
-        let running = self.counters.turns();
-        if running == 0 {
-            // Every turn ended meanwhile: nothing is left behind after all.
-            taken.extend(self.take_keys(Take::All));
-        } else {
-            delayed = self.keep_delayed_of_kept_keys(delayed);
-        }
-        let left = self.hand_back(taken, delayed);
+        let (left, running) = {
+            // One taker at a time: this, `close_now`'s hand-back, or a close dropping what a
+            // timed-out close_timeout kept.
+            let _taking = lock(&self.taking);
+            let mut delayed = self.halt_delays();
+            let mut taken = self.take_keys(Take::Unheld);
+            let running = self.counters.turns();
+            if running == 0 {
+                // Every turn ended meanwhile: nothing is left behind after all.
+                taken.extend(self.take_keys(Take::All));
+            } else {
+                delayed = self.keep_delayed_of_kept_keys(delayed);
+            }
+            (self.hand_back(taken, delayed), running)
+        };
         if running == 0 {
             self.idle.wait_until(None, || self.gate.count() == 0);
             self.finish();
             self.pool.join();
         } else {
+            // Only now, with the keys settled: a close from here on gives up on the kept jobs
+            // (and one waiting for the drain wakes for it, below).
+            self.timed_out.store(true, Ordering::SeqCst);
             log::warn!(
                 "{}: close_timeout returned with {running} jobs still running; their keys keep \
                  {} jobs that did not start (close_now hands them back)",
@@ -272,8 +277,13 @@ where
     /// Drops every job left in the map once no turn runs (see `abandon`), and the delayed jobs
     /// kept with them, and finishes.
     pub(super) fn drop_stranded(&self) {
-        let delayed = lock(&self.delays.delayed).clear();
-        let taken = self.take_keys(Take::All);
+        let (delayed, taken) = {
+            let _taking = lock(&self.taking);
+            (
+                lock(&self.delays.delayed).clear(),
+                self.take_keys(Take::All),
+            )
+        };
         let jobs = delayed.len() + taken.iter().map(|(_, queue)| queue.len()).sum::<usize>();
         if jobs > 0 {
             log::error!(
@@ -298,9 +308,12 @@ where
     /// The end of `close_now`, once no turn runs: takes every delayed job and every key's
     /// queue, hands them back, and finishes.
     fn hand_back_all(&self) -> Vec<(K, Vec<J>)> {
-        let delayed = self.halt_delays();
-        let taken = self.take_keys(Take::All);
-        let left = self.hand_back(taken, delayed);
+        let left = {
+            let _taking = lock(&self.taking);
+            let delayed = self.halt_delays();
+            let taken = self.take_keys(Take::All);
+            self.hand_back(taken, delayed)
+        };
         // Producers that entered the gate before it closed see the halt flag and leave.
         self.idle.wait_until(None, || self.gate.count() == 0);
         self.finish();
@@ -314,16 +327,20 @@ where
     fn take_keys(&self, take: Take) -> Vec<Taken<K, J>> {
         let mut queues = Vec::new();
         let mut released = Marks::new();
-        let mut paused = 0;
+        let (mut paused, mut held) = (0, 0);
         let removed = self.keys.remove_where(|mailbox| {
             let taken = match take {
-                Take::All => Some(mailbox.take_all()),
+                Take::All => {
+                    let (queue, marks, paused) = mailbox.take_all();
+                    Some((queue, marks, paused, false))
+                }
                 Take::Unheld => mailbox.take_all_unless_running(),
             };
-            let Some((queue, marks, was_paused)) = taken else {
+            let Some((queue, marks, was_paused, was_held)) = taken else {
                 return false;
             };
             paused += isize::from(was_paused);
+            held += usize::from(was_held);
             released.extend(marks);
             queues.push(queue);
             true
@@ -336,9 +353,14 @@ where
         self.counters.paused(-paused);
         self.stopping
             .fetch_sub(paused.unsigned_abs(), Ordering::SeqCst);
-        if take == Take::All {
-            self.held.store(0, Ordering::SeqCst);
-            self.clear_sched();
+        match take {
+            Take::All => {
+                self.held.store(0, Ordering::SeqCst);
+                self.clear_sched();
+            }
+            Take::Unheld => {
+                self.held.fetch_sub(held, Ordering::SeqCst);
+            }
         }
         removed.into_iter().zip(queues).collect()
     }
@@ -403,13 +425,15 @@ where
         });
         self.clear_sched();
         self.pool.detach(&self.as_client());
-        if let Some(watch) = &self.watch {
-            watch.stop(!self.pool.is_current());
-        }
         *finished = true;
         #[cfg(feature = "metrics")]
         self.publisher.publish(&self.stats());
         drop(finished);
+        // Outside the lock: the watchdog may be in a slow-job hook that closes the dispatcher
+        // too, and so waits for that lock.
+        if let Some(watch) = &self.watch {
+            watch.stop(!self.pool.is_current());
+        }
         log::trace!("{name}: {} keys evicted", evicted.len());
         // Outside every lock: dropping a key runs its `Drop`, which may call back into this
         // dispatcher (for its stats, say).

@@ -545,12 +545,16 @@ impl<K, J> Mailbox<K, J> {
     /// `close_timeout`: as [`Mailbox::take_all`], unless a turn holds the key, whose batch it
     /// cannot reach: then `None`, and the key keeps its jobs. A turn about to begin on a key
     /// taken here finds it Evicted and leaves it (see [`Mailbox::begin_turn_attempts`]).
-    pub(crate) fn take_all_unless_running(&self) -> Option<(VecDeque<J>, Marks, bool)> {
+    ///
+    /// Also says whether the key was Held (its dispatcher counts Held keys).
+    pub(crate) fn take_all_unless_running(&self) -> Option<(VecDeque<J>, Marks, bool, bool)> {
         let mut inner = lock(&self.inner);
         if inner.state == State::Running && !fault!(TimeoutTakesRunningKeys) {
             return None;
         }
-        Some(self.take_locked(&mut inner))
+        let held = inner.state == State::Held;
+        let (queue, marks, paused) = self.take_locked(&mut inner);
+        Some((queue, marks, paused, held))
     }
 
     fn take_locked(&self, inner: &mut Inner<J>) -> (VecDeque<J>, Marks, bool) {

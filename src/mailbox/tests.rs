@@ -458,8 +458,8 @@ fn close_timeout_takes_a_key_unless_a_turn_holds_it_and_a_late_turn_leaves_it() 
     // that begins afterwards finds the key Evicted and takes nothing.
     let mb = Mailbox::new(2u8, 0, 3u32, None);
     assert_eq!(mb.push(4, &mut None, 8, &gate, || {}), Push::Added);
-    let (taken, _, paused) = mb.take_all_unless_running().expect("no turn holds it");
-    assert_eq!((Vec::from(taken), paused), (vec![3, 4], false));
+    let (taken, _, paused, held) = mb.take_all_unless_running().expect("no turn holds it");
+    assert_eq!((Vec::from(taken), paused, held), (vec![3, 4], false, false));
     let (mut late, mut late_due) = (VecDeque::new(), Marks::new());
     assert_eq!(mb.begin_turn_attempts(8, &mut late, &mut late_due), None);
     assert_eq!(mb.state(), State::Evicted);
