@@ -178,7 +178,7 @@ where
                 return (done, BatchEnd::Stopped { attempts });
             }
             // The stamps cover a suffix of the batch: the job has one if as many remain.
-            let stamp = if stamps.len() > batch.len() {
+            let stamp = if latency.is_some() && stamps.len() > batch.len() {
                 stamps.pop_front()
             } else {
                 None
