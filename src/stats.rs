@@ -139,10 +139,12 @@ pub(crate) struct Counters {
     failed: AtomicU64,
     panicked: AtomicU64,
     refused: AtomicU64,
-    /// By [`Refusal`], in its order.
-    refusals: [AtomicU64; 4],
+    /// By [`Refusal`], in its order. This and `dropped` are `std`'s atomics even under loom
+    /// and shuttle: they take no part in the protocol, and every atomic a model sees
+    /// multiplies the schedules it explores.
+    refusals: [std::sync::atomic::AtomicU64; 4],
     handed_back: AtomicU64,
-    dropped: AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     paused: AtomicUsize,
