@@ -452,6 +452,9 @@ pub enum WaitError {
     /// and the jobs kept behind them will never run: wait with
     /// [`close_now`](crate::Dispatcher::close_now), which hands them back.
     Halted,
+    /// The dispatcher is closed: there is no room to wait for
+    /// ([`reserve`](crate::Dispatcher::reserve)).
+    Closed,
 }
 
 impl fmt::Display for WaitError {
@@ -461,6 +464,7 @@ impl fmt::Display for WaitError {
             Self::Timeout => "timed out waiting",
             Self::KeysPaused => "a paused key holds jobs that would never run",
             Self::Halted => "the dispatcher was halted with jobs left that will never run",
+            Self::Closed => "the dispatcher is closed",
         })
     }
 }

@@ -245,6 +245,16 @@ where
         self.send(key, job, Wait::within(timeout))
     }
 
+    /// Dispatches `job` on `key`, counting it in the group, waiting for room without blocking
+    /// a thread: [`Dispatcher::dispatch_async`](crate::Dispatcher::dispatch_async), whose
+    /// rules, errors and cancellation it shares. The job counts in the group from this call
+    /// on; if the future resolves with an error or is dropped before its job was accepted,
+    /// the count is undone.
+    #[cfg(feature = "async")]
+    pub fn dispatch_async(&self, key: K, job: J) -> crate::DispatchAsync<'_, K, J> {
+        crate::DispatchAsync::new(&self.core, key, job, Some(Arc::clone(&self.state)))
+    }
+
     fn send(&self, key: K, job: J, wait: Wait) -> Result<(), DispatchError<K, J>> {
         self.state.add();
         // Undoes the count unless the job was accepted: it was refused, or the key's `Hash` or
@@ -318,6 +328,35 @@ where
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<GroupReport, WaitError> {
         self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    /// Waits, without blocking a thread, until no job of the group is pending: the async
+    /// [`wait`](Group::wait), with the same report and errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Dispatcher;
+    ///
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    /// # rt.block_on(async {
+    /// let d = Dispatcher::builder().build(|_: &u8, _: u32| {})?;
+    /// let batch = d.group();
+    /// for n in 0..10 {
+    ///     batch.dispatch(n as u8 % 3, n)?;
+    /// }
+    /// assert_eq!(batch.wait_async().await?.completed, 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "async")]
+    pub async fn wait_async(&self) -> Result<GroupReport, WaitError> {
+        if self.core.pool().is_current() {
+            return Err(WaitError::WouldDeadlock);
+        }
+        self.state.finished().await;
+        Ok(self.state.report())
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<GroupReport, WaitError> {

@@ -91,7 +91,7 @@ impl Latch {
         let prev = self.pending.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(prev > 0, "group count underflow");
         if prev == 1 {
-            self.done.notify();
+            self.done.notify_all();
         }
     }
 
@@ -103,6 +103,11 @@ impl Latch {
     /// Blocks until `pending` is zero or `deadline` passes; false on timeout.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
         self.done.wait_until(deadline, || self.pending() == 0)
+    }
+
+    /// Resolves once `pending` is zero; a task's [`Latch::wait`].
+    pub(crate) async fn finished(&self) {
+        self.done.until(|| self.pending() == 0).await;
     }
 
     pub(crate) fn report(&self) -> GroupReport {

@@ -215,6 +215,7 @@ mod group;
 mod handler;
 mod histogram;
 mod hooks;
+mod job_handle;
 mod keymap;
 mod latch;
 mod mailbox;
@@ -227,6 +228,7 @@ mod sync;
 #[cfg(all(test, any(loom, shuttle)))]
 mod tests;
 mod unwind;
+mod waiters;
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]
@@ -234,12 +236,15 @@ mod unwind;
 struct ReadmeDoctests;
 
 pub use builder::{Builder, PoolBuilder, DEFAULT_CAPACITY, DEFAULT_JOBS_PER_TURN};
-pub use dispatcher::{CloseReport, Dispatcher};
+pub use dispatcher::{CloseReport, Dispatcher, Permit};
+#[cfg(feature = "async")]
+pub use dispatcher::{DispatchAsync, Reserve};
 pub use error::{Bound, BuildError, DispatchError, WaitError};
 pub use group::Group;
 pub use handler::{BoxedJob, Handler, HandlerOutput, Never};
 pub use histogram::Histogram;
 pub use hooks::{DeadLetter, DeadLetterFn, ErrorHook, ErrorHookFn, NoDeadLetter, NoErrorHook};
+pub use job_handle::{JobError, JobHandle};
 pub use latch::GroupReport;
 pub use pool::WorkerPool;
 pub use retry::{Failure, RetryOutput, RetryPolicy, DEFAULT_MAX_ATTEMPTS};

@@ -1,21 +1,30 @@
-//! [`Signal`]: threads block until a condition holds; others announce that it may hold now.
+//! [`Signal`]: threads and tasks wait until a condition holds; others announce that it may hold
+//! now, to every waiter or to the next few in arrival order.
 
-use crate::sync::{dekker_fence, lock, wait, wait_timeout, AtomicUsize, Condvar, Mutex, Ordering};
-use std::time::Instant;
+use crate::{
+    sync::{dekker_fence, lock, AtomicUsize, Mutex, Ordering},
+    waiters::{Queue, Waiter, Wakeups},
+};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
 
-/// A condition variable with a count of its waiters, so that announcing a change costs one
+/// A FIFO of waiters (see `waiters`) with a count of them, so that announcing a change costs one
 /// atomic load while nobody waits.
 ///
 /// No wake-up is lost as long as the state the condition reads is changed with `SeqCst` before
-/// [`Signal::notify`], and read with `SeqCst` by the condition: a waiter counts itself before
-/// its check, a notifier changes the state before it reads the count, so at least one of them
-/// sees the other (the Dekker pattern), and the notifier takes the lock before notifying, so a
-/// waiter that saw the old state is already waiting by then.
+/// [`Signal::notify`], and read with `SeqCst` by the condition: a waiter counts itself (as it
+/// queues, under the lock) before its check, a notifier changes the state before it reads the
+/// count, so at least one of them sees the other (the Dekker pattern), and a notifier that sees
+/// the count takes the lock after the waiter queued.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
-    waiters: AtomicUsize,
-    lock: Mutex<()>,
-    condvar: Condvar,
+    count: AtomicUsize,
+    queue: Mutex<Queue>,
 }
 
 impl Signal {
@@ -25,40 +34,121 @@ impl Signal {
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> bool,
     ) -> bool {
-        if ready() {
-            return true;
-        }
-        // ORDERING: SeqCst, see the type's docs.
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        dekker_fence();
-        let mut guard = lock(&self.lock);
-        let result = loop {
+        loop {
             if ready() {
-                break true;
+                return true;
             }
-            guard = match deadline {
-                None => wait(&self.condvar, guard),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break false;
-                    }
-                    wait_timeout(&self.condvar, guard, deadline - now)
-                }
-            };
-        };
-        drop(guard);
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        result
+            let waiter = self.enqueue();
+            if ready() {
+                self.dequeue(&waiter);
+                return true;
+            }
+            if !waiter.block(deadline) {
+                // A notification that came meanwhile is taken by the check below, as a woken
+                // waiter's would be.
+                self.dequeue(&waiter);
+                return ready();
+            }
+        }
+    }
+
+    /// Resolves once `ready()` returns true; a task's [`Signal::wait_until`].
+    pub(crate) fn until<F: FnMut() -> bool + Unpin>(&self, ready: F) -> Until<'_, F> {
+        Until {
+            signal: self,
+            ready,
+            waiter: None,
+        }
+    }
+
+    /// Queues a new waiter and counts it; then the fence of the Dekker pair (see the type's docs).
+    pub(crate) fn enqueue(&self) -> Arc<Waiter> {
+        let waiter = Waiter::new();
+        {
+            let mut queue = lock(&self.queue);
+            queue.push(Arc::clone(&waiter));
+            // ORDERING: SeqCst, see the type's docs.
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+        dekker_fence();
+        waiter
+    }
+
+    /// Takes `waiter` out of the queue; false if a notifier had popped it.
+    pub(crate) fn dequeue(&self, waiter: &Arc<Waiter>) -> bool {
+        let mut queue = lock(&self.queue);
+        let queued = queue.remove(waiter);
+        if queued {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+        queued
+    }
+
+    /// A task's waiter dropped before it took its notification: takes it out, or passes the
+    /// notification on to the next waiter (step 3 of `waiters`).
+    pub(crate) fn abandon(&self, waiter: &Arc<Waiter>) {
+        if !self.dequeue(waiter) {
+            self.notify(1);
+        }
+    }
+
+    /// Wakes the `n` longest-waiting waiters: `n` units of what they wait for were freed.
+    pub(crate) fn notify(&self, n: usize) {
+        // ORDERING: SeqCst, see the type's docs.
+        dekker_fence();
+        if self.count.load(Ordering::SeqCst) > 0 {
+            let mut wakeups = Wakeups::default();
+            let mut queue = lock(&self.queue);
+            let popped = queue.notify(n, &mut wakeups);
+            self.count.fetch_sub(popped, Ordering::SeqCst);
+        }
     }
 
     /// Wakes every waiter to re-check its condition.
-    pub(crate) fn notify(&self) {
-        // ORDERING: SeqCst, see the type's docs.
-        dekker_fence();
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = lock(&self.lock);
-            self.condvar.notify_all();
+    pub(crate) fn notify_all(&self) {
+        self.notify(usize::MAX);
+    }
+}
+
+/// The future of [`Signal::until`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub(crate) struct Until<'a, F> {
+    signal: &'a Signal,
+    ready: F,
+    /// Queued, or notified and not yet polled.
+    waiter: Option<Arc<Waiter>>,
+}
+
+impl<F: FnMut() -> bool + Unpin> Future for Until<'_, F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if let Some(waiter) = &this.waiter {
+                if !waiter.poll(cx) {
+                    return Poll::Pending;
+                }
+                this.waiter = None;
+            }
+            if (this.ready)() {
+                return Poll::Ready(());
+            }
+            let waiter = this.signal.enqueue();
+            if (this.ready)() {
+                this.signal.dequeue(&waiter);
+                return Poll::Ready(());
+            }
+            this.waiter = Some(waiter);
+        }
+    }
+}
+
+impl<F> Drop for Until<'_, F> {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.waiter.take() {
+            self.signal.abandon(&waiter);
         }
     }
 }

@@ -211,6 +211,15 @@ impl Counters {
         result
     }
 
+    /// An async producer queued for room: counted in `blocked` until [`Counters::unblocked`].
+    pub(crate) fn blocking(&self) {
+        self.blocked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unblocked(&self) {
+        self.blocked.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn handed_back(&self, n: usize) {
         self.handed_back.fetch_add(n as u64, Ordering::Release);
     }

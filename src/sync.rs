@@ -109,7 +109,8 @@ pub(crate) enum Fault {
     /// `Core::sweep` marks a key Evicted before it takes the map's lock, so that the Idle check
     /// and the removal are two critical sections.
     EvictBeforeMapLock,
-    /// `Mailbox::end_turn` does not wake the producers waiting for room in the key.
+    /// `Mailbox::end_turn` does not wake the key's waiters: the producers waiting for room in
+    /// it, and `cancel_key` waiting for its turn to end.
     NoRoomWake,
     /// `Core::close` returns without waiting for the drain when another close set the flag.
     LateCloseSkipsDrain,
@@ -129,6 +130,14 @@ pub(crate) enum Fault {
     CloseNowSkipsDeliveries,
     /// `Mailbox::take_all_unless_running` takes a key whose turn is running too.
     TimeoutTakesRunningKeys,
+    /// `Waiter::poll`, at a task's first poll after it queued, leaves its waker without
+    /// looking whether the notification already came.
+    PollMissesEarlyNotify,
+    /// Room held in a key and given back unused (a dropped future's grant, a dropped permit)
+    /// is not granted to the key's next waiter (`Mailbox::unreserve_locked`).
+    AbandonedNotifyLost,
+    /// `Mailbox::try_evict` evicts an Idle key in which a permit holds room.
+    SweepEvictsReservedKeys,
 }
 
 /// Whether the [`Fault`] variant `$name` is armed: `fault!(NoRoomWake)`. The one way the

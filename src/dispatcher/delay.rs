@@ -206,7 +206,7 @@ where
         }
         if popped > 0 {
             self.delays.delivering.fetch_sub(popped, Ordering::SeqCst);
-            self.idle.notify();
+            self.idle.notify_all();
         }
         next
     }

@@ -26,9 +26,12 @@ pub(crate) mod core;
 mod delay;
 mod due;
 mod evict;
+#[cfg(feature = "async")]
+mod future;
 mod keys;
 pub(crate) mod latency;
 mod pause;
+mod permit;
 #[cfg(feature = "metrics")]
 mod publish;
 mod route;
@@ -37,12 +40,15 @@ mod tokens;
 pub(crate) mod watch;
 mod worker;
 
-pub use self::close::CloseReport;
 use self::core::{Core, Item, Wait};
+#[cfg(feature = "async")]
+pub use self::future::{DispatchAsync, Reserve};
+pub use self::{close::CloseReport, permit::Permit};
 use crate::{
     builder::Builder,
     error::{DispatchError, WaitError},
     handler::BoxedJob,
+    job_handle::JobHandle,
     pool::Client,
     stats::Stats,
     sync::Arc,
@@ -397,6 +403,45 @@ where
         job: impl FnOnce() + Send + 'static,
     ) -> Result<(), DispatchError<K, BoxedJob>> {
         self.dispatch(key, BoxedJob::new(job))
+    }
+
+    /// Dispatches a closure on `key` as [`spawn`](Dispatcher::spawn) does, and returns a
+    /// handle on its result: [`join`](JobHandle::join) it, or `.await` it.
+    ///
+    /// Dropping the handle does not cancel the job. A job that panics gives
+    /// [`JobError::Panicked`] with its payload, and counts as a panic in the dispatcher's
+    /// [`stats`](Dispatcher::stats) (its `on_panic` hook sees a message in place of the
+    /// payload, which went to the handle). The handle is filled as the job ends, a moment
+    /// before the worker counts it. A job handed back by
+    /// [`close_now`](Dispatcher::close_now) gives [`JobError::HandedBack`] once it is dropped
+    /// unrun (running it gives its value).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Dispatcher::spawn); the refused job, in the error, would fill the handle
+    /// (which is not returned) if run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::{Dispatcher, JobError};
+    ///
+    /// let d = Dispatcher::builder().build_spawner()?;
+    /// let answer = d.spawn_with_result("calc", || 6 * 7)?;
+    /// assert_eq!(answer.join()?, 42);
+    /// let failed = d.spawn_with_result("calc", || -> u32 { panic!("no") })?;
+    /// assert!(matches!(failed.join(), Err(JobError::Panicked(_))));
+    /// assert_eq!(d.close().stats.panicked, 1); // counted once the worker is done with it
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn_with_result<T: Send + 'static>(
+        &self,
+        key: K,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<JobHandle<T>, DispatchError<K, BoxedJob>> {
+        let (completer, handle) = crate::job_handle::pair(Arc::clone(self.core.pool()));
+        self.spawn(key, move || completer.run(job))?;
+        Ok(handle)
     }
 }
 

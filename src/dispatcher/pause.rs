@@ -135,7 +135,7 @@ where
 
     /// Enters an Idle key that nothing listed (created by `pause_key`, or emptied by
     /// `cancel_key`) in the idle list, so that a sweep evicts it once it is unpaused.
-    fn list_idle(&self, mailbox: Arc<Mailbox<K, J>>) {
+    pub(super) fn list_idle(&self, mailbox: Arc<Mailbox<K, J>>) {
         let mut sched = lock(&self.sched);
         if sched.cleared {
             return;
@@ -149,7 +149,7 @@ where
     /// A key became Held: `wait_idle` must look again.
     pub(super) fn held_more(&self) {
         self.held.fetch_add(1, Ordering::SeqCst);
-        self.idle.notify();
+        self.idle.notify_all();
     }
 
     /// Whether a paused key holds jobs (that `wait_idle` would wait for in vain).

@@ -9,7 +9,7 @@ use crate::{
     gate::Refused,
     keymap::{Hashed, Keyed},
     latch::Latch,
-    mailbox::{Mailbox, Push},
+    mailbox::{Mailbox, Push, Waited},
     stats::Refusal,
     sync::Arc,
     unwind::{drop_contained, ShowKey},
@@ -18,7 +18,7 @@ use std::{fmt::Debug, hash::Hash, time::Instant};
 
 /// Gives back a slot of the gate that a dispatch took, unless disarmed: routing runs the key's
 /// `Eq`, which may panic.
-struct Reserved<'a, K, J>(&'a Core<K, J>)
+pub(super) struct Reserved<'a, K, J>(pub(super) &'a Core<K, J>)
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static;
@@ -28,7 +28,7 @@ where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
 {
-    fn disarm(self) {
+    pub(super) fn disarm(self) {
         std::mem::forget(self);
     }
 }
@@ -64,6 +64,23 @@ pub(super) const DISPATCHED: bool = false;
 /// A delayed job whose delay is over (see `delay`): accepted and counted when it was
 /// dispatched, so it joins its key's queue whatever the key holds.
 pub(super) const DUE: bool = true;
+
+/// What one try at dispatching did ([`Core::try_send`]).
+pub(crate) enum Tried<K, J> {
+    Sent,
+    /// Closed; the error holds the job.
+    Refused(DispatchError<K, J>),
+    /// No room in `Room`; the caller may wait for it and try again.
+    NoRoom(K, Item<J>, Room<K, J>),
+}
+
+/// Where a dispatch found no room.
+pub(crate) enum Room<K, J> {
+    /// The dispatcher's capacity, in the gate: waiters queue in `Core::room`.
+    Dispatcher,
+    /// The key's queue: waiters queue in its mailbox.
+    Key(Arc<Mailbox<K, J>>),
+}
 
 /// What routing a job to its key's mailbox did.
 pub(super) enum Routed<K, J> {
@@ -104,46 +121,68 @@ where
         // The key's one call of `Hash`, before anything that would need undoing if it panics.
         let hash = self.keys.hash(&key);
         loop {
-            if let Err(refused) = self.admit(wait) {
-                let err = match refused {
-                    Refused::Closed => DispatchError::Closed { key, job: item.job },
-                    Refused::Full => too_full(wait, key, item.job, Bound::Dispatcher),
-                };
-                return Err(self.refuse(err));
-            }
-            let reserved = Reserved(self);
-            let stamp = self.latency.is_some().then(Instant::now);
-            let routed = self.route::<DISPATCHED>(hash, key, item, stamp);
-            reserved.disarm();
-            match routed {
-                Routed::Added(key) => {
-                    drop_accepted(key);
-                    return Ok(());
-                }
-                Routed::Schedule(mailbox, key) => {
-                    self.schedule(mailbox);
-                    drop_accepted(key);
-                    return Ok(());
-                }
-                Routed::Halted(key, refused) => {
-                    self.left(1);
-                    let job = refused.job;
-                    return Err(self.refuse(DispatchError::Closed { key, job }));
-                }
-                Routed::Full(k, i, mailbox) => {
-                    self.left(1);
-                    let capacity = self.config.key_capacity;
-                    let room = match wait {
-                        Wait::Never => false,
-                        Wait::Forever => self
-                            .counters
-                            .blocked(|| mailbox.wait_for_room(capacity, None, &self.gate)),
-                        Wait::Until(deadline) => self.counters.blocked(|| {
-                            mailbox.wait_for_room(capacity, Some(deadline), &self.gate)
-                        }),
+            let (k, i, room) = match self.try_send(hash, key, item) {
+                Tried::Sent => return Ok(()),
+                Tried::Refused(err) => return Err(err),
+                Tried::NoRoom(k, i, room) => (k, i, room),
+            };
+            let deadline = match wait {
+                Wait::Never => {
+                    let bound = match room {
+                        Room::Dispatcher => Bound::Dispatcher,
+                        Room::Key(_) => Bound::Key,
                     };
-                    if !room {
-                        return Err(self.refuse(too_full(wait, k, i.job, Bound::Key)));
+                    return Err(self.refuse(too_full(wait, k, i.job, bound)));
+                }
+                Wait::Forever => None,
+                Wait::Until(deadline) => Some(deadline),
+            };
+            match room {
+                Room::Dispatcher => {
+                    if !self.wait_for_global_room(deadline) {
+                        let bound = Bound::Dispatcher;
+                        return Err(self.refuse(too_full(wait, k, i.job, bound)));
+                    }
+                }
+                Room::Key(mailbox) => {
+                    let capacity = self.config.key_capacity;
+                    let waited = self
+                        .counters
+                        .blocked(|| mailbox.wait_for_room(capacity, deadline, &self.gate));
+                    match waited {
+                        Waited::Retry => {}
+                        Waited::Granted => return self.send_granted(mailbox, k, i, wait),
+                        Waited::TimedOut => {
+                            return Err(self.refuse(too_full(wait, k, i.job, Bound::Key)));
+                        }
+                    }
+                }
+            }
+            (key, item) = (k, i);
+        }
+    }
+
+    /// `send`, once granted room in `mailbox`: waits for the gate's room as `wait` allows.
+    fn send_granted(
+        &self,
+        mailbox: Arc<Mailbox<K, J>>,
+        mut key: K,
+        mut item: Item<J>,
+        wait: Wait,
+    ) -> Result<(), DispatchError<K, J>> {
+        let deadline = match wait {
+            Wait::Until(deadline) => Some(deadline),
+            Wait::Never | Wait::Forever => None,
+        };
+        loop {
+            match self.try_send_granted(&mailbox, key, item) {
+                Tried::Sent => return Ok(()),
+                Tried::Refused(err) => return Err(err),
+                Tried::NoRoom(k, i, _) => {
+                    if !self.wait_for_global_room(deadline) {
+                        self.release_room(mailbox);
+                        let bound = Bound::Dispatcher;
+                        return Err(self.refuse(too_full(wait, k, i.job, bound)));
                     }
                     (key, item) = (k, i);
                 }
@@ -151,17 +190,103 @@ where
         }
     }
 
+    /// Enters the gate, waiting for nothing.
+    pub(super) fn try_enter(&self) -> Result<(), Refused> {
+        self.gate
+            .enter(self.config.admitted)
+            .map_err(|(refused, emptied)| {
+                if emptied {
+                    self.progressed();
+                }
+                refused
+            })
+    }
+
+    /// One try at dispatching `item` on `key`, whose hash is `hash`, waiting for nothing.
+    pub(crate) fn try_send(&self, hash: u64, key: K, item: Item<J>) -> Tried<K, J> {
+        if let Err(refused) = self.try_enter() {
+            return match refused {
+                Refused::Closed => {
+                    let job = item.job;
+                    Tried::Refused(self.refuse(DispatchError::Closed { key, job }))
+                }
+                Refused::Full => Tried::NoRoom(key, item, Room::Dispatcher),
+            };
+        }
+        let reserved = Reserved(self);
+        let stamp = self.latency.is_some().then(Instant::now);
+        let routed = self.route::<DISPATCHED>(hash, key, item, stamp);
+        reserved.disarm();
+        match routed {
+            Routed::Added(key) => {
+                drop_accepted(key);
+                Tried::Sent
+            }
+            Routed::Schedule(mailbox, key) => {
+                self.schedule(mailbox);
+                drop_accepted(key);
+                Tried::Sent
+            }
+            Routed::Halted(key, refused) => {
+                self.left(1);
+                let job = refused.job;
+                Tried::Refused(self.refuse(DispatchError::Closed { key, job }))
+            }
+            Routed::Full(key, item, mailbox) => {
+                self.left(1);
+                Tried::NoRoom(key, item, Room::Key(mailbox))
+            }
+        }
+    }
+
+    /// One try at dispatching `item` on `key` in the room `mailbox` granted it (see
+    /// `waiters`): enters the gate, then queues the job in that room. Without room in the gate,
+    /// the grant is kept; refused, it is given back.
+    pub(crate) fn try_send_granted(
+        &self,
+        mailbox: &Arc<Mailbox<K, J>>,
+        key: K,
+        item: Item<J>,
+    ) -> Tried<K, J> {
+        match self.try_enter() {
+            Ok(()) => match self.push_granted(mailbox, key, item) {
+                Ok(()) => Tried::Sent,
+                Err(err) => Tried::Refused(err),
+            },
+            Err(Refused::Full) => Tried::NoRoom(key, item, Room::Dispatcher),
+            Err(Refused::Closed) => {
+                self.release_room(Arc::clone(mailbox));
+                let job = item.job;
+                Tried::Refused(self.refuse(DispatchError::Closed { key, job }))
+            }
+        }
+    }
+
+    /// Whether a dispatch waiting for room in the gate should try again: it has room, or is
+    /// closed.
+    pub(super) fn has_room(&self) -> bool {
+        self.gate.is_closed() || self.gate.count() < self.config.admitted
+    }
+
+    /// Blocks until the gate may have room or closes, or `deadline` passes; false on timeout.
+    fn wait_for_global_room(&self, deadline: Option<Instant>) -> bool {
+        self.counters
+            .blocked(|| self.room.wait_until(deadline, || self.has_room()))
+    }
+
     /// Takes a slot of the gate, waiting for one as `wait` allows.
     #[inline]
     pub(super) fn admit(&self, wait: Wait) -> Result<(), Refused> {
         loop {
-            let Err((refused, emptied)) = self.gate.enter(self.config.admitted) else {
+            let Err(refused) = self.try_enter() else {
                 return Ok(());
             };
-            if emptied {
-                self.progressed();
-            }
-            if refused == Refused::Closed || !self.wait_for_global_room(wait) {
+            let deadline = match wait {
+                Wait::Never => return Err(refused),
+                Wait::Forever => None,
+                Wait::Until(deadline) => Some(deadline),
+            };
+            if refused == Refused::Closed || !self.wait_for_global_room(deadline) {
                 return Err(refused);
             }
         }
@@ -295,22 +420,6 @@ where
         mailbox
     }
 
-    /// Blocks until the gate has room or closes, as `wait` allows. Returns false if it may not
-    /// wait or timed out.
-    fn wait_for_global_room(&self, wait: Wait) -> bool {
-        let deadline = match wait {
-            Wait::Never => return false,
-            Wait::Forever => None,
-            Wait::Until(deadline) => Some(deadline),
-        };
-        let capacity = self.config.admitted;
-        self.counters.blocked(|| {
-            self.room.wait_until(deadline, || {
-                self.gate.is_closed() || self.gate.count() < capacity
-            })
-        })
-    }
-
     pub(super) fn refuse(&self, err: DispatchError<K, J>) -> DispatchError<K, J> {
         self.counters.refused(match &err {
             DispatchError::Full {
@@ -328,7 +437,7 @@ where
         if self.gate.leave(n) {
             self.progressed();
         }
-        self.room.notify();
+        self.room.notify(n);
     }
 
     /// Blocks until every job of `key` pushed before the call has finished (or was handed

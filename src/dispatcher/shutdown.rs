@@ -143,7 +143,7 @@ where
             return;
         }
         log::debug!("{}: close begun", self.config.name);
-        self.room.notify();
+        self.room.notify_all();
         let mut resumed = Vec::new();
         self.keys.for_each(|mailbox| {
             if !fault!(CloseLeavesKeyWaiters) {
@@ -170,7 +170,7 @@ where
         }
         // The halt flag, then the turn count (see `run_turn`).
         dekker_fence();
-        self.room.notify();
+        self.room.notify_all();
     }
 
     /// Stops accepting and starting jobs, waits for the running ones, and hands back every job
@@ -234,7 +234,7 @@ where
                 self.gate.count().saturating_sub(running)
             );
         }
-        self.idle.notify();
+        self.idle.notify_all();
         Ok(left.into_iter().map(|(_, key, jobs)| (key, jobs)).collect())
     }
 
@@ -439,7 +439,7 @@ where
         // dispatcher (for its stats, say).
         drop(evicted);
         log::debug!("{name}: close done");
-        self.idle.notify();
+        self.idle.notify_all();
     }
 
     /// Empties the ready and idle lists once every key has been taken out of the map.
@@ -461,7 +461,7 @@ where
     /// The gate or the idle list emptied, or the last turn ended after `close_now`: wake the
     /// waiters, and finish a shutdown that a worker thread had to leave pending.
     pub(super) fn progressed(&self) {
-        self.idle.notify();
+        self.idle.notify_all();
         // ORDERING: SeqCst, paired with `close`, which sets the flag and then checks the gate:
         // of the two, at least one sees the other's write.
         if self.finish_pending.load(Ordering::SeqCst) && self.gate.count() == 0 {
@@ -473,17 +473,7 @@ where
         if self.pool.is_current() {
             return Err(WaitError::WouldDeadlock);
         }
-        // Jobs that would never run. Checked at the start and whenever the wait wakes: a key
-        // that becomes Held announces it (see `held_more`), and so does `close_timeout`.
-        let stuck = || {
-            if self.timed_out.load(Ordering::SeqCst) && self.gate.count() > 0 {
-                Some(WaitError::Halted)
-            } else if self.any_held() {
-                Some(WaitError::KeysPaused)
-            } else {
-                None
-            }
-        };
+        let stuck = || self.stuck();
         let done = || stuck().map_or(Ok(()), Err);
         let (None, Some(period)) = (self.config.idle_timeout, SWEEP_PERIOD) else {
             self.idle
@@ -508,6 +498,54 @@ where
             {
                 return done();
             }
+        }
+    }
+
+    /// A task's [`Core::wait_idle`]. Where that one sweeps every period, this leaves it to the
+    /// sweep timer, which announces the idle list emptied.
+    pub(crate) async fn wait_idle_async(&self) -> Result<(), WaitError> {
+        if self.pool.is_current() {
+            return Err(WaitError::WouldDeadlock);
+        }
+        let stuck = || self.stuck();
+        if self.config.idle_timeout.is_none() && SWEEP_PERIOD.is_some() {
+            self.idle
+                .until(|| stuck().is_some() || self.gate.count() == 0)
+                .await;
+            if let Some(err) = stuck() {
+                return Err(err);
+            }
+            let idle = std::mem::take(&mut lock(&self.sched).idle);
+            self.sweep(idle, false);
+        }
+        self.idle
+            .until(|| stuck().is_some() || self.is_idle())
+            .await;
+        stuck().map_or(Ok(()), Err)
+    }
+
+    /// A task's [`Core::close`]: the drain is awaited; then the shutdown finishes as `close`
+    /// does (its threads have no job left to wait for by then).
+    pub(crate) async fn close_async(&self) -> Closed {
+        if !self.pool.is_current() {
+            self.stop_accepting();
+            self.idle
+                .until(|| self.gate.count() == 0 || self.timed_out.load(Ordering::SeqCst))
+                .await;
+        }
+        self.close()
+    }
+
+    /// Jobs that would never run, which `wait_idle` would wait for in vain. Checked at the
+    /// start and whenever the wait wakes: a key that becomes Held announces it (see
+    /// `held_more`), and so does `close_timeout`.
+    fn stuck(&self) -> Option<WaitError> {
+        if self.timed_out.load(Ordering::SeqCst) && self.gate.count() > 0 {
+            Some(WaitError::Halted)
+        } else if self.any_held() {
+            Some(WaitError::KeysPaused)
+        } else {
+            None
         }
     }
 

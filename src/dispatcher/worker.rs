@@ -266,7 +266,7 @@ where
         // The turn count, then the halt flag (see `close_now`).
         dekker_fence();
         if running == 0 && self.gate.is_halted() {
-            self.idle.notify();
+            self.idle.notify_all();
             // ORDERING: SeqCst, paired with `abandon`: of the two, one sees the other.
             if self.abandoned.load(Ordering::SeqCst) {
                 self.drop_stranded();

@@ -4,7 +4,7 @@
 use super::{Mailbox, State, SPARE_QUEUE_BYTES};
 use crate::{
     latch::Latch,
-    sync::{lock, Arc, Ordering},
+    sync::{fault, lock, Arc, Ordering},
     unwind::drop_contained,
 };
 use std::collections::VecDeque;
@@ -80,9 +80,17 @@ impl<K, J> Mailbox<K, J> {
         let mut inner = lock(&self.inner);
         inner.listed = false;
         inner.used = false;
-        if inner.state == State::Idle && !inner.paused {
+        if inner.state == State::Idle
+            && !inner.paused
+            && (inner.reserved == 0 || fault!(SweepEvictsReservedKeys))
+        {
             debug_assert!(inner.queue.is_empty() && inner.in_turn == 0);
             debug_assert!(inner.marks.is_empty(), "an idle key kept a mark");
+            // Freed room goes to waiters as grants, which keep the key from eviction.
+            debug_assert!(
+                inner.waiting.is_empty(),
+                "an idle key kept waiting producers"
+            );
             inner.state = State::Evicted;
             true
         } else {

@@ -5,6 +5,7 @@ use super::{Mailbox, Marks, State};
 use crate::{
     gate::Gate,
     sync::{lock, wait, Ordering},
+    waiters::Wakeups,
 };
 use std::collections::VecDeque;
 
@@ -118,15 +119,14 @@ impl<K, J> Mailbox<K, J> {
     /// key is Running, holds it back and waits for its turn to end first. `None` if the key was
     /// evicted meanwhile (every job of it had finished, or `close_now` took them).
     pub(crate) fn cancel(&self) -> Option<Cancelled<J>> {
+        let mut wakeups = Wakeups::default();
         let mut inner = lock(&self.inner);
         if inner.state == State::Running {
             inner.cancelling += 1;
             self.stop.store(true, Ordering::Relaxed);
-            inner.waiters += 1;
             while inner.state == State::Running {
-                inner = wait(&self.room, inner);
+                inner = wait(&self.turn_ended, inner);
             }
-            inner.waiters -= 1;
             inner.cancelling -= 1;
             if !inner.held_back() {
                 self.stop.store(false, Ordering::Relaxed);
@@ -141,9 +141,7 @@ impl<K, J> Mailbox<K, J> {
         inner.attempts = 0;
         inner.stamps = None;
         self.queued.store(0, Ordering::Relaxed);
-        if inner.waiters > 0 {
-            self.room.notify_all();
-        }
+        inner.waiting.notify_all(&mut wakeups);
         let was_held = inner.state == State::Held;
         let mut list = false;
         match inner.state {

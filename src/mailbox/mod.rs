@@ -121,18 +121,19 @@
 
 mod evict;
 mod hold;
+mod reserve;
 mod turn;
 
 pub(crate) use hold::{Cancelled, Resumed, Woken};
+pub(crate) use reserve::Reserve;
 
 use crate::{
     gate::Gate,
     keymap::Keyed,
     latch::Latch,
-    sync::{
-        fault, lock, wait, wait_timeout, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering,
-    },
+    sync::{fault, lock, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering},
     unwind::drop_contained,
+    waiters::{Queue, Waiter, Wakeups},
 };
 use std::{collections::VecDeque, time::Instant};
 
@@ -165,9 +166,8 @@ pub(crate) struct Mailbox<K, J> {
     /// `inner.queue.len()`, for the worker running the key to see without the lock how many
     /// jobs arrived behind its batch. Stored after the lock is released, so it may lag.
     queued: AtomicUsize,
-    /// Producers waiting for room in this key's queue; notified when a batch or a turn ends, or
-    /// the queue is taken by `close_now`. `cancel_key` waits here for a running turn to end.
-    room: Condvar,
+    /// `cancel_key` waits here for a running turn to end.
+    turn_ended: Condvar,
     /// Set while the key is paused or being cancelled: a hint for its running turn to stop
     /// after the running job (see [`Mailbox::stop_hint`]). Written under the lock.
     stop: AtomicBool,
@@ -194,8 +194,13 @@ struct Inner<J> {
     /// that meets its entry keeps it listed (clearing this) instead of evicting it. See
     /// [`Mailbox::second_chance`].
     used: bool,
-    /// Producers blocked on `room`.
-    waiters: usize,
+    /// Producers waiting for room in this key's queue, threads and tasks in arrival order (see
+    /// `waiters`): as many as the slots freed are woken when a batch or a turn ends, or a permit
+    /// is given back; all of them when the queue is taken or the dispatcher closes.
+    waiting: Queue,
+    /// Room held by permits (see `Dispatcher::reserve`): counted against the key's capacity,
+    /// and keeping the key from eviction. Beside `attempts`, in the same word.
+    reserved: u32,
     /// Failed attempts of `queue[0]`, the head job, which a Waiting key retries; zero
     /// otherwise. Taken by the turn that runs the head job next.
     attempts: u32,
@@ -223,7 +228,7 @@ impl<J> Inner<J> {
     /// Whether `capacity` jobs wait behind the one running (or to run next): the jobs of the
     /// running batch count until the batch ends.
     fn is_full(&self, capacity: usize) -> bool {
-        self.queue.len() + self.in_turn > capacity
+        self.queue.len() + self.in_turn + self.reserved as usize > capacity
     }
 
     /// Marks the job just pushed as one of `group`'s; kept out of line, off the path of jobs
@@ -252,6 +257,16 @@ pub(crate) enum State {
     /// Paused with jobs: owned by nobody, in no queue, until `resume_key` (see the module docs).
     Held,
     Evicted,
+}
+
+/// How a producer waiting for room in a key stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// Granted room, held for it: its job goes in with [`Mailbox::push_reserved`].
+    Granted,
+    /// Woken without a grant: try again through the gate and the map.
+    Retry,
+    TimedOut,
 }
 
 /// What a producer's push did.
@@ -314,14 +329,15 @@ impl<K, J> Mailbox<K, J> {
                 state: State::Evicted,
                 listed: false,
                 used: false,
-                waiters: 0,
+                waiting: Queue::default(),
+                reserved: 0,
                 attempts: 0,
                 paused: false,
                 cancelling: 0,
                 stamps: None,
             }),
             queued: AtomicUsize::new(0),
-            room: Condvar::new(),
+            turn_ended: Condvar::new(),
             stop: AtomicBool::new(false),
         };
         mailbox.refill(job, group);
@@ -342,14 +358,15 @@ impl<K, J> Mailbox<K, J> {
                 state: State::Idle,
                 listed: false,
                 used: false,
-                waiters: 0,
+                waiting: Queue::default(),
+                reserved: 0,
                 attempts: 0,
                 paused: true,
                 cancelling: 0,
                 stamps: None,
             }),
             queued: AtomicUsize::new(0),
-            room: Condvar::new(),
+            turn_ended: Condvar::new(),
             stop: AtomicBool::new(true),
         }
     }
@@ -365,7 +382,7 @@ impl<K, J> Mailbox<K, J> {
             .get_mut()
             .unwrap_or_else(|poison| poison.into_inner());
         debug_assert_eq!(inner.state, State::Evicted, "reusing a live mailbox");
-        debug_assert!(inner.queue.is_empty() && inner.marks.is_empty() && inner.waiters == 0);
+        debug_assert!(inner.queue.is_empty() && inner.marks.is_empty() && inner.waiting.is_empty());
         inner.queue.push_back(job);
         inner.in_turn = 0;
         inner.taken = 0;
@@ -428,7 +445,22 @@ impl<K, J> Mailbox<K, J> {
         gate: &Gate,
         accepted: impl FnOnce(),
     ) -> Push<J> {
-        let mut inner = lock(&self.inner);
+        let inner = lock(&self.inner);
+        self.push_locked(inner, job, stamp, group, capacity, gate, accepted)
+    }
+
+    /// [`Mailbox::push_stamped`], under the lock `inner` holds.
+    #[allow(clippy::too_many_arguments)]
+    fn push_locked(
+        &self,
+        mut inner: MutexGuard<'_, Inner<J>>,
+        job: J,
+        stamp: Option<Instant>,
+        group: &mut Option<Arc<Latch>>,
+        capacity: usize,
+        gate: &Gate,
+        accepted: impl FnOnce(),
+    ) -> Push<J> {
         debug_assert_ne!(
             inner.state,
             State::Evicted,
@@ -470,43 +502,60 @@ impl<K, J> Mailbox<K, J> {
         Push::Added
     }
 
-    /// Producer: blocks until the key has room, the mailbox is evicted or the dispatcher closed
-    /// (the caller retries through the gate and the map), or `deadline` passes. Returns false
-    /// on timeout.
+    /// Producer: blocks until the key grants it room (see `waiters`), or may have room (the
+    /// mailbox is evicted, the dispatcher closed, the queue emptied: the caller tries again
+    /// through the gate and the map), or `deadline` passes.
     pub(crate) fn wait_for_room(
         &self,
         capacity: usize,
         deadline: Option<Instant>,
         gate: &Gate,
-    ) -> bool {
-        let mut inner = lock(&self.inner);
-        // The closed flag is read under this lock, which `wake_producers` takes after setting
-        // it: a producer either sees it here or is waiting when the wake-up comes.
-        while inner.state != State::Evicted && inner.is_full(capacity) && !gate.is_closed() {
-            inner.waiters += 1;
-            inner = match deadline {
-                None => wait(&self.room, inner),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        inner.waiters -= 1;
-                        return false;
-                    }
-                    wait_timeout(&self.room, inner, deadline - now)
-                }
-            };
-            inner.waiters -= 1;
+    ) -> Waited {
+        let waiter = Waiter::new();
+        if !self.wait_in_line(&waiter, capacity, gate) {
+            return Waited::Retry;
         }
+        // A notification that came as the deadline passed is taken, as if it came first.
+        if !waiter.block(deadline) && lock(&self.inner).waiting.remove(&waiter) {
+            return Waited::TimedOut;
+        }
+        if waiter.granted() {
+            Waited::Granted
+        } else {
+            Waited::Retry
+        }
+    }
+
+    /// Producer: queues `waiter` for room in the key, unless the key has room, is evicted, or
+    /// the dispatcher closed (then false: try again now). The closed flag is read under this
+    /// lock, which `wake_producers` takes after setting it: a producer either sees it here or
+    /// is queued when the wake-up comes.
+    pub(crate) fn wait_in_line(&self, waiter: &Arc<Waiter>, capacity: usize, gate: &Gate) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner.state == State::Evicted || !inner.is_full(capacity) || gate.is_closed() {
+            return false;
+        }
+        inner.waiting.push(Arc::clone(waiter));
         true
+    }
+
+    /// A task's `waiter` stopped waiting before it took its notification: takes it out of the
+    /// line, or gives back the room it was granted (step 3 of `waiters`). Returns true if the
+    /// key is left Idle with nothing to list it for eviction (the caller lists it).
+    pub(crate) fn leave_line(&self, waiter: &Arc<Waiter>) -> bool {
+        let mut wakeups = Wakeups::default();
+        let mut inner = lock(&self.inner);
+        if inner.waiting.remove(waiter) || !waiter.granted() {
+            return false;
+        }
+        Self::unreserve_locked(&mut inner, &mut wakeups)
     }
 
     /// `close`: wakes the producers waiting for room in this key, so that they see the
     /// dispatcher closed.
     pub(crate) fn wake_producers(&self) {
-        let inner = lock(&self.inner);
-        if inner.waiters > 0 {
-            self.room.notify_all();
-        }
+        let mut wakeups = Wakeups::default();
+        lock(&self.inner).waiting.notify_all(&mut wakeups);
     }
 
     /// Producer: registers a flush barrier behind every job pushed so far (see the module
@@ -537,9 +586,10 @@ impl<K, J> Mailbox<K, J> {
     /// the flush barriers behind them), and marks the mailbox Evicted. Called under the map
     /// shard's write lock, after every turn has ended. Also says whether the key was paused.
     pub(crate) fn take_all(&self) -> (VecDeque<J>, Marks, bool) {
+        let mut wakeups = Wakeups::default();
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.in_turn, 0, "close_now took a key during its turn");
-        self.take_locked(&mut inner)
+        self.take_locked(&mut inner, &mut wakeups)
     }
 
     /// `close_timeout`: as [`Mailbox::take_all`], unless a turn holds the key, whose batch it
@@ -548,22 +598,25 @@ impl<K, J> Mailbox<K, J> {
     ///
     /// Also says whether the key was Held (its dispatcher counts Held keys).
     pub(crate) fn take_all_unless_running(&self) -> Option<(VecDeque<J>, Marks, bool, bool)> {
+        let mut wakeups = Wakeups::default();
         let mut inner = lock(&self.inner);
         if inner.state == State::Running && !fault!(TimeoutTakesRunningKeys) {
             return None;
         }
         let held = inner.state == State::Held;
-        let (queue, marks, paused) = self.take_locked(&mut inner);
+        let (queue, marks, paused) = self.take_locked(&mut inner, &mut wakeups);
         Some((queue, marks, paused, held))
     }
 
-    fn take_locked(&self, inner: &mut Inner<J>) -> (VecDeque<J>, Marks, bool) {
+    fn take_locked(
+        &self,
+        inner: &mut Inner<J>,
+        wakeups: &mut Wakeups,
+    ) -> (VecDeque<J>, Marks, bool) {
         let paused = std::mem::take(&mut inner.paused);
         inner.state = State::Evicted;
         inner.attempts = 0;
-        if inner.waiters > 0 {
-            self.room.notify_all();
-        }
+        inner.waiting.notify_all(wakeups);
         let marks = std::mem::take(&mut inner.marks);
         self.queued.store(0, Ordering::Relaxed);
         inner.stamps = None;

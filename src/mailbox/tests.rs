@@ -349,13 +349,43 @@ fn a_new_mailbox_is_taken_apart_again() {
 fn room_wait_times_out_on_a_full_key() {
     let mb = Mailbox::new(1u8, 0, 0u32, None);
     let gate = Gate::new();
-    assert!(!mb.wait_for_room(0, Some(Instant::now()), &gate));
-    assert!(mb.wait_for_room(1, None, &gate));
+    let timed_out = mb.wait_for_room(0, Some(Instant::now()), &gate);
+    assert_eq!(timed_out, Waited::TimedOut);
+    assert_eq!(mb.wait_for_room(1, None, &gate), Waited::Retry);
     gate.close();
-    assert!(
+    assert_eq!(
         mb.wait_for_room(0, None, &gate),
+        Waited::Retry,
         "a closed dispatcher has its producers retry, to be refused"
     );
+}
+
+/// Room freed at a batch's end goes to the waiting producer as a grant, held for it: a
+/// producer arriving meanwhile finds the key full, and the granted one's job goes in.
+#[test]
+fn freed_room_is_granted_to_the_waiting_producer() {
+    let mb = Arc::new(Mailbox::new(1u8, 0, 0u32, None));
+    let gate = Gate::new();
+    let (mut batch, mut due) = (VecDeque::new(), Marks::new());
+    assert_eq!(mb.begin_turn(1, &mut batch, &mut due), 1);
+    let waiter = {
+        let mb = Arc::clone(&mb);
+        let gate = Gate::new();
+        std::thread::spawn(move || mb.wait_for_room(0, None, &gate))
+    };
+    while lock(&mb.inner).waiting.is_empty() {
+        std::thread::yield_now();
+    }
+    batch.clear();
+    assert_eq!(
+        mb.end_turn(&mut batch, &mut due, false),
+        EndTurn::Idle { list: true }
+    );
+    assert_eq!(waiter.join().unwrap(), Waited::Granted);
+    let refused = mb.push(9, &mut None, 0, &gate, || {});
+    assert_eq!(refused, Push::Full(9), "the granted room is held");
+    let pushed = mb.push_reserved(1, None, &mut None, &gate, || {});
+    assert_eq!(pushed, Push::Schedule);
 }
 
 /// Running -> Waiting when the head job is to be retried: the job goes back first with its

@@ -3,7 +3,10 @@
 //! parent module keeps with the state machine it draws.
 
 use super::{EndTurn, Inner, Mailbox, Marks, State, Stop};
-use crate::sync::{fault, lock, Ordering};
+use crate::{
+    sync::{fault, lock, Ordering},
+    waiters::Wakeups,
+};
 use std::{collections::VecDeque, time::Instant};
 
 impl<K, J> Mailbox<K, J> {
@@ -91,12 +94,13 @@ impl<K, J> Mailbox<K, J> {
         stamps: &mut VecDeque<Instant>,
     ) -> usize {
         debug_assert!(batch.is_empty() && due.is_empty());
+        let mut wakeups = Wakeups::default();
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.state, State::Running);
         if inner.queue.is_empty() || inner.held_back() {
             return 0;
         }
-        inner.in_turn = 0;
+        let freed = std::mem::take(&mut inner.in_turn);
         while inner
             .marks
             .front()
@@ -107,8 +111,8 @@ impl<K, J> Mailbox<K, J> {
             mark.position = 0;
             due.push_back(mark);
         }
-        if inner.waiters > 0 && !fault!(NoRoomWake) {
-            self.room.notify_all();
+        if !fault!(NoRoomWake) {
+            inner.grant_room(freed, &mut wakeups);
         }
         self.take_batch(&mut inner, max, batch, due, stamps)
     }
@@ -208,6 +212,7 @@ impl<K, J> Mailbox<K, J> {
         stop: Stop,
         stamps: &mut VecDeque<Instant>,
     ) -> EndTurn {
+        let mut wakeups = Wakeups::default();
         let mut inner = lock(&self.inner);
         if !stamps.is_empty() {
             let queued = inner.stamps.get_or_insert_with(Box::default);
@@ -221,12 +226,13 @@ impl<K, J> Mailbox<K, J> {
             mark.position += start;
             inner.marks.push_front(mark);
         }
+        // The leftovers keep their room.
+        let freed = std::mem::take(&mut inner.in_turn) - leftovers.len();
         while let Some(job) = leftovers.pop_back() {
             inner.queue.push_front(job);
             inner.taken -= 1;
         }
         self.queued.store(inner.queue.len(), Ordering::Relaxed);
-        inner.in_turn = 0;
         while inner
             .marks
             .front()
@@ -236,8 +242,11 @@ impl<K, J> Mailbox<K, J> {
             debug_assert!(mark.flush, "a job's mark outlived its turn");
             due.push_back(mark);
         }
-        if inner.waiters > 0 && !fault!(NoRoomWake) {
-            self.room.notify_all();
+        if !fault!(NoRoomWake) {
+            inner.grant_room(freed, &mut wakeups);
+        }
+        if inner.cancelling > 0 && !fault!(NoRoomWake) {
+            self.turn_ended.notify_all();
         }
         match stop {
             Stop::Halted => {
