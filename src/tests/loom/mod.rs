@@ -63,6 +63,17 @@
 //!     passed, takes a key while its turn pops, begins or runs; a `close_now` collects the rest;
 //!     each job ran or came back once, in order. Twin: it takes a running key too
 //!     ([`Fault::TimeoutTakesRunningKeys`]), whose turn then strands its unstarted jobs.
+//! 13. [`waits::task_queuing_while_the_slot_frees_is_let_in`]: a task's `dispatch_async` queues
+//!     for room in a full key while the key's turn ends; it is woken and let in. Twin: its
+//!     first poll after queuing misses a notification that came meanwhile
+//!     ([`Fault::PollMissesEarlyNotify`]).
+//! 14. [`waits::notified_future_dropped_passes_the_room_on`]: the first future in a key's line is
+//!     granted the room and dropped unpolled; the task behind it gets the room. Twin: room
+//!     given back unused is not granted on ([`Fault::AbandonedNotifyLost`]).
+//! 15. [`waits::permit_used_across_its_keys_idling_and_close_is_honoured`] (and its dropped
+//!     variant): a permit taken while its key goes idle and is swept, racing `close`, is
+//!     honoured, or given back. Twin: the sweep evicts a key with room held
+//!     ([`Fault::SweepEvictsReservedKeys`]).
 //!
 //! Each twin is the same model with its fault armed (see [`Fault`]), marked `#[should_panic]`
 //! with the failure it must produce in a release build. With debug assertions, the crate's own
@@ -81,6 +92,7 @@ mod close;
 mod failures;
 mod keys;
 mod stops;
+mod waits;
 
 use crate::{
     sync::{thread, Fault},
