@@ -66,6 +66,7 @@ where
 
     /// Ready when not in line, or notified (which takes it out of line, keeping the room it
     /// was granted, if any).
+    #[inline]
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Some(Spot { waiter, .. }) = &self.spot {
             if !waiter.poll(cx) {
@@ -81,6 +82,7 @@ where
     }
 
     /// Gives back the room granted, if any.
+    #[inline]
     fn release(&mut self) {
         if let Some(mailbox) = self.granted.take() {
             self.core.release_room(mailbox);
@@ -92,6 +94,10 @@ where
         let core = self.core;
         let spot = match room {
             Room::Dispatcher => {
+                // Checked first as well: room often frees before a producer would queue.
+                if core.has_room() {
+                    return false;
+                }
                 let waiter = core.room.enqueue();
                 if core.has_room() {
                     core.room.dequeue(&waiter);
@@ -103,10 +109,10 @@ where
                 }
             }
             Room::Key(mailbox) => {
-                let waiter = Waiter::new();
-                if !mailbox.wait_in_line(&waiter, core.config.key_capacity, &core.gate) {
+                let Some(waiter) = mailbox.wait_in_line(core.config.key_capacity, &core.gate)
+                else {
                     return false;
-                }
+                };
                 Spot {
                     waiter,
                     mailbox: Some(mailbox),
@@ -124,6 +130,7 @@ where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
 {
+    #[inline]
     fn drop(&mut self) {
         if let Some(Spot { waiter, mailbox }) = self.spot.take() {
             match mailbox {
@@ -147,13 +154,16 @@ where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
 {
-    line: Line<'a, K, J>,
+    core: &'a Core<K, J>,
     hash: u64,
     /// The key and job, until a poll queues the job or the future resolves with them.
     pending: Option<(K, J)>,
     /// The group the job counts in (`Group::dispatch_async`), whose count the future undoes
     /// unless the job is accepted.
     group: Option<Arc<Latch>>,
+    /// Its place in a line, made the first time it finds no room: a future that finds room
+    /// at once (the common case) carries and drops no more than a key, a job and two words.
+    line: Option<Box<Line<'a, K, J>>>,
 }
 
 impl<'a, K, J> DispatchAsync<'a, K, J>
@@ -162,16 +172,18 @@ where
     J: Send + 'static,
 {
     /// Hashes the key now, before the first poll; counts the job in `group`, if any.
+    #[inline]
     pub(crate) fn new(core: &'a Core<K, J>, key: K, job: J, group: Option<Arc<Latch>>) -> Self {
         let hash = core.keys.hash(&key);
         if let Some(group) = &group {
             group.add();
         }
         DispatchAsync {
-            line: Line::new(core),
+            core,
             hash,
             pending: Some((key, job)),
             group,
+            line: None,
         }
     }
 
@@ -181,6 +193,18 @@ where
             group.refused();
         }
     }
+
+    /// The room granted to the future in its key, if any.
+    fn granted(&self) -> Option<&Arc<Mailbox<K, J>>> {
+        self.line.as_ref()?.granted.as_ref()
+    }
+
+    /// The future resolved: a grant it held was used, or given back by `try_send_granted`.
+    fn grant_spent(&mut self) {
+        if let Some(line) = &mut self.line {
+            line.granted = None;
+        }
+    }
 }
 
 impl<K, J> Drop for DispatchAsync<'_, K, J>
@@ -188,9 +212,13 @@ where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
 {
+    #[inline]
     fn drop(&mut self) {
-        // The job, never accepted, goes with the future (a field dropped after this).
-        self.uncount();
+        // The job, never accepted, goes with the future (a field dropped after this), and so
+        // does its place in line.
+        if self.group.is_some() {
+            self.uncount();
+        }
     }
 }
 
@@ -209,13 +237,16 @@ where
 {
     type Output = Result<(), DispatchError<K, J>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         loop {
-            if this.line.poll(cx).is_pending() {
-                return Poll::Pending;
+            if let Some(line) = &mut this.line {
+                if line.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
             }
-            let core = this.line.core;
+            let core = this.core;
             let (key, job) = this
                 .pending
                 .take()
@@ -224,26 +255,25 @@ where
                 job,
                 group: this.group.clone(),
             };
-            let tried = match &this.line.granted {
+            let tried = match this.granted() {
                 Some(mailbox) => core.try_send_granted(mailbox, key, item),
                 None => core.try_send(this.hash, key, item),
             };
             let (key, item, room) = match tried {
                 Tried::Sent => {
-                    // The job counts in its group now, until it has run; the room granted, if
-                    // any, is the job's.
+                    // The job counts in its group now, until it has run.
                     this.group = None;
-                    this.line.granted = None;
+                    this.grant_spent();
                     return Poll::Ready(Ok(()));
                 }
                 Tried::Refused(err) => {
-                    // A grant was given back or taken with the key (see `try_send_granted`).
-                    this.line.granted = None;
+                    this.grant_spent();
                     this.uncount();
                     return Poll::Ready(Err(err));
                 }
                 Tried::NoRoom(key, item, room) => (key, item, room),
             };
+            let line = this.line.get_or_insert_with(|| Box::new(Line::new(core)));
             // On a worker thread, waiting for room could deadlock: refused, as `dispatch` is.
             if core.pool.is_current() {
                 let bound = match room {
@@ -251,12 +281,12 @@ where
                     Room::Key(_) => Bound::Key,
                 };
                 let job = item.job;
-                this.line.release();
+                line.release();
                 this.uncount();
                 return Poll::Ready(Err(core.refuse(DispatchError::Full { key, job, bound })));
             }
             this.pending = Some((key, item.job));
-            this.line.join(room);
+            line.join(room);
         }
     }
 }
@@ -267,9 +297,10 @@ where
     J: Send + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let waiting = self.line.as_ref().is_some_and(|line| line.spot.is_some());
         f.debug_struct("DispatchAsync")
             .field("key", &self.pending.as_ref().map(|(key, _)| key))
-            .field("waiting", &self.line.spot.is_some())
+            .field("waiting", &waiting)
             .finish()
     }
 }
@@ -396,6 +427,7 @@ where
     /// # })?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn dispatch_async(&self, key: K, job: J) -> DispatchAsync<'_, K, J> {
         DispatchAsync::new(&self.core, key, job, None)
     }
@@ -481,14 +513,16 @@ mod tests {
     use std::mem::size_of;
 
     /// What an async producer waiting for room holds: its future (here with a `u64` key and a
-    /// boxed job), its waiter (an `Arc`'s two counts beside it) and its slot in the line.
+    /// boxed job) and its place in line, its waiter (an `Arc`'s two counts beside it) and its
+    /// slot in the line.
     #[test]
     fn a_waiting_producer_costs_under_200_bytes() {
         let future = size_of::<DispatchAsync<'_, u64, BoxedJob>>();
+        let line = size_of::<Line<'_, u64, BoxedJob>>();
         let waiter = 2 * size_of::<usize>() + size_of::<Waiter>();
         let slot = size_of::<Arc<Waiter>>();
-        let total = future + waiter + slot;
-        println!("future {future} + waiter {waiter} + slot {slot} = {total} bytes");
+        let total = future + line + waiter + slot;
+        println!("future {future} + line {line} + waiter {waiter} + slot {slot} = {total} bytes");
         assert!(total <= 200, "{total} bytes");
     }
 }

@@ -511,10 +511,9 @@ impl<K, J> Mailbox<K, J> {
         deadline: Option<Instant>,
         gate: &Gate,
     ) -> Waited {
-        let waiter = Waiter::new();
-        if !self.wait_in_line(&waiter, capacity, gate) {
+        let Some(waiter) = self.wait_in_line(capacity, gate) else {
             return Waited::Retry;
-        }
+        };
         // A notification that came as the deadline passed is taken, as if it came first.
         if !waiter.block(deadline) && lock(&self.inner).waiting.remove(&waiter) {
             return Waited::TimedOut;
@@ -526,17 +525,19 @@ impl<K, J> Mailbox<K, J> {
         }
     }
 
-    /// Producer: queues `waiter` for room in the key, unless the key has room, is evicted, or
-    /// the dispatcher closed (then false: try again now). The closed flag is read under this
-    /// lock, which `wake_producers` takes after setting it: a producer either sees it here or
-    /// is queued when the wake-up comes.
-    pub(crate) fn wait_in_line(&self, waiter: &Arc<Waiter>, capacity: usize, gate: &Gate) -> bool {
+    /// Producer: queues a new waiter for room in the key, unless the key has room, is evicted,
+    /// or the dispatcher closed (then `None`: try again now). The closed flag is read under
+    /// this lock, which `wake_producers` takes after setting it: a producer either sees it here
+    /// or is queued when the wake-up comes.
+    pub(crate) fn wait_in_line(&self, capacity: usize, gate: &Gate) -> Option<Arc<Waiter>> {
         let mut inner = lock(&self.inner);
         if inner.state == State::Evicted || !inner.is_full(capacity) || gate.is_closed() {
-            return false;
+            return None;
         }
-        inner.waiting.push(Arc::clone(waiter));
-        true
+        // Made under the lock: the room often frees before a producer would need it.
+        let waiter = Waiter::new();
+        inner.waiting.push(Arc::clone(&waiter));
+        Some(waiter)
     }
 
     /// A task's `waiter` stopped waiting before it took its notification: takes it out of the
