@@ -144,6 +144,16 @@ fn cells(quick: bool) -> Vec<Cell> {
         Design::Striped,
         Design::TaskPerKey,
     ];
+    cells.push(Cell {
+        workload: Workload::AsyncProducers,
+        label: format!(
+            "4 async producers (tokio tasks, 4 × {}), K=10k",
+            count(producers / 4)
+        ),
+        keys: 10_000,
+        jobs: producers,
+        designs: vec![Design::Keyed, Design::TaskPerKey],
+    });
     cells.extend(more.into_iter().map(|(workload, label, keys, jobs)| {
         let mut designs = main4.to_vec();
         // Pinning trades throughput for latency; no memory to measure there.

@@ -6,8 +6,11 @@ use dashmap::DashMap;
 use keyed_dispatch::{BoxedJob, Dispatcher};
 use std::{
     collections::hash_map::RandomState,
+    future::Future,
     hash::BuildHasher,
-    sync::Mutex,
+    pin::pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Wake, Waker},
     thread::{self, JoinHandle},
 };
 
@@ -53,6 +56,8 @@ pub enum Design {
     /// The library recording latency: for paired runs against `Keyed` (`--child
     /// keyed-latency ...`), not in the table.
     KeyedLatency,
+    /// The library through `dispatch_async`, each future polled on the producer's thread.
+    KeyedAsync,
     ThreadPerKey,
     Striped,
     TaskPerKey,
@@ -60,8 +65,9 @@ pub enum Design {
 }
 
 impl Design {
-    pub const ALL: [Design; 7] = [
+    pub const ALL: [Design; 8] = [
         Design::Keyed,
+        Design::KeyedAsync,
         Design::KeyedBoxed,
         Design::KeyedPinned,
         Design::ThreadPerKey,
@@ -77,6 +83,7 @@ impl Design {
             Design::KeyedBoxed => "keyed-dispatch (boxed closure)",
             Design::KeyedPinned => "keyed-dispatch (pinned workers)",
             Design::KeyedLatency => "keyed-dispatch (latency recorded)",
+            Design::KeyedAsync => "keyed-dispatch (dispatch_async)",
             Design::ThreadPerKey => "thread per key",
             Design::Striped => "striped",
             Design::TaskPerKey => "task per key (tokio)",
@@ -91,6 +98,7 @@ impl Design {
             Design::KeyedBoxed => "keyed-boxed",
             Design::KeyedPinned => "keyed-pinned",
             Design::KeyedLatency => "keyed-latency",
+            Design::KeyedAsync => "keyed-async",
             Design::ThreadPerKey => "thread-per-key",
             Design::Striped => "striped",
             Design::TaskPerKey => "task-per-key",
@@ -120,6 +128,12 @@ impl Design {
                     .build(move |key: &u64, job: Job| h(*key, job))
                     .expect("building keyed-dispatch recording latency"),
             ),
+            Design::KeyedAsync => Box::new(KeyedAsync(
+                Dispatcher::builder()
+                    .workers(workers)
+                    .build(move |key: &u64, job: Job| h(*key, job))
+                    .expect("building keyed-dispatch"),
+            )),
             Design::KeyedPinned => Box::new(
                 Dispatcher::builder()
                     .workers(workers)
@@ -155,15 +169,7 @@ impl Design {
                     threads,
                 })
             }
-            Design::TaskPerKey => Box::new(TaskPerKey {
-                rt: tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .build()
-                    .expect("building the tokio runtime"),
-                h,
-                senders: DashMap::new(),
-                tasks: Mutex::new(Vec::new()),
-            }),
+            Design::TaskPerKey => Box::new(TaskPerKey::new(workers, h)),
             Design::Floor => {
                 let (tx, rx) = bounded::<Job>(1024);
                 let consumer = thread::spawn(move || rx.iter().for_each(|j| h(j.key, j)));
@@ -185,6 +191,54 @@ impl Running for Dispatcher<u64, Job> {
     fn finish(self: Box<Self>) {
         assert!(self.close().drained, "keyed-dispatch: close did not drain");
     }
+}
+
+/// The library through `dispatch_async`: what the async front costs where there is room, with
+/// no runtime in the way (each future is polled on the producer's thread).
+struct KeyedAsync(Dispatcher<u64, Job>);
+
+impl Running for KeyedAsync {
+    fn dispatch(&self, key: u64, job: Job) {
+        block_on(self.0.dispatch_async(key, job)).expect("keyed-dispatch refused a job");
+    }
+    fn keys_held(&self) -> Option<usize> {
+        self.0.keys_held()
+    }
+    fn finish(self: Box<Self>) {
+        Box::new(self.0).finish();
+    }
+}
+
+/// Polls `future` on this thread, parking between polls. The first poll uses a waker that
+/// does nothing, as a runtime's task would poll with a waker at hand: the thread-local one,
+/// which parking needs, is fetched only for a future that waits.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    thread_local! {
+        static WAKER: Waker = Waker::from(Arc::new(Unpark(thread::current())));
+    }
+    let mut future = pin!(future);
+    // The benchmarks build with a current toolchain only, as the tests do.
+    #[allow(clippy::incompatible_msrv)]
+    let noop = Waker::noop();
+    if let Poll::Ready(output) = future.as_mut().poll(&mut Context::from_waker(noop)) {
+        return output;
+    }
+    WAKER.with(|waker| {
+        let mut cx = Context::from_waker(waker);
+        loop {
+            // The first time round, this poll leaves the real waker in place of the noop one.
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            thread::park();
+        }
+    })
 }
 
 /// The library fed boxed closures (`build_spawner` + `spawn`).
@@ -268,11 +322,25 @@ impl Running for Striped {
 }
 
 /// One tokio task and one unbounded mpsc channel per key, never evicted.
-struct TaskPerKey {
-    rt: tokio::runtime::Runtime,
+pub struct TaskPerKey {
+    pub rt: tokio::runtime::Runtime,
     h: Handler,
     senders: DashMap<u64, tokio::sync::mpsc::UnboundedSender<Job>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl TaskPerKey {
+    pub fn new(workers: usize, h: Handler) -> TaskPerKey {
+        TaskPerKey {
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .build()
+                .expect("building the tokio runtime"),
+            h,
+            senders: DashMap::new(),
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl Running for TaskPerKey {

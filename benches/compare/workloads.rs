@@ -20,15 +20,19 @@ pub enum Workload {
     Cpu,
     HeadOfLine,
     ManyKeys,
+    /// Four tokio tasks produce: `dispatch_async` into the library, or a send into each key's
+    /// task's channel.
+    AsyncProducers,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Tiny,
         Workload::Producers,
         Workload::Cpu,
         Workload::HeadOfLine,
         Workload::ManyKeys,
+        Workload::AsyncProducers,
     ];
 
     pub fn id(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Workload {
             Workload::Cpu => "cpu",
             Workload::HeadOfLine => "head-of-line",
             Workload::ManyKeys => "many-keys",
+            Workload::AsyncProducers => "async-producers",
         }
     }
 
@@ -66,7 +71,7 @@ pub const CPU_JOB: Duration = Duration::from_micros(5);
 
 /// Runs one (design, workload) and returns its metrics, or why it failed.
 pub fn run(p: &Params) -> Result<String, String> {
-    let producers = if p.workload == Workload::Producers {
+    let producers = if matches!(p.workload, Workload::Producers | Workload::AsyncProducers) {
         4
     } else {
         1
@@ -101,7 +106,71 @@ pub fn run(p: &Params) -> Result<String, String> {
         }
         Workload::HeadOfLine => head_of_line(p, check),
         Workload::ManyKeys => many_keys(p, check),
+        Workload::AsyncProducers => async_producers(p, producers, check),
     }
+}
+
+/// `producers` tokio tasks on a runtime of `workers` threads feed the design: the library
+/// through `dispatch_async` (its own pool runs the jobs), or a task per key on that runtime.
+fn async_producers(p: &Params, producers: usize, check: &'static Check) -> Result<String, String> {
+    use keyed_dispatch::Dispatcher;
+    let h = leak(move |key, job| {
+        check.begin(key, job);
+        check.end(key);
+    });
+    let (jobs, keys) = (p.jobs / producers as u64, p.keys);
+    let start = Instant::now();
+    match p.design {
+        Design::Keyed => {
+            let d: &'static Dispatcher<u64, Job> = Box::leak(Box::new(
+                Dispatcher::builder()
+                    .workers(p.workers)
+                    .build(move |key: &u64, job: Job| h(*key, job))
+                    .expect("building keyed-dispatch"),
+            ));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(p.workers)
+                .build()
+                .expect("building the producers' runtime");
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..producers)
+                    .map(|producer| {
+                        tokio::spawn(async move {
+                            for (key, job) in jobs_of(producer, jobs, keys) {
+                                d.dispatch_async(key, job).await.expect("refused");
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("producer panicked");
+                }
+            });
+            assert!(d.close().drained, "keyed-dispatch: close did not drain");
+        }
+        Design::TaskPerKey => {
+            let design = std::sync::Arc::new(crate::designs::TaskPerKey::new(p.workers, h));
+            let tasks: Vec<_> = (0..producers)
+                .map(|producer| {
+                    let feeds = std::sync::Arc::clone(&design);
+                    design.rt.spawn(async move {
+                        for (key, job) in jobs_of(producer, jobs, keys) {
+                            feeds.dispatch(key, job);
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                design.rt.block_on(task).expect("producer panicked");
+            }
+            let design = std::sync::Arc::into_inner(design).expect("producers are done");
+            Box::new(design).finish();
+        }
+        other => return Err(format!("{other:?} has no async producers")),
+    }
+    let secs = start.elapsed().as_secs_f64();
+    check.verdict(p.jobs)?;
+    Ok(format!("rate={}", p.jobs as f64 / secs))
 }
 
 fn leak(h: impl Fn(u64, Job) + Send + Sync + 'static) -> Handler {
@@ -110,12 +179,19 @@ fn leak(h: impl Fn(u64, Job) + Send + Sync + 'static) -> Handler {
 
 /// One producer's share: keys uniform over `keys`, the same sequence for every design.
 fn produce(d: &dyn Running, producer: usize, jobs: u64, keys: u64) {
+    for (key, job) in jobs_of(producer, jobs, keys) {
+        d.dispatch(key, job);
+    }
+}
+
+/// The jobs of one producer's share, in order.
+fn jobs_of(producer: usize, jobs: u64, keys: u64) -> impl Iterator<Item = (u64, Job)> {
     let mut rng = Rng(SEED ^ (producer as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    for i in 1..=jobs {
+    (1..=jobs).map(move |i| {
         let key = rng.next() % keys;
         let seq = (producer as u64) << PRODUCER_SHIFT | i;
-        d.dispatch(key, Job { key, seq });
-    }
+        (key, Job { key, seq })
+    })
 }
 
 /// Key 0 gets a 2 ms busy job every 100th job, 999 other keys tiny ones, from one producer
