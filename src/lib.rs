@@ -129,6 +129,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # From async code
+//!
+//! With the `async` feature (on by default: it adds no dependency and needs no particular
+//! runtime), producers and waits have forms that block no thread:
+//! [`dispatch_async`](Dispatcher::dispatch_async), [`reserve`](Dispatcher::reserve) (a
+//! [`Permit`], the cancel-safe form for `select!` loops), [`Group::wait_async`],
+//! [`flush_key_async`](Dispatcher::flush_key_async),
+//! [`wait_idle_async`](Dispatcher::wait_idle_async) and
+//! [`close_async`](Dispatcher::close_async); a spawner's
+//! [`spawn_with_result`](Dispatcher::spawn_with_result) returns a [`JobHandle`] to await.
+//! Threads and tasks waiting for room in a key share one line, in arrival order.
+//!
 //! # Shared pools
 //!
 //! Several dispatchers, each with its own key type, job type and handler, can share the threads
@@ -197,6 +209,9 @@
 //! `RUST_LOG=debug cargo run --example tenants` shows them.
 
 #![forbid(unsafe_code)]
+// Without the `async` feature, the parts of the waiting protocol that only the futures use
+// (a task's waker in a line, its cancellation) are built but unused.
+#![cfg_attr(not(feature = "async"), allow(dead_code))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 // Under loom or shuttle the spin counts are zero, so their loop bounds compare against zero
 // and their spin ranges are empty.

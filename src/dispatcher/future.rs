@@ -390,8 +390,13 @@ where
     J: Send + 'static,
 {
     /// Dispatches `job` on `key`, waiting for room without blocking a thread: the async
-    /// [`dispatch`](Dispatcher::dispatch). Waiting producers, threads and tasks alike, get
-    /// room in the order they began to wait.
+    /// [`dispatch`](Dispatcher::dispatch).
+    ///
+    /// Producers waiting for room in a key, threads in `dispatch` and tasks here alike, get it
+    /// in the order they began to wait: room the key frees is held for the longest waiting, so
+    /// that a producer arriving meanwhile queues behind. Room in the dispatcher's
+    /// [`capacity`](crate::Builder::capacity) wakes the longest waiting, which may find it taken
+    /// by a producer arriving at that moment, and waits again.
     ///
     /// The key is hashed here, before the future is first polled.
     ///

@@ -409,11 +409,11 @@ where
     /// handle on its result: [`join`](JobHandle::join) it, or `.await` it.
     ///
     /// Dropping the handle does not cancel the job. A job that panics gives
-    /// [`JobError::Panicked`] with its payload, and counts as a panic in the dispatcher's
+    /// [`JobError::Panicked`](crate::JobError::Panicked) with its payload, and counts as a panic in the dispatcher's
     /// [`stats`](Dispatcher::stats) (its `on_panic` hook sees a message in place of the
     /// payload, which went to the handle). The handle is filled as the job ends, a moment
     /// before the worker counts it. A job handed back by
-    /// [`close_now`](Dispatcher::close_now) gives [`JobError::HandedBack`] once it is dropped
+    /// [`close_now`](Dispatcher::close_now) gives [`JobError::HandedBack`](crate::JobError::HandedBack) once it is dropped
     /// unrun (running it gives its value).
     ///
     /// # Errors
