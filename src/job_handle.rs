@@ -186,24 +186,10 @@ impl<T> std::future::Future for JobHandle<T> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        use std::task::Poll;
         let this = self.get_mut();
-        loop {
-            if let Some(waiter) = &this.waiter {
-                if !waiter.poll(cx) {
-                    return Poll::Pending;
-                }
-                this.waiter = None;
-            }
-            if this.is_finished() {
-                return Poll::Ready(this.take());
-            }
-            let waiter = this.shared.ready.enqueue();
-            if this.is_finished() {
-                this.shared.ready.dequeue(&waiter);
-                return Poll::Ready(this.take());
-            }
-            this.waiter = Some(waiter);
-        }
+        let shared = &this.shared;
+        let done = || shared.done.load(Ordering::SeqCst);
+        let finished = shared.ready.poll_until(&mut this.waiter, cx, done);
+        finished.map(|()| this.take())
     }
 }

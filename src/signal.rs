@@ -125,22 +125,36 @@ impl<F: FnMut() -> bool + Unpin> Future for Until<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        this.signal
+            .poll_until(&mut this.waiter, cx, &mut this.ready)
+    }
+}
+
+impl Signal {
+    /// A task's wait for `ready()`, polled: `waiter` is its place in line, kept between polls
+    /// (and given up with [`Signal::abandon`] by a future dropped while it holds one).
+    pub(crate) fn poll_until(
+        &self,
+        waiter: &mut Option<Arc<Waiter>>,
+        cx: &mut Context<'_>,
+        mut ready: impl FnMut() -> bool,
+    ) -> Poll<()> {
         loop {
-            if let Some(waiter) = &this.waiter {
-                if !waiter.poll(cx) {
+            if let Some(queued) = waiter {
+                if !queued.poll(cx) {
                     return Poll::Pending;
                 }
-                this.waiter = None;
+                *waiter = None;
             }
-            if (this.ready)() {
+            if ready() {
                 return Poll::Ready(());
             }
-            let waiter = this.signal.enqueue();
-            if (this.ready)() {
-                this.signal.dequeue(&waiter);
+            let queued = self.enqueue();
+            if ready() {
+                self.dequeue(&queued);
                 return Poll::Ready(());
             }
-            this.waiter = Some(waiter);
+            *waiter = Some(queued);
         }
     }
 }

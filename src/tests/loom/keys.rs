@@ -2,13 +2,11 @@
 //! producer pushes, a producer blocked on a full key, a key scheduled while the only token is
 //! released (models 0, 1, 3, 4 and 6 of the parent module's list).
 
-use super::{explore, Log};
+use super::{explore, Log, Release};
 use crate::{
     gate::Gate,
     mailbox::{EndTurn, Mailbox, Marks, Push},
-    sync::{lock, thread, wait, Condvar, Fault, Mutex as ModelMutex},
-    tests::handle::Handle,
-    Dispatcher,
+    sync::{thread, Fault},
 };
 use std::{collections::VecDeque, sync::Arc};
 
@@ -144,28 +142,14 @@ fn blocked_producer_never_woken_hangs() {
 /// returned, so only `close` can wake that producer: it must, with its job handed back.
 fn close_wakes_model(fault: Option<Fault>) {
     explore(2, fault, || {
-        let returned = Arc::new((ModelMutex::new(false), Condvar::new()));
-        let handler_sees = Arc::clone(&returned);
-        let d = Handle::new(
-            Dispatcher::builder()
-                .workers(1)
-                .key_capacity(0)
-                .build(move |_: &u8, job: u32| {
-                    let (flag, changed) = &*handler_sees;
-                    let mut flag = lock(flag);
-                    while job == 0 && !*flag {
-                        flag = wait(changed, flag);
-                    }
-                })
-                .expect("valid configuration"),
-        );
+        let returned = Release::default();
+        let d = Log::default().holding(0, &returned);
         d.dispatch(0, 0).unwrap();
         let producer = {
-            let (d, returned) = (d.share(), Arc::clone(&returned));
+            let (d, returned) = (d.share(), returned.clone());
             thread::spawn(move || {
                 let result = d.dispatch(0, 1);
-                *lock(&returned.0) = true;
-                returned.1.notify_all();
+                returned.open();
                 result
             })
         };

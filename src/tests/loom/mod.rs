@@ -183,6 +183,46 @@ impl Log {
     }
 }
 
+/// A flag that job 0 of [`Log::holding`]'s dispatcher waits for: set once, on the model's
+/// primitives, so that the model sees the wait.
+#[derive(Clone, Default)]
+struct Release(Arc<(crate::sync::Mutex<bool>, crate::sync::Condvar)>);
+
+impl Release {
+    fn open(&self) {
+        *crate::sync::lock(&self.0 .0) = true;
+        self.0 .1.notify_all();
+    }
+
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let mut open = crate::sync::lock(open);
+        while !*open {
+            open = crate::sync::wait(changed, open);
+        }
+    }
+}
+
+impl Log {
+    /// A dispatcher on one worker whose job 0 runs until `release` opens; it records into this
+    /// log as [`Log::dispatcher`]'s does.
+    fn holding(&self, key_capacity: usize, release: &Release) -> Handle {
+        let (log, release) = (self.clone(), release.clone());
+        let dispatcher = Dispatcher::builder()
+            .workers(1)
+            .key_capacity(key_capacity)
+            .build(move |_: &u8, job: u32| {
+                log.push(Event::Start(job));
+                if job == 0 {
+                    release.wait();
+                }
+                log.push(Event::End(job));
+            })
+            .expect("valid configuration");
+        Handle::new(dispatcher)
+    }
+}
+
 /// Explores `model` with at most `preemptions` preemptions per execution (unless
 /// `LOOM_MAX_PREEMPTIONS` sets another bound), with `fault` armed.
 fn explore(preemptions: usize, fault: Option<Fault>, model: impl Fn() + Sync + Send + 'static) {

@@ -2,12 +2,8 @@
 //! queuing for room while a slot frees, a notified task's future dropped before it runs, and a
 //! permit held while its key goes idle and the dispatcher closes.
 
-use super::{explore, Log};
-use crate::{
-    sync::{lock, thread, wait, Condvar, Fault, Mutex as ModelMutex},
-    tests::handle::Handle,
-    Dispatcher,
-};
+use super::{explore, Log, Release};
+use crate::sync::{lock, thread, wait, Condvar, Fault, Mutex as ModelMutex};
 use std::{
     future::Future,
     sync::Arc,
@@ -105,25 +101,8 @@ fn task_missing_an_early_notification_hangs() {
 fn dropped_notified_model(fault: Option<Fault>) {
     explore(2, fault, || {
         let log = Log::default();
-        let release = Arc::new((ModelMutex::new(false), Condvar::new()));
-        let d = {
-            let (log, release) = (log.clone(), Arc::clone(&release));
-            Handle::new(
-                Dispatcher::builder()
-                    .workers(1)
-                    .key_capacity(0)
-                    .build(move |_: &u8, job: u32| {
-                        log.push(super::Event::Start(job));
-                        let (released, changed) = &*release;
-                        let mut released = lock(released);
-                        while job == 0 && !*released {
-                            released = wait(changed, released);
-                        }
-                        log.push(super::Event::End(job));
-                    })
-                    .expect("valid configuration"),
-            )
-        };
+        let release = Release::default();
+        let d = log.holding(0, &release);
         d.dispatch(0, 0).unwrap();
         let mut first = Box::pin(d.dispatch_async(0, 1));
         let waker = Waker::from(Arc::new(Noop));
@@ -133,8 +112,7 @@ fn dropped_notified_model(fault: Option<Fault>) {
             let d = d.share();
             thread::spawn(move || block_on(d.dispatch_async(0, 2)))
         };
-        *lock(&release.0) = true;
-        release.1.notify_all();
+        release.open();
         drop(first);
         second.join().unwrap().expect("no close: job 2 is let in");
         assert!(d.close().drained);
