@@ -7,8 +7,12 @@ use crate::{
     gate::Gate,
     mailbox::{EndTurn, Mailbox, Marks, Push},
     sync::{thread, Fault},
+    DispatchError, Dispatcher,
 };
 use std::{collections::VecDeque, sync::Arc};
+
+/// How a model's producer dispatches job 1 on key 0.
+pub(super) type Produce = fn(&Dispatcher<u8, u32>) -> Result<(), DispatchError<u8, u32>>;
 
 // -------------------------------------------------------------------------------------------
 // 0. The mailbox alone.
@@ -111,13 +115,19 @@ fn eviction_outside_the_map_lock_loses_a_job() {
 /// Model 4a: job 0 fills its key, so the producer of job 1 blocks unless job 0's turn has
 /// ended; it must be let in when that turn ends, without any close to wake it.
 fn blocked_model(fault: Option<Fault>) {
-    explore(2, fault, || {
+    blocked_producer_model(fault, |d| d.dispatch(0, 1));
+}
+
+/// Model 4a with job 1 dispatched by `produce` (a thread's `dispatch`, or a task's
+/// `dispatch_async`: model 13).
+pub(super) fn blocked_producer_model(fault: Option<Fault>, produce: Produce) {
+    explore(2, fault, move || {
         let log = Log::default();
         let d = log.dispatcher(1, 0);
         d.dispatch(0, 0).unwrap();
         let producer = {
             let d = d.share();
-            thread::spawn(move || d.dispatch(0, 1))
+            thread::spawn(move || produce(&d))
         };
         producer.join().unwrap().expect("no close: job 1 is let in");
         assert!(d.close().drained);

@@ -63,19 +63,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
 /// the task's first poll after it queued leaves its waker without looking whether the
 /// notification came meanwhile ([`Fault::PollMissesEarlyNotify`]), and sleeps forever.
 fn queue_while_freed_model(fault: Option<Fault>) {
-    explore(2, fault, || {
-        let log = Log::default();
-        let d = log.dispatcher(1, 0);
-        d.dispatch(0, 0).unwrap();
-        let producer = {
-            let d = d.share();
-            thread::spawn(move || block_on(d.dispatch_async(0, 1)))
-        };
-        producer.join().unwrap().expect("no close: job 1 is let in");
-        assert!(d.close().drained);
-        log.assert_ran(&[0, 1]);
-        log.assert_before(0, 1);
-    });
+    super::keys::blocked_producer_model(fault, |d| block_on(d.dispatch_async(0, 1)));
 }
 
 #[test]
