@@ -29,7 +29,10 @@
 //! [`Queue::notify`] pops without a grant: the waiter tries again, and may find the slot
 //! taken (the dispatcher's capacity, and barriers, where there is no slot to hand over).
 
-use crate::sync::{fault, lock, wait, wait_timeout, Arc, Condvar, Mutex};
+use crate::{
+    sync::{fault, lock, wait, wait_timeout, Arc, Condvar, Mutex},
+    unwind::contained,
+};
 use std::{
     collections::VecDeque,
     task::{Context, Waker},
@@ -79,14 +82,25 @@ impl Waiter {
     /// Task: whether it has been notified; if not, leaves the task's waker to be woken when it
     /// is.
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> bool {
-        let mut slot = lock(&self.slot);
-        if slot.notified && !(fault!(PollMissesEarlyNotify) && slot.waker.is_none()) {
-            return true;
+        {
+            let slot = lock(&self.slot);
+            if slot.notified && !(fault!(PollMissesEarlyNotify) && slot.waker.is_none()) {
+                return true;
+            }
+            if slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return false;
+            }
         }
-        match &slot.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => slot.waker = Some(cx.waker().clone()),
-        }
+        // Cloned, and the old one dropped, outside the lock: a waker is the runtime's code.
+        let waker = cx.waker().clone();
+        let old = {
+            let mut slot = lock(&self.slot);
+            if slot.notified && !fault!(PollMissesEarlyNotify) {
+                return true;
+            }
+            slot.waker.replace(waker)
+        };
+        drop(old);
         false
     }
 
@@ -105,7 +119,11 @@ impl Waiter {
         };
         self.woken.notify_one();
         if let Some(waker) = waker {
-            waker.wake();
+            // The runtime's code: a panic here must not stop the other wake-ups of the batch,
+            // nor the bookkeeping of whoever drops it.
+            if contained(|| waker.wake()).is_none() {
+                log::error!("keyed-dispatch: a task's waker panicked; that task was not woken");
+            }
         }
     }
 }

@@ -1019,3 +1019,123 @@ fn close_async_drains_every_job_accepted_from_racing_tasks() {
     let refused = rt.block_on(d.dispatch_async(1, job(0, 1, jobs)));
     assert!(refused.unwrap_err().is_closed());
 }
+
+// ---- Found in review: grants and permits across the shutdown, wakers that misbehave ---------
+
+/// A future granted room but not yet polled again holds no slot of the gate, so `close` may
+/// drain and finish while the key keeps that room for it: the key is evicted all the same, and
+/// the future, polled later, gets `Closed` with its job.
+#[test]
+fn a_granted_future_not_yet_polled_when_close_drains_gets_its_job_back() {
+    let _watchdog = Watchdog::new("granted at close", HANG);
+    let (d, started, release) = stepped(Dispatcher::builder().key_capacity(1), |_, _: u32| {});
+    d.dispatch(7, 0).unwrap();
+    d.dispatch(7, 1).unwrap();
+    started.recv().unwrap(); // job 0 runs; job 1 fills the key
+    let woken = Arc::new(Woken::default());
+    let mut future = d.dispatch_async(7, 2);
+    assert!(poll_once(&mut future, &woken).is_pending());
+    drop(release); // every job through: the turn's end grants job 2 its room
+    wait_for(|| woken.take());
+    wait_for(|| d.stats().completed == 2);
+    let report = d.close();
+    assert!(report.drained);
+    assert_eq!(
+        report.stats.keys, 0,
+        "the key holding the grant was evicted"
+    );
+    match poll_once(&mut future, &woken) {
+        Poll::Ready(Err(err)) => assert_eq!(err.into_inner(), (7, 2)),
+        other => panic!("expected Closed with the job, got {other:?}"),
+    }
+}
+
+/// `close_timeout` and `close_now` do not wait for a permit (which may be held for as long as
+/// its holder likes): they return, and the permit's job comes back as `Closed`.
+#[test]
+fn close_timeout_does_not_wait_for_an_outstanding_permit() {
+    let _watchdog = Watchdog::new("close_timeout past a permit", HANG);
+    let d = Dispatcher::builder().build(|_: &u32, _: u32| {}).unwrap();
+    let permit = d.try_reserve(&1).unwrap();
+    std::thread::scope(|s| {
+        let closing = s.spawn(|| d.close_timeout(std::time::Duration::from_millis(20)));
+        let left = closing.join().unwrap().expect("not on a worker thread");
+        assert!(left.is_empty());
+    });
+    let err = permit
+        .dispatch(9)
+        .expect_err("closed while the permit was held");
+    assert!(err.is_closed());
+    assert_eq!(err.into_inner(), (1, 9));
+    assert_eq!(d.stats().queued, 0, "the permit's slot was given back");
+}
+
+/// A waker that panics is contained: the other waiters of the same wake-up are woken, and the
+/// call that woke them finishes its work.
+#[test]
+fn a_panicking_waker_stops_neither_the_other_wake_ups_nor_cancel_key() {
+    struct Panics;
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("a waker that panics");
+        }
+    }
+    let _watchdog = Watchdog::new("panicking waker", HANG);
+    let d = Dispatcher::builder()
+        .key_capacity(1)
+        .build(|_: &u32, _: u32| {})
+        .unwrap();
+    d.pause_key(&5);
+    d.dispatch(5, 0).unwrap();
+    d.dispatch(5, 1).unwrap();
+    let bad = Waker::from(Arc::new(Panics));
+    let mut first = d.dispatch_async(5, 2);
+    assert!(Pin::new(&mut first)
+        .poll(&mut Context::from_waker(&bad))
+        .is_pending());
+    let woken = Arc::new(Woken::default());
+    let mut second = d.dispatch_async(5, 3);
+    assert!(poll_once(&mut second, &woken).is_pending());
+    assert_eq!(d.cancel_key(&5).unwrap(), [0, 1]);
+    assert!(
+        woken.take(),
+        "the waiter behind the panicking waker was woken"
+    );
+    drop((first, second));
+    d.resume_key(&5);
+    assert!(d.close().drained, "the cancelled jobs left the gate");
+}
+
+/// Wakers run outside the map's locks: one that reads the dispatcher's stats (which takes a
+/// shard's lock) as `close_now` wakes it does not deadlock.
+#[test]
+fn wakers_run_outside_the_maps_locks() {
+    struct ReadsStats(Dispatcher<u32, u32>, AtomicBool);
+    impl Wake for ReadsStats {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.stats();
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+    let _watchdog = Watchdog::new("waker under the map's lock", HANG);
+    let d = Dispatcher::builder()
+        .key_capacity(1)
+        .build(|_: &u32, _: u32| {})
+        .unwrap();
+    d.pause_key(&5);
+    d.dispatch(5, 0).unwrap();
+    d.dispatch(5, 1).unwrap();
+    let reads = Arc::new(ReadsStats(d.clone(), AtomicBool::new(false)));
+    let waker = Waker::from(Arc::clone(&reads));
+    let mut future = d.dispatch_async(5, 2);
+    assert!(Pin::new(&mut future)
+        .poll(&mut Context::from_waker(&waker))
+        .is_pending());
+    let left = d.close_now().expect("not on a worker thread");
+    assert_eq!(left, [(5, vec![0, 1])]);
+    assert!(reads.1.load(Ordering::SeqCst), "the waiting task was woken");
+    match Pin::new(&mut future).poll(&mut Context::from_waker(&waker)) {
+        Poll::Ready(Err(err)) => assert!(err.is_closed()),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+}

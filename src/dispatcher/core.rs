@@ -105,6 +105,9 @@ pub(crate) struct Core<K, J> {
     pub(super) stopping: CachePadded<AtomicUsize>,
     /// Held keys: paused with jobs (see `pause`); `wait_idle` refuses to wait while any is.
     pub(super) held: AtomicUsize,
+    /// Permits out (see `permit`): each holds a slot of the gate that `close_now` and
+    /// `close_timeout` do not wait for.
+    pub(super) permits: AtomicUsize,
     /// Waiting keys of retried jobs (see `backoff`).
     pub(super) backoffs: Mutex<super::backoff::Backoffs<K, J>>,
     /// The `metrics` facade's handles (see `publish`).
@@ -188,6 +191,7 @@ where
             room: Signal::default(),
             stopping: CachePadded::new(AtomicUsize::new(0)),
             held: AtomicUsize::new(0),
+            permits: AtomicUsize::new(0),
             backoffs: Mutex::new(Default::default()),
             delays: Box::default(),
             watch: watch.map(Arc::new),

@@ -19,7 +19,7 @@ use crate::{
     gate::Refused,
     keymap::Hashed,
     mailbox::{Mailbox, Push, Reserve},
-    sync::Arc,
+    sync::{Arc, Ordering},
 };
 use std::{
     fmt::{self, Debug},
@@ -123,8 +123,9 @@ where
 /// Room held for one job of a key: see [`Dispatcher::reserve`].
 ///
 /// [`dispatch`](Permit::dispatch) queues the job in it; dropping the permit unused gives the
-/// room back to the next producer waiting for it. `close` waits for every permit to be used or
-/// dropped, as it waits for queued jobs.
+/// room back to the next producer waiting for it. `close` (and `wait_idle`) wait for every
+/// permit to be used or dropped, as for queued jobs; `close_now` and `close_timeout` do not:
+/// a permit used after them hands its job back as [`DispatchError::Closed`].
 #[must_use = "dropping a permit gives its room back"]
 pub struct Permit<'a, K, J>
 where
@@ -142,6 +143,9 @@ where
     J: Send + 'static,
 {
     pub(super) fn new(core: &'a Core<K, J>, key: K, mailbox: Arc<Mailbox<K, J>>) -> Self {
+        // Counted after its gate slot and uncounted before it: the shutdown's count of other
+        // slots (`Core::in_flight`) may only come out high.
+        core.permits.fetch_add(1, Ordering::SeqCst);
         Permit {
             core,
             key: Some(key),
@@ -165,6 +169,7 @@ where
     pub fn dispatch(mut self, job: J) -> Result<(), DispatchError<K, J>> {
         let key = self.key.take().expect("a permit keeps its key until used");
         let mailbox = self.mailbox.take().expect("a permit is used once");
+        self.core.permits.fetch_sub(1, Ordering::SeqCst);
         let item = Item { job, group: None };
         self.core.push_granted(&mailbox, key, item)
     }
@@ -177,6 +182,7 @@ where
 {
     fn drop(&mut self) {
         if let Some(mailbox) = self.mailbox.take() {
+            self.core.permits.fetch_sub(1, Ordering::SeqCst);
             self.core.release_room(mailbox);
             self.core.left(1);
         }

@@ -50,6 +50,7 @@ use crate::{
     stats::Stats,
     sync::{dekker_fence, fault, lock, Arc, Ordering},
     unwind::{contained, drop_contained},
+    waiters::Wakeups,
 };
 use std::{
     collections::{HashMap, VecDeque},
@@ -145,9 +146,11 @@ where
         log::debug!("{}: close begun", self.config.name);
         self.room.notify_all();
         let mut resumed = Vec::new();
+        // Woken once the map's locks are released: a waker is the runtime's code.
+        let mut wakeups = Wakeups::default();
         self.keys.for_each(|mailbox| {
             if !fault!(CloseLeavesKeyWaiters) {
-                mailbox.wake_producers();
+                mailbox.wake_producers(&mut wakeups);
             }
             // Paused keys drain too: no pause survives close (`pause` checks the flag under
             // the mailbox lock that this takes after setting it).
@@ -156,6 +159,7 @@ where
                 resumed.push((Arc::clone(mailbox), resume));
             }
         });
+        drop(wakeups);
         // Outside the map's locks, as producers schedule.
         for (mailbox, resume) in resumed {
             self.resumed(mailbox, resume);
@@ -220,7 +224,7 @@ where
             (self.hand_back(taken, delayed), running)
         };
         if running == 0 {
-            self.idle.wait_until(None, || self.gate.count() == 0);
+            self.idle.wait_until(None, || self.in_flight() == 0);
             self.finish();
             self.pool.join();
         } else {
@@ -314,8 +318,9 @@ where
             let taken = self.take_keys(Take::All);
             self.hand_back(taken, delayed)
         };
-        // Producers that entered the gate before it closed see the halt flag and leave.
-        self.idle.wait_until(None, || self.gate.count() == 0);
+        // Producers that entered the gate before it closed see the halt flag and leave. Permits
+        // are not waited for: used after this, they hand their job back.
+        self.idle.wait_until(None, || self.in_flight() == 0);
         self.finish();
         self.pool.join();
         log::debug!("{}: close_now done", self.config.name);
@@ -328,13 +333,15 @@ where
         let mut queues = Vec::new();
         let mut released = Marks::new();
         let (mut paused, mut held) = (0, 0);
+        // Woken once the map's locks are released: a waker is the runtime's code.
+        let mut wakeups = Wakeups::default();
         let removed = self.keys.remove_where(|mailbox| {
             let taken = match take {
                 Take::All => {
-                    let (queue, marks, paused) = mailbox.take_all();
+                    let (queue, marks, paused) = mailbox.take_all(&mut wakeups);
                     Some((queue, marks, paused, false))
                 }
-                Take::Unheld => mailbox.take_all_unless_running(),
+                Take::Unheld => mailbox.take_all_unless_running(&mut wakeups),
             };
             let Some((queue, marks, was_paused, was_held)) = taken else {
                 return false;
@@ -345,6 +352,7 @@ where
             queues.push(queue);
             true
         });
+        drop(wakeups);
         // Outside the map's locks: one mark per handed-back job of a group, and the flush
         // barriers behind them. Each wakes its waiters, who see the jobs handed back.
         for mark in released {
@@ -419,7 +427,7 @@ where
         }
         let name = &self.config.name;
         let evicted = self.keys.remove_where(|mailbox| {
-            let evicted = mailbox.try_evict();
+            let evicted = mailbox.evict_drained();
             debug_assert!(evicted, "a key was busy after its dispatcher drained");
             true
         });
@@ -534,6 +542,16 @@ where
                 .await;
         }
         self.close()
+    }
+
+    /// The gate's slots held by others than permits: after a halt, producers on their way to
+    /// be refused. Never below the truth, once the gate is closed: a permit is counted after
+    /// its slot and uncounted before it, no slot is taken any more, and the count is read
+    /// before the permits, so that every permit read holds one of the slots counted.
+    fn in_flight(&self) -> usize {
+        // ORDERING: SeqCst, as the gate's count (see `Signal`).
+        let slots = self.gate.count();
+        slots.saturating_sub(self.permits.load(Ordering::SeqCst))
     }
 
     /// Jobs that would never run, which `wait_idle` would wait for in vain. Checked at the

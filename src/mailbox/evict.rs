@@ -98,6 +98,23 @@ impl<K, J> Mailbox<K, J> {
         }
     }
 
+    /// The shutdown, once the dispatcher has drained: marks the mailbox Evicted if it is Idle,
+    /// as [`Mailbox::try_evict`], also if it holds room granted to a producer that has not yet
+    /// used it (a granted producer holds no slot of the gate, so the drain does not wait for
+    /// it): that producer finds the gate closed and gives the room back.
+    pub(crate) fn evict_drained(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        inner.listed = false;
+        inner.used = false;
+        if inner.state == State::Idle && !inner.paused {
+            debug_assert!(inner.queue.is_empty() && inner.in_turn == 0);
+            inner.state = State::Evicted;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Sweeper: forgets the key's idle-list entry without evicting it (its eviction failed),
     /// so that the key is listed again when it next goes idle.
     pub(crate) fn unlist(&self) {

@@ -552,11 +552,10 @@ impl<K, J> Mailbox<K, J> {
         Self::unreserve_locked(&mut inner, &mut wakeups)
     }
 
-    /// `close`: wakes the producers waiting for room in this key, so that they see the
-    /// dispatcher closed.
-    pub(crate) fn wake_producers(&self) {
-        let mut wakeups = Wakeups::default();
-        lock(&self.inner).waiting.notify_all(&mut wakeups);
+    /// `close`: pops the producers waiting for room in this key into `wakeups`, for the caller
+    /// to wake once it holds no lock (the map's, here), so that they see the dispatcher closed.
+    pub(crate) fn wake_producers(&self, wakeups: &mut Wakeups) {
+        lock(&self.inner).waiting.notify_all(wakeups);
     }
 
     /// Producer: registers a flush barrier behind every job pushed so far (see the module
@@ -586,11 +585,13 @@ impl<K, J> Mailbox<K, J> {
     /// `close_now`: takes every queued job and every mark (one per grouped job among them, and
     /// the flush barriers behind them), and marks the mailbox Evicted. Called under the map
     /// shard's write lock, after every turn has ended. Also says whether the key was paused.
-    pub(crate) fn take_all(&self) -> (VecDeque<J>, Marks, bool) {
-        let mut wakeups = Wakeups::default();
+    ///
+    /// The producers waiting for room go into `wakeups`, for the caller to wake once it holds
+    /// no lock (the map's, here).
+    pub(crate) fn take_all(&self, wakeups: &mut Wakeups) -> (VecDeque<J>, Marks, bool) {
         let mut inner = lock(&self.inner);
         debug_assert_eq!(inner.in_turn, 0, "close_now took a key during its turn");
-        self.take_locked(&mut inner, &mut wakeups)
+        self.take_locked(&mut inner, wakeups)
     }
 
     /// `close_timeout`: as [`Mailbox::take_all`], unless a turn holds the key, whose batch it
@@ -598,14 +599,16 @@ impl<K, J> Mailbox<K, J> {
     /// taken here finds it Evicted and leaves it (see [`Mailbox::begin_turn_attempts`]).
     ///
     /// Also says whether the key was Held (its dispatcher counts Held keys).
-    pub(crate) fn take_all_unless_running(&self) -> Option<(VecDeque<J>, Marks, bool, bool)> {
-        let mut wakeups = Wakeups::default();
+    pub(crate) fn take_all_unless_running(
+        &self,
+        wakeups: &mut Wakeups,
+    ) -> Option<(VecDeque<J>, Marks, bool, bool)> {
         let mut inner = lock(&self.inner);
         if inner.state == State::Running && !fault!(TimeoutTakesRunningKeys) {
             return None;
         }
         let held = inner.state == State::Held;
-        let (queue, marks, paused) = self.take_locked(&mut inner, &mut wakeups);
+        let (queue, marks, paused) = self.take_locked(&mut inner, wakeups);
         Some((queue, marks, paused, held))
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::waiters::Wakeups;
 
 fn turn(mb: &Mailbox<u8, u32>, max: usize) -> Vec<u32> {
     let mut batch = VecDeque::new();
@@ -127,7 +128,7 @@ fn halted_turn_puts_leftovers_back_in_order() {
         mb.push(5, &mut None, 100, &gate, || {}),
         Push::Halted(5)
     ));
-    let (left, flushes, _) = mb.take_all();
+    let (left, flushes, _) = mb.take_all(&mut Wakeups::default());
     assert_eq!(left, [1, 2, 3, 4]);
     assert!(flushes.is_empty());
     assert_eq!(mb.state(), State::Evicted);
@@ -200,7 +201,7 @@ fn halted_turn_keeps_its_unreached_barriers_for_take_all() {
     gate.halt();
     assert_eq!(mb.end_turn(&mut batch, &mut due, true), EndTurn::Halted);
     assert!(due.is_empty());
-    let (left, flushes, _) = mb.take_all();
+    let (left, flushes, _) = mb.take_all(&mut Wakeups::default());
     assert_eq!(left, [2]);
     assert_eq!(flushes.len(), 1);
     assert!(Arc::ptr_eq(&flushes[0].state, &second));
@@ -241,7 +242,7 @@ fn refused_push_leaves_the_group_with_the_caller() {
     gate.halt();
     assert_eq!(mb.push(1, &mut member, 10, &gate, || {}), Push::Halted(1));
     assert!(member.is_some());
-    let (left, marks, _) = mb.take_all();
+    let (left, marks, _) = mb.take_all(&mut Wakeups::default());
     assert_eq!(left, [0]);
     assert!(marks.is_empty());
 }
@@ -482,13 +483,17 @@ fn close_timeout_takes_a_key_unless_a_turn_holds_it_and_a_late_turn_leaves_it() 
     let mb = Mailbox::new(1u8, 0, 1u32, None);
     assert_eq!(mb.push(2, &mut None, 8, &gate, || {}), Push::Added);
     assert_eq!(mb.begin_turn(1, &mut batch, &mut due), 1);
-    assert!(mb.take_all_unless_running().is_none());
+    assert!(mb
+        .take_all_unless_running(&mut Wakeups::default())
+        .is_none());
     assert_eq!(mb.len(), 2);
     // Queued (popped by a worker that has not begun its turn yet): taken whole, and the turn
     // that begins afterwards finds the key Evicted and takes nothing.
     let mb = Mailbox::new(2u8, 0, 3u32, None);
     assert_eq!(mb.push(4, &mut None, 8, &gate, || {}), Push::Added);
-    let (taken, _, paused, held) = mb.take_all_unless_running().expect("no turn holds it");
+    let (taken, _, paused, held) = mb
+        .take_all_unless_running(&mut Wakeups::default())
+        .expect("no turn holds it");
     assert_eq!((Vec::from(taken), paused, held), (vec![3, 4], false, false));
     let (mut late, mut late_due) = (VecDeque::new(), Marks::new());
     assert_eq!(mb.begin_turn_attempts(8, &mut late, &mut late_due), None);
@@ -537,6 +542,6 @@ fn stamps_follow_the_jobs_that_never_started_through_a_retry_and_a_halt() {
         mb.end_turn_stamped(&mut batch, &mut due, Stop::Ran, &mut stamps),
         EndTurn::Requeue
     );
-    let (taken, _, _) = mb.take_all();
+    let (taken, _, _) = mb.take_all(&mut Wakeups::default());
     assert_eq!(Vec::from(taken), [12]);
 }
