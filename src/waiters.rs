@@ -22,7 +22,7 @@
 //! # Grants
 //!
 //! A notification may carry what was freed: [`Queue::grant`] pops a waiter *granted* a slot
-//! that its owner holds for it (a key's room, see `mailbox::reserve`), so that no producer
+//! that its owner holds for it (a key's room, see `mailbox::room`), so that no producer
 //! arriving meanwhile takes the slot first: room in a key goes to its waiters in arrival
 //! order. The grant is recorded in the waiter under the queue's lock, as it is popped, so that
 //! whoever removes a waiter under that lock knows whether it holds a slot to give back.

@@ -4,7 +4,7 @@
 //! same way ([`Core::push_granted`]).
 //!
 //! A permit holds a slot of the gate (so `close` waits for it, as for a queued job) and a slot
-//! of its key's room (see `mailbox::reserve`; the key's mailbox is created, Idle, if it had
+//! of its key's room (see `mailbox::room`; the key's mailbox is created, Idle, if it had
 //! none, and is not evicted while room is held in it). [`Permit::dispatch`] queues the job in
 //! that slot; dropping the permit gives both slots back, waking the next producer waiting for
 //! each.

@@ -1,5 +1,6 @@
 //! One key's bounded queue of jobs and its state machine. The producers', sweepers' and
-//! `close_now`'s sides are here; the worker's side of a turn is in `turn`.
+//! `close_now`'s sides are here; the worker's side of a turn is in `turn`; the producers
+//! waiting for room, and room held for them or by permits, in `room`.
 //!
 //! # States of a key
 //!
@@ -121,11 +122,11 @@
 
 mod evict;
 mod hold;
-mod reserve;
+mod room;
 mod turn;
 
 pub(crate) use hold::{Cancelled, Resumed, Woken};
-pub(crate) use reserve::Reserve;
+pub(crate) use room::{Reserve, Waited};
 
 use crate::{
     gate::Gate,
@@ -133,7 +134,7 @@ use crate::{
     latch::Latch,
     sync::{fault, lock, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering},
     unwind::drop_contained,
-    waiters::{Queue, Waiter, Wakeups},
+    waiters::{Queue, Wakeups},
 };
 use std::{collections::VecDeque, time::Instant};
 
@@ -257,16 +258,6 @@ pub(crate) enum State {
     /// Paused with jobs: owned by nobody, in no queue, until `resume_key` (see the module docs).
     Held,
     Evicted,
-}
-
-/// How a producer waiting for room in a key stopped waiting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Waited {
-    /// Granted room, held for it: its job goes in with [`Mailbox::push_reserved`].
-    Granted,
-    /// Woken without a grant: try again through the gate and the map.
-    Retry,
-    TimedOut,
 }
 
 /// What a producer's push did.
@@ -500,62 +491,6 @@ impl<K, J> Mailbox<K, J> {
         // it is still held here.
         self.queued.store(queued, Ordering::Relaxed);
         Push::Added
-    }
-
-    /// Producer: blocks until the key grants it room (see `waiters`), or may have room (the
-    /// mailbox is evicted, the dispatcher closed, the queue emptied: the caller tries again
-    /// through the gate and the map), or `deadline` passes.
-    pub(crate) fn wait_for_room(
-        &self,
-        capacity: usize,
-        deadline: Option<Instant>,
-        gate: &Gate,
-    ) -> Waited {
-        let Some(waiter) = self.wait_in_line(capacity, gate) else {
-            return Waited::Retry;
-        };
-        // A notification that came as the deadline passed is taken, as if it came first.
-        if !waiter.block(deadline) && lock(&self.inner).waiting.remove(&waiter) {
-            return Waited::TimedOut;
-        }
-        if waiter.granted() {
-            Waited::Granted
-        } else {
-            Waited::Retry
-        }
-    }
-
-    /// Producer: queues a new waiter for room in the key, unless the key has room, is evicted,
-    /// or the dispatcher closed (then `None`: try again now). The closed flag is read under
-    /// this lock, which `wake_producers` takes after setting it: a producer either sees it here
-    /// or is queued when the wake-up comes.
-    pub(crate) fn wait_in_line(&self, capacity: usize, gate: &Gate) -> Option<Arc<Waiter>> {
-        let mut inner = lock(&self.inner);
-        if inner.state == State::Evicted || !inner.is_full(capacity) || gate.is_closed() {
-            return None;
-        }
-        // Made under the lock: the room often frees before a producer would need it.
-        let waiter = Waiter::new();
-        inner.waiting.push(Arc::clone(&waiter));
-        Some(waiter)
-    }
-
-    /// A task's `waiter` stopped waiting before it took its notification: takes it out of the
-    /// line, or gives back the room it was granted (step 3 of `waiters`). Returns true if the
-    /// key is left Idle with nothing to list it for eviction (the caller lists it).
-    pub(crate) fn leave_line(&self, waiter: &Arc<Waiter>) -> bool {
-        let mut wakeups = Wakeups::default();
-        let mut inner = lock(&self.inner);
-        if inner.waiting.remove(waiter) || !waiter.granted() {
-            return false;
-        }
-        Self::unreserve_locked(&mut inner, &mut wakeups)
-    }
-
-    /// `close`: pops the producers waiting for room in this key into `wakeups`, for the caller
-    /// to wake once it holds no lock (the map's, here), so that they see the dispatcher closed.
-    pub(crate) fn wake_producers(&self, wakeups: &mut Wakeups) {
-        lock(&self.inner).waiting.notify_all(wakeups);
     }
 
     /// Producer: registers a flush barrier behind every job pushed so far (see the module

@@ -1,5 +1,6 @@
-//! Room held in a key by a permit (`Dispatcher::reserve`): counted against the key's capacity
-//! until the permit's job is pushed or the permit is dropped, and keeping the key in the map
+//! Room in a key: the producers waiting in its line (see `waiters`), the room its turns
+//! grant them, and room held by permits (`Dispatcher::reserve`). Held room counts against the
+//! key's capacity until the job is pushed or the room given back, and keeps the key in the map
 //! meanwhile (a sweep evicts no key with room held, see `Mailbox::try_evict`).
 
 use super::{Inner, Mailbox, Push, State};
@@ -7,9 +8,19 @@ use crate::{
     gate::Gate,
     latch::Latch,
     sync::{fault, lock, Arc, AtomicBool},
-    waiters::Wakeups,
+    waiters::{Waiter, Wakeups},
 };
 use std::time::Instant;
+
+/// How a producer waiting for room in a key stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// Granted room, held for it: its job goes in with [`Mailbox::push_reserved`].
+    Granted,
+    /// Woken without a grant: try again through the gate and the map.
+    Retry,
+    TimedOut,
+}
 
 /// What [`Mailbox::reserve`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +42,62 @@ impl<J> Inner<J> {
 }
 
 impl<K, J> Mailbox<K, J> {
+    /// Producer: blocks until the key grants it room (see `waiters`), or may have room (the
+    /// mailbox is evicted, the dispatcher closed, the queue emptied: the caller tries again
+    /// through the gate and the map), or `deadline` passes.
+    pub(crate) fn wait_for_room(
+        &self,
+        capacity: usize,
+        deadline: Option<Instant>,
+        gate: &Gate,
+    ) -> Waited {
+        let Some(waiter) = self.wait_in_line(capacity, gate) else {
+            return Waited::Retry;
+        };
+        // A notification that came as the deadline passed is taken, as if it came first.
+        if !waiter.block(deadline) && lock(&self.inner).waiting.remove(&waiter) {
+            return Waited::TimedOut;
+        }
+        if waiter.granted() {
+            Waited::Granted
+        } else {
+            Waited::Retry
+        }
+    }
+
+    /// Producer: queues a new waiter for room in the key, unless the key has room, is evicted,
+    /// or the dispatcher closed (then `None`: try again now). The closed flag is read under
+    /// this lock, which `wake_producers` takes after setting it: a producer either sees it here
+    /// or is queued when the wake-up comes.
+    pub(crate) fn wait_in_line(&self, capacity: usize, gate: &Gate) -> Option<Arc<Waiter>> {
+        let mut inner = lock(&self.inner);
+        if inner.state == State::Evicted || !inner.is_full(capacity) || gate.is_closed() {
+            return None;
+        }
+        // Made under the lock: the room often frees before a producer would need it.
+        let waiter = Waiter::new();
+        inner.waiting.push(Arc::clone(&waiter));
+        Some(waiter)
+    }
+
+    /// A task's `waiter` stopped waiting before it took its notification: takes it out of the
+    /// line, or gives back the room it was granted (step 3 of `waiters`). Returns true if the
+    /// key is left Idle with nothing to list it for eviction (the caller lists it).
+    pub(crate) fn leave_line(&self, waiter: &Arc<Waiter>) -> bool {
+        let mut wakeups = Wakeups::default();
+        let mut inner = lock(&self.inner);
+        if inner.waiting.remove(waiter) || !waiter.granted() {
+            return false;
+        }
+        Self::unreserve_locked(&mut inner, &mut wakeups)
+    }
+
+    /// `close`: pops the producers waiting for room in this key into `wakeups`, for the caller
+    /// to wake once it holds no lock (the map's, here), so that they see the dispatcher closed.
+    pub(crate) fn wake_producers(&self, wakeups: &mut Wakeups) {
+        lock(&self.inner).waiting.notify_all(wakeups);
+    }
+
     /// A mailbox for `key` with no job and one slot held, Idle and not listed: `reserve` of an
     /// absent key files it.
     pub(crate) fn new_reserved(key: K, hash: u64) -> Self {
