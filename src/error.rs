@@ -345,12 +345,42 @@ pub enum BuildError {
     /// `retry(..)` was set for `build`, whose handler takes its job by value and so cannot
     /// run it again: use `build_retrying`.
     RetryWithoutRetryingHandler,
+    /// A setting of thread-run dispatchers (`workers`, `pool`, `max_parallel`, the thread
+    /// settings, `slow_job`, `record_latency`) was given to `build_async`, whose jobs run as
+    /// tasks on a runtime: cap them with `max_in_flight`.
+    ThreadsOnly {
+        /// The setting, by its builder method's name.
+        setting: &'static str,
+    },
+    /// `max_in_flight` was given to a dispatcher whose jobs run on threads: cap them with
+    /// `max_parallel`.
+    AsyncOnly {
+        /// The setting, by its builder method's name.
+        setting: &'static str,
+    },
+    /// `max_in_flight(0)`: the dispatcher could never run.
+    ZeroMaxInFlight,
+    /// `build_async` outside a Tokio runtime, and no runtime given with `runtime(handle)`.
+    NoRuntime,
 }
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ZeroWorkers => f.write_str("a pool needs at least one worker thread"),
+            Self::ThreadsOnly { setting } => write!(
+                f,
+                "{setting} applies to dispatchers whose jobs run on threads, not to build_async \
+                 (use max_in_flight)"
+            ),
+            Self::AsyncOnly { setting } => write!(
+                f,
+                "{setting} applies to build_async only (use max_parallel on threads)"
+            ),
+            Self::ZeroMaxInFlight => f.write_str("max_in_flight must be at least 1"),
+            Self::NoRuntime => f.write_str(
+                "build_async needs a Tokio runtime: call it inside one, or give one with runtime()",
+            ),
             Self::TooManyWorkers { workers, max } => {
                 write!(f, "{workers} workers are more than a pool may have ({max})")
             }

@@ -360,7 +360,7 @@ where
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<GroupReport, WaitError> {
-        if self.core.pool().is_current() {
+        if self.core.pool().must_not_block() {
             return Err(WaitError::WouldDeadlock);
         }
         if self.state.wait(deadline) {

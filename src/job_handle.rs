@@ -143,7 +143,7 @@ impl<T> JobHandle<T> {
     /// if it was dropped without running; [`JobError::WouldDeadlock`] at once if called on a
     /// worker thread of the dispatcher's pool before the job finished.
     pub fn join(self) -> Result<T, JobError> {
-        if !self.is_finished() && self.pool.is_current() {
+        if !self.is_finished() && self.pool.must_not_block() {
             return Err(JobError::WouldDeadlock);
         }
         self.shared.ready.wait_until(None, || self.is_finished());

@@ -221,6 +221,8 @@
 )]
 
 mod affinity;
+#[cfg(feature = "tokio")]
+mod async_handler;
 mod builder;
 mod config;
 mod dispatcher;
@@ -250,6 +252,8 @@ mod waiters;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(feature = "tokio")]
+pub use builder::DEFAULT_MAX_IN_FLIGHT;
 pub use builder::{Builder, PoolBuilder, DEFAULT_CAPACITY, DEFAULT_JOBS_PER_TURN};
 pub use dispatcher::{CloseReport, Dispatcher, Permit};
 #[cfg(feature = "async")]

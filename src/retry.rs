@@ -14,6 +14,7 @@ use crate::{
     unwind::contained,
 };
 use std::{
+    any::Any,
     fmt::{self, Debug, Display},
     marker::PhantomData,
     panic::{catch_unwind, AssertUnwindSafe},
@@ -332,8 +333,30 @@ where
     E: ErrorHook<K, R::Error>,
 {
     fn run(&self, key: &K, job: J, attempt: u32, report: &mut dyn Report) -> Option<(J, Duration)> {
+        let ran = catch_unwind(AssertUnwindSafe(|| (self.handler)(key, &job)));
+        self.settle(key, job, attempt, ran, report)
+    }
+}
+
+impl<F, R, D, E> Retrying<F, R, D, E> {
+    /// What becomes of `job` after attempt `attempt` ended as `ran` (its result, or its
+    /// panic): nothing if it succeeded or went to the dead letters; else it is retried, after
+    /// the returned backoff. Shared by the thread-run and the async handlers.
+    pub(crate) fn settle<K, J>(
+        &self,
+        key: &K,
+        job: J,
+        attempt: u32,
+        ran: Result<R, Box<dyn Any + Send>>,
+        report: &mut dyn Report,
+    ) -> Option<(J, Duration)>
+    where
+        R: RetryOutput,
+        D: DeadLetter<K, J, R::Error>,
+        E: ErrorHook<K, R::Error>,
+    {
         let last = attempt >= self.policy.max_attempts;
-        let failure = match catch_unwind(AssertUnwindSafe(|| (self.handler)(key, &job))) {
+        let failure = match ran {
             Ok(result) => match result.into_failure() {
                 Ok(()) => return None,
                 Err(failure) => failure,
@@ -367,8 +390,6 @@ where
     }
 }
 
-/// Logs and counts a failed attempt, then calls the error hook, whose panic is caught: the
-/// job's fate does not depend on it.
 pub(crate) fn report_failure<K, E: Display>(
     hook: &impl ErrorHook<K, E>,
     key: &K,

@@ -6,14 +6,18 @@
 mod pool;
 mod queues;
 mod retry;
+#[cfg(feature = "tokio")]
+mod tasks;
 mod threads;
 
 pub use pool::PoolBuilder;
+#[cfg(feature = "tokio")]
+pub use tasks::DEFAULT_MAX_IN_FLIGHT;
 
 use crate::{
     config::{Config, PanicHook, ThreadSettings},
     dispatcher::{
-        core::Core,
+        core::{Core, Runner},
         latency::Latency,
         watch::{SlowHook, Watch},
         Dispatcher,
@@ -102,6 +106,11 @@ pub struct Builder<K, J, D = NoDeadLetter, O = NoErrorHook> {
     on_error: O,
     retry: Option<RetryPolicy>,
     dead_letter: D,
+    /// `build_async`'s cap on futures in flight.
+    max_in_flight: Option<usize>,
+    /// `build_async`'s runtime, if not the caller's.
+    #[cfg(feature = "tokio")]
+    runtime: Option<tokio::runtime::Handle>,
     jobs: PhantomData<fn(J)>,
 }
 
@@ -127,6 +136,9 @@ where
             on_error: NoErrorHook,
             retry: None,
             dead_letter: NoDeadLetter,
+            max_in_flight: None,
+            #[cfg(feature = "tokio")]
+            runtime: None,
             jobs: PhantomData,
         }
     }
@@ -360,6 +372,9 @@ where
             on_error,
             retry: self.retry,
             dead_letter,
+            max_in_flight: self.max_in_flight,
+            #[cfg(feature = "tokio")]
+            runtime: self.runtime,
             jobs: PhantomData,
         };
         (builder, rest)
@@ -374,6 +389,11 @@ where
 
     /// Checks the settings for a pool of `workers` threads.
     fn check(&self, workers: usize) -> Result<Config, BuildError> {
+        if self.max_in_flight.is_some() {
+            return Err(BuildError::AsyncOnly {
+                setting: "max_in_flight",
+            });
+        }
         if self.workers.is_some() && self.pool.is_some() {
             return Err(BuildError::WorkersWithPool);
         }
@@ -392,6 +412,22 @@ where
                 max: MAX_WORKERS,
             });
         }
+        let max_parallel = self.max_parallel.unwrap_or(workers);
+        if max_parallel == 0 {
+            return Err(BuildError::ZeroMaxParallel);
+        }
+        if max_parallel > workers {
+            return Err(BuildError::MaxParallelAboveWorkers {
+                max_parallel,
+                workers,
+            });
+        }
+        self.config(max_parallel)
+    }
+
+    /// Checks the settings that do not depend on what runs the jobs, for a dispatcher that
+    /// runs at most `max_parallel` of them at once.
+    fn config(&self, max_parallel: usize) -> Result<Config, BuildError> {
         if self.capacity > MAX_CAPACITY {
             return Err(BuildError::CapacityTooLarge {
                 capacity: self.capacity,
@@ -407,16 +443,6 @@ where
         }
         if self.jobs_per_turn == 0 {
             return Err(BuildError::ZeroJobsPerTurn);
-        }
-        let max_parallel = self.max_parallel.unwrap_or(workers);
-        if max_parallel == 0 {
-            return Err(BuildError::ZeroMaxParallel);
-        }
-        if max_parallel > workers {
-            return Err(BuildError::MaxParallelAboveWorkers {
-                max_parallel,
-                workers,
-            });
         }
         Ok(Config {
             name: self.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned()),
@@ -554,7 +580,14 @@ where
         let latency = self
             .record_latency
             .then(|| Latency::new(pool.workers(), &config.name));
-        let core = Core::new(config, pool, handler, self.on_panic, watch, latency);
+        let core = Core::new(
+            config,
+            pool,
+            Runner::Threads(handler),
+            self.on_panic,
+            watch,
+            latency,
+        );
         core.pool().attach(core.as_client())?;
         if let Err(err) = core.start_watch() {
             Dispatcher::from_core(core).close();

@@ -140,6 +140,16 @@ where
         D: DeadLetter<K, J, R::Error>,
         O: ErrorHook<K, R::Error>,
     {
+        let (builder, retrying) = self.retrying(handler)?;
+        builder.start(Box::new(retrying))
+    }
+
+    /// Checks the retry policy, and makes the retrying handler of `handler` with the hooks.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn retrying<F, R>(
+        self,
+        handler: F,
+    ) -> Result<(Builder<K, J>, Retrying<F, R, D, O>), BuildError> {
         let policy = self.retry.unwrap_or_default();
         if policy.max_attempts == 0 {
             return Err(BuildError::ZeroAttempts);
@@ -151,12 +161,13 @@ where
             });
         }
         let (builder, dead, on_error) = self.split_hooks();
-        builder.start(Box::new(Retrying {
+        let retrying = Retrying {
             handler,
             policy,
             dead,
             on_error,
             output: PhantomData,
-        }))
+        };
+        Ok((builder, retrying))
     }
 }

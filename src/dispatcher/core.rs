@@ -88,7 +88,7 @@ pub(crate) struct Core<K, J> {
     /// Evicted mailboxes that nothing refers to any more, to be reused for new keys.
     pub(super) spares: CachePadded<Spares<K, J>>,
     pub(super) counters: Counters,
-    pub(super) handler: Box<dyn ErasedHandler<K, J>>,
+    pub(super) handler: Runner<K, J>,
     pub(super) on_panic: Option<PanicHook<K>>,
     pub(super) config: Config,
     pub(super) pool: Arc<PoolShared>,
@@ -139,6 +139,25 @@ pub(crate) struct Core<K, J> {
     pub(super) me: Weak<Self>,
 }
 
+/// What runs a dispatcher's jobs: a handler that its worker threads call, or an async one
+/// whose futures its tasks await (see `tasks`).
+pub(crate) enum Runner<K, J> {
+    Threads(Box<dyn ErasedHandler<K, J>>),
+    #[cfg(feature = "tokio")]
+    Tasks(Box<dyn crate::async_handler::ErasedAsync<K, J>>),
+}
+
+impl<K, J> Runner<K, J> {
+    /// The handler that worker threads call; only their turns ask for it.
+    pub(super) fn threads(&self) -> &dyn ErasedHandler<K, J> {
+        match self {
+            Runner::Threads(handler) => &**handler,
+            #[cfg(feature = "tokio")]
+            Runner::Tasks(_) => unreachable!("an async dispatcher's jobs run in tasks"),
+        }
+    }
+}
+
 /// Evicted mailboxes kept for reuse.
 pub(super) type Spares<K, J> = Mutex<Vec<Arc<Mailbox<K, J>>>>;
 
@@ -162,7 +181,7 @@ where
     pub(crate) fn new(
         config: Config,
         pool: Arc<PoolShared>,
-        handler: Box<dyn ErasedHandler<K, J>>,
+        handler: Runner<K, J>,
         on_panic: Option<PanicHook<K>>,
         watch: Option<Watch<K, J>>,
         latency: Option<Latency>,

@@ -36,6 +36,8 @@ mod permit;
 mod publish;
 mod route;
 mod shutdown;
+#[cfg(feature = "tokio")]
+mod tasks;
 mod tokens;
 pub(crate) mod watch;
 mod worker;

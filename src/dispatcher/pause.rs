@@ -95,7 +95,7 @@ where
     /// Takes `key`'s jobs that have not started, in order, waiting for its running job (if
     /// any) to end first.
     pub(crate) fn cancel_key(&self, key: &K) -> Result<Vec<J>, WaitError> {
-        if self.pool.is_current() {
+        if self.pool.must_not_block() {
             return Err(WaitError::WouldDeadlock);
         }
         let hash = self.keys.hash(key);

@@ -103,7 +103,7 @@ where
     /// `dispatch`'s wait: forever, except on a worker thread of this dispatcher's pool, where
     /// waiting for room could deadlock.
     pub(crate) fn blocking(&self) -> Wait {
-        if self.pool.is_current() {
+        if self.pool.must_not_block() {
             Wait::Never
         } else {
             Wait::Forever
@@ -443,7 +443,7 @@ where
     /// Blocks until every job of `key` pushed before the call has finished (or was handed
     /// back), or `deadline` passes. See `mailbox` for the barrier it waits on.
     pub(crate) fn flush_key(&self, key: &K, deadline: Option<Instant>) -> Result<(), WaitError> {
-        if self.pool.is_current() {
+        if self.pool.must_not_block() {
             return Err(WaitError::WouldDeadlock);
         }
         match self.flush_barrier(key) {

@@ -103,18 +103,20 @@ where
             || (fault!(LateCloseSkipsDrain) && self.gate.is_closed());
         self.stop_accepting();
         let stranded = || self.timed_out.load(Ordering::SeqCst) && self.gate.count() > 0;
-        if self.pool.is_current() {
+        if self.pool.must_not_block() {
             if stranded() {
                 self.abandon();
             }
             // ORDERING: SeqCst, see `progressed`.
             self.finish_pending.store(true, Ordering::SeqCst);
-            if self.gate.count() == 0 {
+            // Drained already where `close_async` awaited the drain.
+            let drained = self.gate.count() == 0;
+            if drained {
                 self.finish();
             }
             return Closed {
                 stats: self.stats(),
-                drained: false,
+                drained,
             };
         }
         self.idle.wait_until(None, || {
@@ -180,7 +182,7 @@ where
     /// Stops accepting and starting jobs, waits for the running ones, and hands back every job
     /// that had not started, grouped by key in dispatch order.
     pub(crate) fn close_now(&self) -> Result<Vec<(K, Vec<J>)>, WaitError> {
-        if self.pool.is_current() {
+        if self.pool.must_not_block() {
             return Err(WaitError::WouldDeadlock);
         }
         self.halt("close_now");
@@ -193,7 +195,7 @@ where
     /// running after a short grace keeps its unstarted jobs (its turn holds some of them):
     /// see [`Dispatcher::close_timeout`](crate::Dispatcher::close_timeout).
     pub(crate) fn close_timeout(&self, timeout: Duration) -> Result<Vec<(K, Vec<J>)>, WaitError> {
-        if self.pool.is_current() {
+        if self.pool.must_not_block() {
             return Err(WaitError::WouldDeadlock);
         }
         let deadline = Instant::now().checked_add(timeout);
@@ -478,7 +480,7 @@ where
     }
 
     pub(crate) fn wait_idle(&self) -> Result<(), WaitError> {
-        if self.pool.is_current() {
+        if self.pool.must_not_block() {
             return Err(WaitError::WouldDeadlock);
         }
         let stuck = || self.stuck();

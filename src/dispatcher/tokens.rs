@@ -117,12 +117,13 @@ where
     }
 
     /// Files the key whose turn just ended, and pops the next ready key. With none ready, it
-    /// searches briefly, arms the sweep timer if keys are listed, and releases the token
-    /// (returning `None`) unless a key arrived meanwhile.
+    /// searches briefly (a thread, not a task: `worker` is `None` for a task), arms the sweep
+    /// timer if keys are listed, and releases the token (returning `None`) unless a key
+    /// arrived meanwhile.
     pub(super) fn next_key(
         &self,
         ended: Option<(Arc<Mailbox<K, J>>, EndTurn)>,
-        worker: &Worker<'_>,
+        worker: Option<&Worker<'_>>,
     ) -> Option<Arc<Mailbox<K, J>>> {
         if let Some((mailbox, end)) = ended {
             if let Some(oldest) = self.file(mailbox, end) {
@@ -133,7 +134,8 @@ where
             if let Some(mailbox) = self.pop() {
                 return Some(mailbox);
             }
-            if self.pool.spins() && !worker.others_waiting() && !self.gate.is_halted() {
+            let spins = worker.filter(|worker| self.pool.spins() && !worker.others_waiting());
+            if let Some(worker) = spins.filter(|_| !self.gate.is_halted()) {
                 self.search(worker);
                 if let Some(mailbox) = self.pop() {
                     return Some(mailbox);

@@ -61,23 +61,11 @@ where
         stamps: &mut VecDeque<Instant>,
         worker: &Worker<'_>,
     ) -> EndTurn {
-        // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
-        // turn and waits for it, or this turn sees the halt flag and leaves the key alone.
-        self.counters.turn_started();
-        dekker_fence();
-        if self.gate.is_halted() {
-            self.turn_ended();
-            return EndTurn::Halted;
-        }
-        let max = self.config.jobs_per_turn;
-        let Some((_, mut attempts)) = mailbox.begin_turn_stamped(max, batch, due, stamps) else {
-            self.turn_ended();
+        let index = worker.index;
+        let Some(mut attempts) = self.begin_turn(mailbox, batch, due, stamps, index) else {
             return EndTurn::Halted;
         };
-        let index = worker.index;
-        if let Some(watch) = &self.watch {
-            watch.turn_began(index, mailbox);
-        }
+        let max = self.config.jobs_per_turn;
         let mut done;
         let mut stop;
         loop {
@@ -85,15 +73,62 @@ where
             attempts = 0;
             self.counters.completed(done);
             if stop != BatchEnd::Ran
-                || !self.more_jobs(mailbox, done, worker)
+                || !self.more_jobs(mailbox, done, Some(worker))
                 || mailbox.continue_turn_stamped(max, batch, due, stamps) == 0
             {
                 break;
             }
             // The jobs just taken keep the gate's count above zero, so this cannot empty it
-            // while the key is still to be filed (see below).
+            // while the key is still to be filed (see `end_turn`).
             self.left(done);
         }
+        self.end_turn(mailbox, batch, due, stamps, done, stop, index)
+    }
+
+    /// The start of a turn: counts it, and takes the key's first batch. Returns the failed
+    /// attempts of the batch's first job, or `None` if `close_now` has begun (the turn is
+    /// over then).
+    pub(super) fn begin_turn(
+        &self,
+        mailbox: &Arc<Mailbox<K, J>>,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
+        index: usize,
+    ) -> Option<u32> {
+        // ORDERING: `turn_started` is SeqCst and so is `halt`: either `close_now` sees this
+        // turn and waits for it, or this turn sees the halt flag and leaves the key alone.
+        self.counters.turn_started();
+        dekker_fence();
+        if self.gate.is_halted() {
+            self.turn_ended();
+            return None;
+        }
+        let max = self.config.jobs_per_turn;
+        let Some((_, attempts)) = mailbox.begin_turn_stamped(max, batch, due, stamps) else {
+            self.turn_ended();
+            return None;
+        };
+        if let Some(watch) = &self.watch {
+            watch.turn_began(index, mailbox);
+        }
+        Some(attempts)
+    }
+
+    /// The end of a turn whose last batch ran `done` jobs and stopped as `stop`: gives the
+    /// key's leftovers back to it, completes the barriers due, and counts the turn and its
+    /// last jobs out.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn end_turn(
+        &self,
+        mailbox: &Arc<Mailbox<K, J>>,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
+        done: usize,
+        stop: BatchEnd,
+        index: usize,
+    ) -> EndTurn {
         let end = match stop {
             BatchEnd::Ran => mailbox.end_turn_stamped(batch, due, Stop::Ran, stamps),
             BatchEnd::Halted => mailbox.end_turn_stamped(batch, due, Stop::Halted, stamps),
@@ -146,69 +181,96 @@ where
         index: usize,
     ) -> (usize, BatchEnd) {
         let key = mailbox.key();
-        // With latency recorded: the end of one job is the start of the next.
-        let latency = self.latency.as_deref();
-        let mut clock = latency.map(|_| Instant::now());
-        // Marks are only ever due within the batch if some were handed out: a batch of jobs
-        // without groups or flushes skips looking for them.
-        let marked = !due.is_empty();
-        let mut done = 0;
-        let mut outcome = Outcome::default();
+        let mut state = BatchState::new(self, due, attempts, index);
         loop {
-            // The marks behind the jobs finished so far (at first: barriers due before any): a
-            // job's group, flush barriers. A barrier gets the outcome too, and ignores it.
-            while marked && due.front().is_some_and(|mark| mark.position <= done as u64) {
-                due.pop_front().expect("checked").state.ran(outcome);
-            }
-            let Some(job) = batch.pop_front() else {
-                return (done, BatchEnd::Ran);
-            };
-            // A hint: a turn that misses it runs its batch to the end, and `close_now` waits.
-            if self.gate.halt_seen() {
-                batch.push_front(job);
-                return (done, BatchEnd::Halted);
-            }
-            // Paused, or being cancelled: the running job has ended; the rest go back.
-            // ORDERING: Relaxed, as the hint itself (see `Mailbox::stop_hint`): a pause that
-            // happened before the running job ended is seen; one racing it, at the next job
-            // or at the end of the batch, under the key's lock.
-            if self.stopping.load(Ordering::Relaxed) > 0 && mailbox.stop_hint() {
-                batch.push_front(job);
-                let attempts = if done == 0 { attempts } else { 0 };
-                return (done, BatchEnd::Stopped { attempts });
-            }
-            // The stamps cover a suffix of the batch: the job has one if as many remain.
-            let stamp = if latency.is_some() && stamps.len() > batch.len() {
-                stamps.pop_front()
-            } else {
-                None
-            };
-            if let (Some(latency), Some(start), Some(stamp)) = (latency, clock, stamp) {
-                latency.waited(index, start.saturating_duration_since(stamp));
-            }
-            let attempt = if done == 0 && attempts > 0 {
-                // Only a Waiting key's head job has failed attempts: off the plain path.
-                self.counters.retried();
-                attempts + 1
-            } else {
-                1
+            let (job, attempt) = match self.next_job(mailbox, batch, due, stamps, &mut state) {
+                Ok(next) => next,
+                Err(end) => return (state.done(), end),
             };
             let ran = self.run_job(key, job, attempt, index);
-            if let (Some(latency), Some(start)) = (latency, clock) {
-                let end = Instant::now();
-                latency.ran(index, end.saturating_duration_since(start));
-                clock = Some(end);
+            if let Err(end) = self.job_ran(batch, &mut state, ran, attempt) {
+                return (state.done(), end);
             }
-            outcome = match ran {
-                Ok(outcome) => outcome,
-                Err((job, delay)) => {
-                    batch.push_front(job);
-                    let attempts = attempt;
-                    return (done, BatchEnd::Retry { delay, attempts });
-                }
-            };
-            done += 1;
         }
+    }
+
+    /// The batch's next job and its attempt number, once the marks due before it are
+    /// completed; or how the batch ends before it.
+    pub(super) fn next_job(
+        &self,
+        mailbox: &Mailbox<K, J>,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
+        state: &mut BatchState,
+    ) -> Result<(J, u32), BatchEnd> {
+        let done = state.done;
+        // The marks behind the jobs finished so far (at first: barriers due before any): a
+        // job's group, flush barriers. A barrier gets the outcome too, and ignores it.
+        while state.marked && due.front().is_some_and(|mark| mark.position <= done as u64) {
+            due.pop_front().expect("checked").state.ran(state.outcome);
+        }
+        let Some(job) = batch.pop_front() else {
+            return Err(BatchEnd::Ran);
+        };
+        // A hint: a turn that misses it runs its batch to the end, and `close_now` waits.
+        if self.gate.halt_seen() {
+            batch.push_front(job);
+            return Err(BatchEnd::Halted);
+        }
+        // Paused, or being cancelled: the running job has ended; the rest go back.
+        // ORDERING: Relaxed, as the hint itself (see `Mailbox::stop_hint`): a pause that
+        // happened before the running job ended is seen; one racing it, at the next job or at
+        // the end of the batch, under the key's lock.
+        if self.stopping.load(Ordering::Relaxed) > 0 && mailbox.stop_hint() {
+            batch.push_front(job);
+            let attempts = if done == 0 { state.attempts } else { 0 };
+            return Err(BatchEnd::Stopped { attempts });
+        }
+        // The stamps cover a suffix of the batch: the job has one if as many remain.
+        let latency = self.latency.as_deref();
+        let stamp = if latency.is_some() && stamps.len() > batch.len() {
+            stamps.pop_front()
+        } else {
+            None
+        };
+        if let (Some(latency), Some(start), Some(stamp)) = (latency, state.clock, stamp) {
+            latency.waited(state.index, start.saturating_duration_since(stamp));
+        }
+        let attempt = if done == 0 && state.attempts > 0 {
+            // Only a Waiting key's head job has failed attempts: off the plain path.
+            self.counters.retried();
+            state.attempts + 1
+        } else {
+            1
+        };
+        Ok((job, attempt))
+    }
+
+    /// Records how attempt `attempt` of the batch's job ended; a job to be retried goes back
+    /// to the front of `batch`, and ends the batch.
+    pub(super) fn job_ran(
+        &self,
+        batch: &mut VecDeque<J>,
+        state: &mut BatchState,
+        ran: Result<Outcome, (J, Duration)>,
+        attempt: u32,
+    ) -> Result<(), BatchEnd> {
+        if let (Some(latency), Some(start)) = (self.latency.as_deref(), state.clock) {
+            let end = Instant::now();
+            latency.ran(state.index, end.saturating_duration_since(start));
+            state.clock = Some(end);
+        }
+        state.outcome = match ran {
+            Ok(outcome) => outcome,
+            Err((job, delay)) => {
+                batch.push_front(job);
+                let attempts = attempt;
+                return Err(BatchEnd::Retry { delay, attempts });
+            }
+        };
+        state.done += 1;
+        Ok(())
     }
 
     /// At the end of a batch of `ran` jobs: whether the turn should go on with the key's next
@@ -223,13 +285,21 @@ where
     /// the worker. A job waits one look for this, and more only while others keep arriving
     /// behind it, at most [`GATHER_JOBS`] looks (figures in DESIGN.md, "Notes moved from the
     /// code").
-    fn more_jobs(&self, mailbox: &Mailbox<K, J>, ran: usize, worker: &Worker<'_>) -> bool {
+    ///
+    /// A task's turn (`worker` is `None`) never waits: its wait would hold a runtime thread.
+    pub(super) fn more_jobs(
+        &self,
+        mailbox: &Mailbox<K, J>,
+        ran: usize,
+        worker: Option<&Worker<'_>>,
+    ) -> bool {
+        let others_waiting = || worker.is_some_and(Worker::others_waiting);
         let gather = GATHER_JOBS.min(self.config.jobs_per_turn);
         let mut step = 0;
         let mut seen = 0;
         loop {
             // Hints, read without a lock: a stale one costs a turn of fairness or a short wait.
-            if !self.ready.is_empty() || worker.others_waiting() || self.gate.halt_seen() {
+            if !self.ready.is_empty() || others_waiting() || self.gate.halt_seen() {
                 return false;
             }
             let queued = mailbox.queued_hint();
@@ -240,6 +310,7 @@ where
                     || queued <= seen
                     || queued + ran > self.config.key_capacity
                     || GATHER_SPINS == 0
+                    || worker.is_none()
                 {
                     return true;
                 }
@@ -250,6 +321,7 @@ where
                 continue;
             }
             if step >= LINGER_STEPS
+                || worker.is_none()
                 || (step == 0
                     && (ran > self.config.key_capacity
                         || self.gate.count() >= self.config.admitted))
@@ -288,7 +360,7 @@ where
             self.config.name,
             ShowKey(key)
         );
-        let handler = &*self.handler;
+        let handler = self.handler.threads();
         let mut report = JobReport {
             core: self,
             key,
@@ -347,9 +419,43 @@ where
     }
 }
 
+/// Where a running batch stands between its jobs.
+pub(super) struct BatchState {
+    /// Jobs run so far.
+    done: usize,
+    /// How the last of them ended, for the marks due behind it.
+    outcome: Outcome,
+    /// The failed attempts of the batch's first job.
+    attempts: u32,
+    /// Whether marks were due within the batch when it began: a batch of jobs without groups
+    /// or flushes skips looking for them.
+    marked: bool,
+    /// With latency recorded: the end of the last job, the start of the next.
+    clock: Option<Instant>,
+    /// The worker's slot in the per-thread recorders.
+    index: usize,
+}
+
+impl BatchState {
+    pub(super) fn new<K, J>(core: &Core<K, J>, due: &Marks, attempts: u32, index: usize) -> Self {
+        BatchState {
+            done: 0,
+            outcome: Outcome::default(),
+            attempts,
+            marked: !due.is_empty(),
+            clock: core.latency.as_ref().map(|_| Instant::now()),
+            index,
+        }
+    }
+
+    pub(super) fn done(&self) -> usize {
+        self.done
+    }
+}
+
 /// How a batch stopped.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum BatchEnd {
+pub(super) enum BatchEnd {
     /// Every job ran.
     Ran,
     /// `close_now` stopped it; its unstarted jobs are left in the batch.
@@ -362,10 +468,10 @@ enum BatchEnd {
 }
 
 /// What a job's attempt reports, counted and logged for the dispatcher that ran it.
-struct JobReport<'a, K, J> {
-    core: &'a Core<K, J>,
-    key: &'a K,
-    outcome: Outcome,
+pub(super) struct JobReport<'a, K, J> {
+    pub(super) core: &'a Core<K, J>,
+    pub(super) key: &'a K,
+    pub(super) outcome: Outcome,
 }
 
 impl<K, J> Report for JobReport<'_, K, J>
@@ -423,7 +529,7 @@ where
         // Allocated only by a dispatcher that records latency.
         let mut stamps = VecDeque::new();
         let mut ended = None;
-        while let Some(mailbox) = self.next_key(ended.take(), worker) {
+        while let Some(mailbox) = self.next_key(ended.take(), Some(worker)) {
             let end = self.run_turn(&mailbox, &mut batch, &mut due, &mut stamps, worker);
             ended = Some((mailbox, end));
             if worker.others_waiting() && self.hand_on(&mut ended) {
@@ -453,5 +559,12 @@ where
 
     fn close_client(&self) {
         self.close();
+    }
+
+    #[cfg(feature = "tokio")]
+    fn run_task(
+        self: Arc<Self>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.run_token())
     }
 }

@@ -19,6 +19,11 @@ pub(crate) trait Client: Send + Sync + 'static {
 
     /// Closes the client, draining its jobs: the pool is closing, or its handle was dropped.
     fn close_client(&self);
+
+    /// As [`Client::run`], for a pool whose tokens are tasks on a runtime (see `runtime`).
+    #[cfg(feature = "tokio")]
+    fn run_task(self: Arc<Self>)
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 /// What a client's timer is for: a dispatcher has two, armed and run apart, so that one

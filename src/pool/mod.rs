@@ -11,8 +11,11 @@
 //! of each other. The [`WorkerPool`] handle is here.
 
 mod client;
+mod runtime;
 mod threads;
 
+#[cfg(feature = "tokio")]
+pub(crate) use self::runtime::Runtime;
 pub(crate) use self::{
     client::{Client, TimerKind, Worker},
     threads::{PoolShared, MAX_WORKERS},

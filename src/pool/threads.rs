@@ -23,6 +23,7 @@
 use super::{
     client::{Client, TimerKind, TurnBuffers, Worker},
     default_workers,
+    runtime::Runtime,
 };
 use crate::{
     affinity::{self, Cpu},
@@ -67,6 +68,17 @@ shuttle::thread_local! {
     static CURRENT_POOL: Cell<usize> = Cell::new(0);
 }
 
+/// See [`PoolShared::enter_job`]: holds the pool id the thread had before.
+#[cfg(feature = "tokio")]
+pub(crate) struct InJob(usize);
+
+#[cfg(feature = "tokio")]
+impl Drop for InJob {
+    fn drop(&mut self) {
+        CURRENT_POOL.with(|current| current.set(self.0));
+    }
+}
+
 static NEXT_POOL_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
 /// What a worker thread is handed.
@@ -95,6 +107,9 @@ pub(crate) struct PoolShared {
     on_start: Option<ThreadHook>,
     /// Run by each thread right before it exits.
     on_stop: Option<ThreadHook>,
+    /// Set for an async dispatcher's pool, which has no threads: its tokens and timers are
+    /// tasks on this runtime (see `runtime`).
+    runtime: Option<Runtime>,
 }
 
 struct PoolState {
@@ -180,29 +195,7 @@ impl PoolShared {
         // Each pinned thread says whether it could pin itself before it takes any work. A real
         // channel, not a modeled one: the models never pin.
         let (pinned_tx, pinned_rx) = crossbeam_channel::bounded(workers);
-        let pool = Arc::new(PoolShared {
-            id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            workers,
-            spins: !CHECKED && workers < default_workers(),
-            name: name.to_owned(),
-            state: Mutex::new(PoolState {
-                queue: VecDeque::new(),
-                spinning: 0,
-                sleeping: 0,
-                timers: Vec::new(),
-                clients: Vec::new(),
-                handle,
-                accepting: true,
-                closed_clients: false,
-                shutdown: false,
-            }),
-            wake: Condvar::new(),
-            handle_closed: Condvar::new(),
-            queued: AtomicUsize::new(0),
-            threads: Mutex::new(Vec::with_capacity(workers)),
-            on_start: threads.on_start.clone(),
-            on_stop: threads.on_stop.clone(),
-        });
+        let pool = Self::new(workers, name, handle, threads, None);
         for (index, thread_name) in names.into_iter().enumerate() {
             let worker = Arc::clone(&pool);
             let pin = cpus.as_ref().map(|cpus| (cpus[index], pinned_tx.clone()));
@@ -232,6 +225,53 @@ impl PoolShared {
         Ok(pool)
     }
 
+    /// The pool of an async dispatcher: no threads; its tokens and timers are tasks on
+    /// `runtime`.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn on_runtime(runtime: Runtime, name: &str) -> Arc<Self> {
+        let workers = runtime.workers();
+        Self::new(
+            workers,
+            name,
+            false,
+            &ThreadSettings::default(),
+            Some(runtime),
+        )
+    }
+
+    fn new(
+        workers: usize,
+        name: &str,
+        handle: bool,
+        threads: &ThreadSettings,
+        runtime: Option<Runtime>,
+    ) -> Arc<Self> {
+        Arc::new(PoolShared {
+            id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            workers,
+            spins: !CHECKED && runtime.is_none() && workers < default_workers(),
+            name: name.to_owned(),
+            state: Mutex::new(PoolState {
+                queue: VecDeque::new(),
+                spinning: 0,
+                sleeping: 0,
+                timers: Vec::new(),
+                clients: Vec::new(),
+                handle,
+                accepting: true,
+                closed_clients: false,
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            handle_closed: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::with_capacity(workers)),
+            on_start: threads.on_start.clone(),
+            on_stop: threads.on_stop.clone(),
+            runtime,
+        })
+    }
+
     /// Whether idle threads (and dispatchers' token holders out of ready keys) spin before
     /// they sleep: only where the pool's threads leave a core spare, never under a schedule
     /// checker. Where they fill every core, a spinning thread yields its core to whatever
@@ -251,7 +291,22 @@ impl PoolShared {
         &self.name
     }
 
-    /// Whether the calling thread is one of this pool's workers.
+    /// Whether the caller must not block: on one of this pool's threads or in one of its jobs
+    /// (see [`PoolShared::is_current`]), or, for an async dispatcher's pool, anywhere on a
+    /// runtime, where blocking would hold up the runtime's thread.
+    pub(crate) fn must_not_block(&self) -> bool {
+        self.is_current() || self.runtime.as_ref().is_some_and(Runtime::in_context)
+    }
+
+    /// Marks the calling thread as running a job of this pool until the guard drops: what an
+    /// async dispatcher's task does around each poll of a job's future, so that the job's
+    /// calls into its dispatcher see [`PoolShared::is_current`] as a worker thread's do.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn enter_job(&self) -> InJob {
+        InJob(CURRENT_POOL.with(|current| current.replace(self.id)))
+    }
+
+    /// Whether the calling thread is one of this pool's workers, or polls one of its jobs.
     pub(crate) fn is_current(&self) -> bool {
         CURRENT_POOL.with(|current| current.get() == self.id)
     }
@@ -385,6 +440,11 @@ impl PoolShared {
             drop(client);
             return;
         }
+        if let Some(runtime) = &self.runtime {
+            drop(state);
+            runtime.spawn_token(client);
+            return;
+        }
         state.queue.push_back(client);
         // ORDERING: Relaxed; only a hint for spinners, who re-check under the lock.
         self.queued.store(state.queue.len(), Ordering::Relaxed);
@@ -397,6 +457,11 @@ impl PoolShared {
     pub(crate) fn set_timer(&self, due: Instant, client: Weak<dyn Client>, kind: TimerKind) {
         let mut state = lock(&self.state);
         if state.shutdown {
+            return;
+        }
+        if let Some(runtime) = &self.runtime {
+            drop(state);
+            runtime.spawn_timer(due, client, kind);
             return;
         }
         state.timers.push((due, client, kind));
