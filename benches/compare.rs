@@ -156,6 +156,25 @@ fn cells(quick: bool) -> Vec<Cell> {
         jobs: tasks,
         designs: vec![Design::Keyed, Design::TaskPerKey],
     });
+    // One job per key at a million: every key in flight at once.
+    #[cfg(feature = "tokio")]
+    cells.extend(
+        [
+            (10_000, size(200_000, 20_000)),
+            (1_000_000, size(1_000_000, 100_000)),
+        ]
+        .map(|(keys, jobs)| Cell {
+            workload: Workload::AsyncIo,
+            label: format!(
+                "async handlers, 1 ms I/O ({}), K={}",
+                count(jobs),
+                count(keys)
+            ),
+            keys: keys.min(jobs),
+            jobs,
+            designs: vec![Design::Keyed, Design::TaskPerKey],
+        }),
+    );
     cells.extend(more.into_iter().map(|(workload, label, keys, jobs)| {
         let mut designs = main4.to_vec();
         // Pinning trades throughput for latency; no memory to measure there.
@@ -428,6 +447,16 @@ fn row(
                 (_, Design::TaskPerKey) => format!("tasks: {}", count(cell.keys)),
                 (_, Design::Floor) => "no keys: 1 producer → 1 consumer, bounded(1024)".into(),
                 _ => String::new(),
+            };
+            let notes = if cell.workload == Workload::AsyncIo {
+                format!(
+                    "{:.0} B/key at the peak; {:.0} keys held once idle; {:.0} threads",
+                    med("bytes_per_key"),
+                    med("keys_held"),
+                    med("threads")
+                )
+            } else {
+                notes
             };
             (format!("{:.2} M jobs/s", rate / 1e6), notes)
         }

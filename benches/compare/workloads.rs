@@ -23,16 +23,20 @@ pub enum Workload {
     /// Four tokio tasks produce: `dispatch_async` into the library, or a send into each key's
     /// task's channel.
     AsyncProducers,
+    /// I/O-like jobs, each awaiting a 1 ms timer: the library's async handlers
+    /// (`build_async`), or a task per key. Needs the `tokio` feature.
+    AsyncIo,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Tiny,
         Workload::Producers,
         Workload::Cpu,
         Workload::HeadOfLine,
         Workload::ManyKeys,
         Workload::AsyncProducers,
+        Workload::AsyncIo,
     ];
 
     pub fn id(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Workload {
             Workload::HeadOfLine => "head-of-line",
             Workload::ManyKeys => "many-keys",
             Workload::AsyncProducers => "async-producers",
+            Workload::AsyncIo => "async-io",
         }
     }
 
@@ -107,7 +112,103 @@ pub fn run(p: &Params) -> Result<String, String> {
         Workload::HeadOfLine => head_of_line(p, check),
         Workload::ManyKeys => many_keys(p, check),
         Workload::AsyncProducers => async_producers(p, producers, check),
+        #[cfg(feature = "tokio")]
+        Workload::AsyncIo => async_io(p, check),
+        #[cfg(not(feature = "tokio"))]
+        Workload::AsyncIo => Err("async handlers need `--features tokio`".into()),
     }
+}
+
+/// How long an I/O-like job waits.
+#[cfg(feature = "tokio")]
+const IO_WAIT: Duration = Duration::from_millis(1);
+
+/// One producer task on a runtime of `workers` threads feeds `jobs` I/O-like jobs round-robin
+/// over `keys` keys: the library's async handlers (no cap on jobs in flight beyond the keys),
+/// or a task per key with an unbounded channel. Jobs/s until the last job ends; the growth of
+/// peak resident memory per key; the keys held once idle; the threads while running.
+#[cfg(feature = "tokio")]
+fn async_io(p: &Params, check: &'static Check) -> Result<String, String> {
+    use dashmap::DashMap;
+    use keyed_dispatch::Dispatcher;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = proc_status("VmRSS");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(p.workers)
+        .enable_time()
+        .build()
+        .expect("building the runtime");
+    let (jobs, keys) = (p.jobs, p.keys);
+    let job_of = move |i: u64| {
+        let key = i % keys;
+        (key, Job { key, seq: i + 1 })
+    };
+    let handle = move |key: u64, job: Job| async move {
+        check.begin(key, job);
+        tokio::time::sleep(IO_WAIT).await;
+        check.end(key);
+    };
+    let all_ran = || async {
+        while check.ran() < jobs {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let mut threads = 0;
+    let start = Instant::now();
+    let (secs, held) = rt.block_on(async {
+        match p.design {
+            Design::Keyed => {
+                let d = Dispatcher::builder()
+                    .max_in_flight(keys as usize)
+                    .build_async(handle)
+                    .expect("building keyed-dispatch");
+                for i in 0..jobs {
+                    let (key, job) = job_of(i);
+                    d.dispatch_async(key, job).await.expect("refused");
+                    if i == jobs / 2 {
+                        threads = proc_status("Threads");
+                    }
+                }
+                all_ran().await;
+                let secs = start.elapsed().as_secs_f64();
+                d.wait_idle_async().await.expect("wait_idle");
+                let held = d.stats().keys;
+                assert!(d.close_async().await.drained, "close did not drain");
+                Ok((secs, held))
+            }
+            Design::TaskPerKey => {
+                let senders: DashMap<u64, UnboundedSender<Job>> = DashMap::new();
+                for i in 0..jobs {
+                    let (key, job) = job_of(i);
+                    let tx = senders.entry(key).or_insert_with(|| {
+                        let (tx, mut rx) = unbounded_channel::<Job>();
+                        tokio::spawn(async move {
+                            while let Some(job) = rx.recv().await {
+                                handle(key, job).await;
+                            }
+                        });
+                        tx
+                    });
+                    tx.send(job).expect("key task gone");
+                    drop(tx);
+                    if i == jobs / 2 {
+                        threads = proc_status("Threads");
+                    }
+                }
+                all_ran().await;
+                Ok((start.elapsed().as_secs_f64(), senders.len()))
+            }
+            other => Err(format!("{other:?} has no async handlers")),
+        }
+    })?;
+    let peak = proc_status("VmHWM");
+    check.verdict(jobs)?;
+    Ok(format!(
+        "rate={} bytes_per_key={} keys_held={held} threads={threads}",
+        jobs as f64 / secs,
+        (peak.saturating_sub(before) * 1024) as f64 / keys as f64,
+    ))
 }
 
 /// `producers` tokio tasks on a runtime of `workers` threads feed the design: the library

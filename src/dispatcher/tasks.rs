@@ -8,8 +8,11 @@
 //! itself back at once, since a task that waited for keys would hold a runtime thread; and a
 //! turn never waits for its key's next job for the same reason (see `more_jobs`).
 //!
-//! A task yields to the runtime after each turn, so that keys whose futures never wait (and
-//! so never give the runtime its thread back) still let the runtime's other tasks run.
+//! Each job spends a unit of the task's budget with the runtime's cooperative scheduling, so
+//! that keys whose futures never wait (and so never give the runtime its thread back) still
+//! let the runtime's other tasks run: the task yields once its budget is spent. Yielding after
+//! every turn instead cost a trip through the runtime's queue per job where keys get one job
+//! at a time (BENCHMARKS.md, "Async handlers").
 
 use super::{
     core::Core,
@@ -42,7 +45,6 @@ where
                 .run_task_turn(&**handler, &mailbox, &mut batch, &mut due, &mut stamps)
                 .await;
             ended = Some((mailbox, end));
-            tokio::task::yield_now().await;
         }
     }
 
@@ -93,6 +95,7 @@ where
                 if let Err(end) = self.job_ran(batch, &mut state, ran, attempt) {
                     break end;
                 }
+                tokio::task::coop::consume_budget().await;
             };
             let done = state.done();
             attempts = 0;
