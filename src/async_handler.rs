@@ -1,64 +1,45 @@
-//! Async handlers (feature `tokio`): what an async dispatcher awaits for each job, erased to
-//! one boxed future per attempt, with the handler's panics caught at every poll.
+//! Async handlers (feature `tokio`): what an async dispatcher's tasks await for each job. A
+//! handler is driven in two steps around the await, [`AsyncJobs::start`] and
+//! [`AsyncJobs::end`], so that the tasks' loop can be generic over it and keep each job's
+//! future inline in the task, rather than box one per job.
 //!
 //! The handler takes its key by value (`Fn(K, J) -> impl Future`): a future that borrowed the
 //! key would need a closure generic over the borrow's lifetime, which closures cannot state on
-//! the crate's minimum Rust. The dispatcher clones the key for each job. A retrying handler
-//! gets a clone of its job for each attempt, keeping the original for the next one.
+//! stable Rust. The dispatcher clones the key for each job. A retrying handler gets a clone of
+//! its job for each attempt, the dispatcher keeping the original for the next one.
 
 use crate::{
     handler::{HandlerOutput, Report},
     hooks::{DeadLetter, ErrorHook},
     retry::{report_failure, RetryOutput, Retrying},
-    unwind::drop_contained,
 };
-use std::{
-    any::Any,
-    future::{poll_fn, Future},
-    panic::{catch_unwind, AssertUnwindSafe},
-    pin::{pin, Pin},
-    task::Poll,
-    time::Duration,
-};
+use std::{any::Any, future::Future, time::Duration};
 
-/// The future of one attempt: returns the job and its backoff if it is to be retried.
-pub(crate) type Attempt<'a, J> = Pin<Box<dyn Future<Output = Option<(J, Duration)>> + Send + 'a>>;
+/// An async handler and its hooks, as the dispatcher's tasks drive them.
+pub(crate) trait AsyncJobs<K, J>: Send + Sync + 'static {
+    /// An attempt's future.
+    type Future: Future<Output = Self::Output> + Send + 'static;
+    /// What the attempt returns.
+    type Output;
+    /// What the dispatcher keeps of the job while an attempt runs: nothing, or the job itself
+    /// for a retrying handler's next attempt.
+    type Kept: Send;
 
-/// What the dispatcher's tasks await for a job: [`ErasedHandler`](crate::handler::ErasedHandler)
-/// made async.
-pub(crate) trait ErasedAsync<K, J>: Send + Sync {
-    /// Runs attempt `attempt` (counted from 1) of `job`, telling `report` how it went.
-    fn run<'a>(
-        &'a self,
-        key: &'a K,
-        job: J,
+    /// Starts an attempt of `job`. It may panic (the handler, or a clone): the job is lost then,
+    /// and the panic counted.
+    fn start(&self, key: K, job: J) -> (Self::Future, Self::Kept);
+
+    /// What becomes of the job once attempt `attempt` (counted from 1) ended as `ran` (its
+    /// output, or its panic): the job and its backoff if it is to be retried. Tells `report`
+    /// how it went.
+    fn end(
+        &self,
+        key: &K,
+        kept: Self::Kept,
         attempt: u32,
-        report: &'a mut (dyn Report + Send),
-    ) -> Attempt<'a, J>;
-}
-
-/// Awaits the future that `start` makes, catching a panic in `start`, in any poll, or in the
-/// future's drop (which runs here, contained, right after it completes).
-async fn contained<F: Future>(start: impl FnOnce() -> F) -> Result<F::Output, Box<dyn Any + Send>> {
-    let future = catch_unwind(AssertUnwindSafe(start))?;
-    let mut slot = pin!(Some(future));
-    let output = poll_fn(|cx| {
-        let polled = catch_unwind(AssertUnwindSafe(|| {
-            let future = slot.as_mut().as_pin_mut().expect("not polled once done");
-            future.poll(cx)
-        }));
-        match polled {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(payload) => Poll::Ready(Err(payload)),
-        }
-    })
-    .await;
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| slot.set(None))) {
-        log::error!("keyed-dispatch: a job's future panicked while dropped");
-        drop_contained(payload);
-    }
-    output
+        ran: Result<Self::Output, Box<dyn Any + Send>>,
+        report: &mut dyn Report,
+    ) -> Option<(J, Duration)>;
 }
 
 /// A plain async handler and its error hook: each job once.
@@ -67,57 +48,69 @@ pub(crate) struct AsyncPlain<F, E> {
     pub(crate) on_error: E,
 }
 
-impl<K, J, F, Fut, E> ErasedAsync<K, J> for AsyncPlain<F, E>
+impl<K, J, F, Fut, E> AsyncJobs<K, J> for AsyncPlain<F, E>
 where
-    K: Clone + Send + Sync,
-    J: Send + 'static,
-    F: Fn(K, J) -> Fut + Send + Sync,
-    Fut: Future + Send,
+    K: 'static,
+    J: 'static,
+    F: Fn(K, J) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
     Fut::Output: HandlerOutput,
-    E: ErrorHook<K, <Fut::Output as HandlerOutput>::Error>,
+    E: ErrorHook<K, <Fut::Output as HandlerOutput>::Error> + 'static,
 {
-    fn run<'a>(
-        &'a self,
-        key: &'a K,
-        job: J,
+    type Future = Fut;
+    type Output = Fut::Output;
+    type Kept = ();
+
+    fn start(&self, key: K, job: J) -> (Fut, ()) {
+        ((self.handler)(key, job), ())
+    }
+
+    fn end(
+        &self,
+        key: &K,
+        (): (),
         _: u32,
-        report: &'a mut (dyn Report + Send),
-    ) -> Attempt<'a, J> {
-        Box::pin(async move {
-            match contained(|| (self.handler)(key.clone(), job)).await {
-                Ok(output) => {
-                    if let Err(err) = output.into_result() {
-                        report_failure(&self.on_error, key, &err, 1, report);
-                    }
+        ran: Result<Fut::Output, Box<dyn Any + Send>>,
+        report: &mut dyn Report,
+    ) -> Option<(J, Duration)> {
+        match ran {
+            Ok(output) => {
+                if let Err(err) = output.into_result() {
+                    report_failure(&self.on_error, key, &err, 1, report);
                 }
-                Err(payload) => report.panicked(payload),
             }
-            None
-        })
+            Err(payload) => report.panicked(payload),
+        }
+        None
     }
 }
 
-impl<K, J, F, Fut, D, E> ErasedAsync<K, J> for Retrying<F, Fut::Output, D, E>
+impl<K, J, F, Fut, D, E> AsyncJobs<K, J> for Retrying<F, Fut::Output, D, E>
 where
-    K: Clone + Send + Sync,
+    K: 'static,
     J: Clone + Send + 'static,
-    F: Fn(K, J) -> Fut + Send + Sync,
-    Fut: Future + Send,
+    F: Fn(K, J) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
     Fut::Output: RetryOutput,
-    D: DeadLetter<K, J, <Fut::Output as RetryOutput>::Error>,
-    E: ErrorHook<K, <Fut::Output as RetryOutput>::Error>,
+    D: DeadLetter<K, J, <Fut::Output as RetryOutput>::Error> + 'static,
+    E: ErrorHook<K, <Fut::Output as RetryOutput>::Error> + 'static,
 {
-    fn run<'a>(
-        &'a self,
-        key: &'a K,
+    type Future = Fut;
+    type Output = Fut::Output;
+    type Kept = J;
+
+    fn start(&self, key: K, job: J) -> (Fut, J) {
+        ((self.handler)(key, job.clone()), job)
+    }
+
+    fn end(
+        &self,
+        key: &K,
         job: J,
         attempt: u32,
-        report: &'a mut (dyn Report + Send),
-    ) -> Attempt<'a, J> {
-        Box::pin(async move {
-            let copy = job.clone();
-            let ran = contained(move || (self.handler)(key.clone(), copy)).await;
-            self.settle(key, job, attempt, ran, report)
-        })
+        ran: Result<Fut::Output, Box<dyn Any + Send>>,
+        report: &mut dyn Report,
+    ) -> Option<(J, Duration)> {
+        self.settle(key, job, attempt, ran, report)
     }
 }

@@ -141,6 +141,11 @@
 //! [`spawn_with_result`](Dispatcher::spawn_with_result) returns a [`JobHandle`] to await.
 //! Threads and tasks waiting for room in a key share one line, in arrival order.
 //!
+//! With the `tokio` feature, the jobs themselves may be futures:
+//! `Builder::build_async` awaits each job's future on a Tokio runtime, a key's one at a time,
+//! up to `max_in_flight` across keys, with everything else as above (see the README's "Async
+//! handlers").
+//!
 //! # Shared pools
 //!
 //! Several dispatchers, each with its own key type, job type and handler, can share the threads
@@ -248,7 +253,8 @@ mod unwind;
 mod waiters;
 
 /// The README's examples are compiled and run as doc tests.
-#[cfg(doctest)]
+/// They need the `tokio` feature, which the README's test command turns on.
+#[cfg(all(doctest, feature = "tokio"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

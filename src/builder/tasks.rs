@@ -3,7 +3,7 @@
 
 use super::Builder;
 use crate::{
-    async_handler::{AsyncPlain, ErasedAsync},
+    async_handler::{AsyncJobs, AsyncPlain},
     dispatcher::{
         core::{Core, Runner},
         Dispatcher,
@@ -15,7 +15,7 @@ use crate::{
     pool::{PoolShared, Runtime},
     retry::RetryOutput,
 };
-use std::{fmt::Debug, future::Future, hash::Hash};
+use std::{fmt::Debug, future::Future, hash::Hash, sync::Arc};
 
 /// How many jobs an async dispatcher runs at once, across keys, unless
 /// [`max_in_flight`](Builder::max_in_flight) says otherwise.
@@ -81,10 +81,7 @@ where
     J: Send + 'static,
 {
     /// Checks the configuration and starts the async dispatcher on `handler`.
-    fn start_async(
-        self,
-        handler: Box<dyn ErasedAsync<K, J>>,
-    ) -> Result<Dispatcher<K, J>, BuildError> {
+    fn start_async(self, handler: impl AsyncJobs<K, J>) -> Result<Dispatcher<K, J>, BuildError> {
         let threads_only = [
             ("workers", self.workers.is_some()),
             ("pool", self.pool.is_some()),
@@ -110,7 +107,7 @@ where
             None => tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?,
         };
         let pool = PoolShared::on_runtime(Runtime(handle), &config.name);
-        let runner = Runner::Tasks(handler);
+        let runner = Runner::Tasks(Box::new(Arc::new(handler)));
         let core = Core::new(config, pool, runner, self.on_panic, None, None);
         core.pool().attach(core.as_client())?;
         #[cfg(feature = "metrics")]
@@ -207,7 +204,7 @@ where
             return Err(BuildError::RetryWithoutRetryingHandler);
         }
         let (builder, NoDeadLetter, on_error) = self.split_hooks();
-        builder.start_async(Box::new(AsyncPlain { handler, on_error }))
+        builder.start_async(AsyncPlain { handler, on_error })
     }
 }
 
@@ -265,6 +262,6 @@ where
         O: ErrorHook<K, <Fut::Output as RetryOutput>::Error>,
     {
         let (builder, retrying) = self.retrying(handler)?;
-        builder.start_async(Box::new(retrying))
+        builder.start_async(retrying)
     }
 }

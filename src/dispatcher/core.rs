@@ -144,7 +144,7 @@ pub(crate) struct Core<K, J> {
 pub(crate) enum Runner<K, J> {
     Threads(Box<dyn ErasedHandler<K, J>>),
     #[cfg(feature = "tokio")]
-    Tasks(Box<dyn crate::async_handler::ErasedAsync<K, J>>),
+    Tasks(Box<dyn super::tasks::Tokens<K, J>>),
 }
 
 impl<K, J> Runner<K, J> {

@@ -13,45 +13,83 @@
 //! let the runtime's other tasks run: the task yields once its budget is spent. Yielding after
 //! every turn instead cost a trip through the runtime's queue per job where keys get one job
 //! at a time (BENCHMARKS.md, "Async handlers").
+//!
+//! The loop is generic over the handler ([`AsyncJobs`]), so that each job's future lives
+//! inline in the task's own future: one allocation per token, none per job.
 
 use super::{
-    core::Core,
+    core::{Core, Runner},
     worker::{BatchEnd, BatchState, JobReport},
 };
 use crate::{
-    async_handler::ErasedAsync,
+    async_handler::AsyncJobs,
     latch::Outcome,
     mailbox::{EndTurn, Mailbox, Marks},
+    pool::PoolShared,
     sync::Arc,
-    unwind::ShowKey,
+    unwind::{drop_contained, ShowKey},
 };
-use std::{collections::VecDeque, fmt::Debug, future::poll_fn, hash::Hash, time::Instant};
+use std::{
+    any::Any,
+    collections::VecDeque,
+    fmt::Debug,
+    future::{poll_fn, Future},
+    hash::Hash,
+    panic::{catch_unwind, AssertUnwindSafe},
+    pin::{pin, Pin},
+    task::Poll,
+    time::Instant,
+};
+
+/// An async dispatcher's handler, erased: what makes its tokens' tasks.
+pub(crate) trait Tokens<K, J>: Send + Sync {
+    /// The future of one token of `core`.
+    fn token(&self, core: Arc<Core<K, J>>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl<K, J, A> Tokens<K, J> for Arc<A>
+where
+    K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
+    J: Send + 'static,
+    A: AsyncJobs<K, J>,
+{
+    fn token(&self, core: Arc<Core<K, J>>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(core.run_token(Arc::clone(self)))
+    }
+}
 
 impl<K, J> Core<K, J>
 where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
 {
+    /// A token's task (see [`Tokens`]).
+    pub(super) fn token_task(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        match &self.handler {
+            Runner::Tasks(tokens) => tokens.token(Arc::clone(&self)),
+            Runner::Threads(_) => {
+                unreachable!("a thread-run dispatcher's tokens go to its threads")
+            }
+        }
+    }
+
     /// Holds one token: runs turns of ready keys until none is left.
-    pub(super) async fn run_token(self: Arc<Self>) {
-        let super::core::Runner::Tasks(handler) = &self.handler else {
-            unreachable!("a thread-run dispatcher's tokens go to its threads");
-        };
+    async fn run_token<A: AsyncJobs<K, J>>(self: Arc<Self>, jobs: Arc<A>) {
         let (mut batch, mut due): (VecDeque<J>, Marks) = Default::default();
         let mut stamps = VecDeque::new();
         let mut ended = None;
         while let Some(mailbox) = self.next_key(ended.take(), None) {
             let end = self
-                .run_task_turn(&**handler, &mailbox, &mut batch, &mut due, &mut stamps)
+                .run_task_turn(&*jobs, &mailbox, &mut batch, &mut due, &mut stamps)
                 .await;
             ended = Some((mailbox, end));
         }
     }
 
     /// As `run_turn`, with each job awaited.
-    async fn run_task_turn(
+    async fn run_task_turn<A: AsyncJobs<K, J>>(
         &self,
-        handler: &dyn ErasedAsync<K, J>,
+        jobs: &A,
         mailbox: &Arc<Mailbox<K, J>>,
         batch: &mut VecDeque<J>,
         due: &mut Marks,
@@ -79,15 +117,18 @@ where
                     key,
                     outcome: Outcome::default(),
                 };
-                let mut attempt_run = handler.run(key, job, attempt, &mut report);
-                // Each poll runs inside the job, as a worker thread's call does: the job's
-                // own waits on its dispatcher are refused rather than deadlock.
-                let retry = poll_fn(|cx| {
-                    let _in_job = self.pool.enter_job();
-                    attempt_run.as_mut().poll(cx)
-                })
-                .await;
-                drop(attempt_run);
+                let started = catch_unwind(AssertUnwindSafe(|| jobs.start(key.clone(), job)));
+                let retry = match started {
+                    Ok((future, kept)) => {
+                        let ran = run_contained(future, &self.pool).await;
+                        jobs.end(key, kept, attempt, ran, &mut report)
+                    }
+                    Err(payload) => {
+                        report.outcome.panicked = true;
+                        self.job_panicked(key, payload);
+                        None
+                    }
+                };
                 let ran = match retry {
                     None => Ok(report.outcome),
                     Some(retry) => Err(retry),
@@ -110,4 +151,33 @@ where
             self.left(done);
         }
     }
+}
+
+/// Awaits a job's future, catching a panic in any poll or in its drop (which runs here, right
+/// after it completes). Each poll runs inside the job, as a worker thread's call does: the
+/// job's own waits on its dispatcher are refused rather than deadlock.
+async fn run_contained<F: Future>(
+    future: F,
+    pool: &PoolShared,
+) -> Result<F::Output, Box<dyn Any + Send>> {
+    let mut slot = pin!(Some(future));
+    let output = poll_fn(|cx| {
+        let _in_job = pool.enter_job();
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            let future = slot.as_mut().as_pin_mut().expect("not polled once done");
+            future.poll(cx)
+        }));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    })
+    .await;
+    let _in_job = pool.enter_job();
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| slot.set(None))) {
+        log::error!("keyed-dispatch: a job's future panicked while dropped");
+        drop_contained(payload);
+    }
+    output
 }

@@ -396,7 +396,7 @@ where
         );
     }
 
-    fn job_panicked(&self, key: &K, payload: Box<dyn Any + Send>) {
+    pub(super) fn job_panicked(&self, key: &K, payload: Box<dyn Any + Send>) {
         self.counters.panicked();
         log::error!(
             "{}: job of key {} panicked: {}",
@@ -565,6 +565,6 @@ where
     fn run_task(
         self: Arc<Self>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(self.run_token())
+        self.token_task()
     }
 }
