@@ -62,8 +62,10 @@ pub struct Stats {
     pub queued: usize,
     /// Keys being run by a worker right now (at most one job each is executing).
     pub running: usize,
-    /// Producers blocked in [`dispatch`](crate::Dispatcher::dispatch) or
-    /// [`dispatch_timeout`](crate::Dispatcher::dispatch_timeout), waiting for room.
+    /// Producers waiting for room right now: threads blocked in
+    /// [`dispatch`](crate::Dispatcher::dispatch) or
+    /// [`dispatch_timeout`](crate::Dispatcher::dispatch_timeout), and tasks queued in
+    /// `dispatch_async` or `reserve` (feature `async`). A current count, not a total.
     pub blocked: usize,
     /// Keys held in the routing map.
     pub keys: usize,
