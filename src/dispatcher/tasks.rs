@@ -23,11 +23,12 @@ use super::{
 };
 use crate::{
     async_handler::AsyncJobs,
+    handler::Report,
     latch::Outcome,
     mailbox::{EndTurn, Mailbox, Marks},
     pool::PoolShared,
     sync::Arc,
-    unwind::{drop_contained, ShowKey},
+    unwind::ShowKey,
 };
 use std::{
     any::Any,
@@ -117,15 +118,28 @@ where
                     key,
                     outcome: Outcome::default(),
                 };
+                // Every step is user code (the handler, a clone, the future's poll and drop, the
+                // output's drop, the hooks): a panic in any ends the job, counted, and never the
+                // task, which would leave the key's turn unfinished.
+                // Inside the job, as each poll is (see `run_contained`).
+                let in_job = self.pool.enter_job();
                 let started = catch_unwind(AssertUnwindSafe(|| jobs.start(key.clone(), job)));
+                drop(in_job);
                 let retry = match started {
                     Ok((future, kept)) => {
-                        let ran = run_contained(future, &self.pool).await;
-                        jobs.end(key, kept, attempt, ran, &mut report)
+                        let (ran, dropped) = run_contained(future, &self.pool).await;
+                        if let Some(payload) = dropped {
+                            report.panicked(payload);
+                        }
+                        let _in_job = self.pool.enter_job();
+                        let end = || jobs.end(key, kept, attempt, ran, &mut report);
+                        catch_unwind(AssertUnwindSafe(end)).unwrap_or_else(|payload| {
+                            report.panicked(payload);
+                            None
+                        })
                     }
                     Err(payload) => {
-                        report.outcome.panicked = true;
-                        self.job_panicked(key, payload);
+                        report.panicked(payload);
                         None
                     }
                 };
@@ -153,13 +167,11 @@ where
     }
 }
 
-/// Awaits a job's future, catching a panic in any poll or in its drop (which runs here, right
-/// after it completes). Each poll runs inside the job, as a worker thread's call does: the
-/// job's own waits on its dispatcher are refused rather than deadlock.
-async fn run_contained<F: Future>(
-    future: F,
-    pool: &PoolShared,
-) -> Result<F::Output, Box<dyn Any + Send>> {
+/// Awaits a job's future, catching a panic in any poll, and in its drop, which runs here right
+/// after it completes: returns the output or the poll's panic, and the drop's panic. Each poll
+/// runs inside the job, as a worker thread's call does: the job's own waits on its dispatcher
+/// are refused rather than deadlock.
+async fn run_contained<F: Future>(future: F, pool: &PoolShared) -> (Ran<F::Output>, Option<Panic>) {
     let mut slot = pin!(Some(future));
     let output = poll_fn(|cx| {
         let _in_job = pool.enter_job();
@@ -175,9 +187,12 @@ async fn run_contained<F: Future>(
     })
     .await;
     let _in_job = pool.enter_job();
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| slot.set(None))) {
-        log::error!("keyed-dispatch: a job's future panicked while dropped");
-        drop_contained(payload);
-    }
-    output
+    let dropped = catch_unwind(AssertUnwindSafe(|| slot.set(None))).err();
+    (output, dropped)
 }
+
+/// A panic's payload.
+type Panic = Box<dyn Any + Send>;
+
+/// How an attempt's future ended: its output, or its panic.
+type Ran<T> = Result<T, Panic>;
