@@ -123,9 +123,15 @@ pub fn run(p: &Params) -> Result<String, String> {
 #[cfg(feature = "tokio")]
 const IO_WAIT: Duration = Duration::from_millis(1);
 
+/// The library's `max_in_flight` in that workload: 10,000 futures at once. With one per key
+/// at a million keys (a task each, as a task per key has), it dispatched 3.6x slower and held
+/// 12x the memory (BENCHMARKS.md, "Async handlers").
+#[cfg(feature = "tokio")]
+const IO_IN_FLIGHT: usize = 10_000;
+
 /// One producer task on a runtime of `workers` threads feeds `jobs` I/O-like jobs round-robin
-/// over `keys` keys: the library's async handlers (no cap on jobs in flight beyond the keys),
-/// or a task per key with an unbounded channel. Jobs/s until the last job ends; the growth of
+/// over `keys` keys: the library's async handlers (at most [`IO_IN_FLIGHT`] in flight), or a
+/// task per key with an unbounded channel (no cap). Jobs/s until the last job ends; the growth of
 /// peak resident memory per key; the keys held once idle; the threads while running.
 #[cfg(feature = "tokio")]
 fn async_io(p: &Params, check: &'static Check) -> Result<String, String> {
@@ -160,7 +166,7 @@ fn async_io(p: &Params, check: &'static Check) -> Result<String, String> {
         match p.design {
             Design::Keyed => {
                 let d = Dispatcher::builder()
-                    .max_in_flight(keys as usize)
+                    .max_in_flight(IO_IN_FLIGHT)
                     .build_async(handle)
                     .expect("building keyed-dispatch");
                 for i in 0..jobs {

@@ -8,11 +8,12 @@
 //! itself back at once, since a task that waited for keys would hold a runtime thread; and a
 //! turn never waits for its key's next job for the same reason (see `more_jobs`).
 //!
-//! Each job spends a unit of the task's budget with the runtime's cooperative scheduling, so
-//! that keys whose futures never wait (and so never give the runtime its thread back) still
-//! let the runtime's other tasks run: the task yields once its budget is spent. Yielding after
-//! every turn instead cost a trip through the runtime's queue per job where keys get one job
-//! at a time (BENCHMARKS.md, "Async handlers").
+//! A job whose future never waited (and so never gave the runtime its thread back) spends a
+//! unit of the task's budget with the runtime's cooperative scheduling, so that a key of such
+//! jobs still lets the runtime's other tasks run: the task yields once its budget is spent.
+//! Yielding after every turn instead cost a trip through the runtime's queue per job where
+//! keys get one job at a time, and spending the budget after every job about a tenth of the
+//! throughput of 1 ms I/O jobs (BENCHMARKS.md, "Async handlers").
 //!
 //! The loop is generic over the handler ([`AsyncJobs`]), so that each job's future lives
 //! inline in the task's own future: one allocation per token, none per job.
@@ -125,9 +126,11 @@ where
                 let in_job = self.pool.enter_job();
                 let started = catch_unwind(AssertUnwindSafe(|| jobs.start(key.clone(), job)));
                 drop(in_job);
+                let mut yielded = false;
                 let retry = match started {
                     Ok((future, kept)) => {
-                        let (ran, dropped) = run_contained(future, &self.pool).await;
+                        let (ran, dropped, waited) = run_contained(future, &self.pool).await;
+                        yielded = waited;
                         if let Some(payload) = dropped {
                             report.panicked(payload);
                         }
@@ -150,7 +153,11 @@ where
                 if let Err(end) = self.job_ran(batch, &mut state, ran, attempt) {
                     break end;
                 }
-                tokio::task::coop::consume_budget().await;
+                // A job that waited has let the runtime run others; one that never did
+                // spends the budget, and yields once it is spent.
+                if !yielded {
+                    tokio::task::coop::consume_budget().await;
+                }
             };
             let done = state.done();
             attempts = 0;
@@ -168,11 +175,15 @@ where
 }
 
 /// Awaits a job's future, catching a panic in any poll, and in its drop, which runs here right
-/// after it completes: returns the output or the poll's panic, and the drop's panic. Each poll
-/// runs inside the job, as a worker thread's call does: the job's own waits on its dispatcher
-/// are refused rather than deadlock.
-async fn run_contained<F: Future>(future: F, pool: &PoolShared) -> (Ran<F::Output>, Option<Panic>) {
+/// after it completes: returns the output or the poll's panic, the drop's panic, and whether
+/// the future ever waited (returned `Pending`). Each poll runs inside the job, as a worker
+/// thread's call does: the job's own waits on its dispatcher are refused rather than deadlock.
+async fn run_contained<F: Future>(
+    future: F,
+    pool: &PoolShared,
+) -> (Ran<F::Output>, Option<Panic>, bool) {
     let mut slot = pin!(Some(future));
+    let mut waited = false;
     let output = poll_fn(|cx| {
         let _in_job = pool.enter_job();
         let polled = catch_unwind(AssertUnwindSafe(|| {
@@ -180,7 +191,10 @@ async fn run_contained<F: Future>(future: F, pool: &PoolShared) -> (Ran<F::Outpu
             future.poll(cx)
         }));
         match polled {
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => {
+                waited = true;
+                Poll::Pending
+            }
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Err(payload) => Poll::Ready(Err(payload)),
         }
@@ -188,7 +202,7 @@ async fn run_contained<F: Future>(future: F, pool: &PoolShared) -> (Ran<F::Outpu
     .await;
     let _in_job = pool.enter_job();
     let dropped = catch_unwind(AssertUnwindSafe(|| slot.set(None))).err();
-    (output, dropped)
+    (output, dropped, waited)
 }
 
 /// A panic's payload.
