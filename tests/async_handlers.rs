@@ -544,3 +544,33 @@ fn quickcheck_order_and_no_loss_with_yields_and_timers() {
         .tests(40)
         .quickcheck(property as fn(u64, u8, u16) -> TestResult);
 }
+
+#[tokio::test]
+async fn a_paused_key_waits_and_delayed_jobs_fall_due_on_the_runtimes_timer() {
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&ran);
+    let d = Dispatcher::builder()
+        .build_async(move |key: u8, job: u32| {
+            let record = Arc::clone(&record);
+            async move {
+                tokio::task::yield_now().await;
+                record.lock().unwrap().push((key, job));
+            }
+        })
+        .unwrap();
+    d.pause_key(&1);
+    for job in 0..3 {
+        d.dispatch_async(1, job).await.unwrap();
+    }
+    d.dispatch_async(2, 0).await.unwrap();
+    d.dispatch_after(2, 100, Duration::from_millis(5)).unwrap();
+    // The delayed job falls due on the runtime's timer, behind key 2's first.
+    while ran.lock().unwrap().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(*ran.lock().unwrap(), [(2, 0), (2, 100)], "key 1 is paused");
+    d.resume_key(&1);
+    d.flush_key_async(&1).await.unwrap();
+    assert_eq!(ran.lock().unwrap()[2..], [(1, 0), (1, 1), (1, 2)]);
+    d.close_async().await;
+}
