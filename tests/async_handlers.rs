@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{runtime, Rng};
 use keyed_dispatch::{BuildError, DispatchError, Dispatcher, RetryPolicy, WaitError};
 use quickcheck::{QuickCheck, TestResult};
 use std::{
@@ -53,11 +53,18 @@ impl Seen {
     }
 }
 
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
+/// A dispatcher whose jobs each wait `wait` on the runtime's timer, then count themselves in
+/// `done`. Built inside a runtime.
+fn sleepers(done: &Arc<AtomicUsize>, wait: Duration) -> Dispatcher<u64, u64> {
+    let done = Arc::clone(done);
+    Dispatcher::builder()
+        .build_async(move |_: u64, _: u64| {
+            let done = Arc::clone(&done);
+            async move {
+                tokio::time::sleep(wait).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
         .unwrap()
 }
 
@@ -207,16 +214,7 @@ fn close_async_awaits_every_accepted_job() {
     let rt = runtime(2);
     let done = Arc::new(AtomicUsize::new(0));
     rt.block_on(async {
-        let counted = Arc::clone(&done);
-        let d = Dispatcher::builder()
-            .build_async(move |_: u64, _: u64| {
-                let done = Arc::clone(&counted);
-                async move {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    done.fetch_add(1, Ordering::SeqCst);
-                }
-            })
-            .unwrap();
+        let d = sleepers(&done, Duration::from_millis(2));
         for job in 0..500 {
             d.dispatch_async(job % 7, job).await.unwrap();
         }
@@ -280,16 +278,7 @@ fn dropping_the_last_handle_inside_the_runtime_does_not_block_it() {
         .unwrap();
     let done = Arc::new(AtomicUsize::new(0));
     rt.block_on(async {
-        let counted = Arc::clone(&done);
-        let d = Dispatcher::builder()
-            .build_async(move |_: u64, _: u64| {
-                let done = Arc::clone(&counted);
-                async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    done.fetch_add(1, Ordering::SeqCst);
-                }
-            })
-            .unwrap();
+        let d = sleepers(&done, Duration::from_millis(1));
         for job in 0..100 {
             d.dispatch_async(job % 5, job).await.unwrap();
         }

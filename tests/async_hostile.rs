@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{Job, Recorder};
+use common::{runtime, Job, Recorder};
 use keyed_dispatch::{DispatchError, Dispatcher, Group, RetryPolicy, WaitError};
 use std::{
     collections::{HashMap, HashSet},
@@ -35,14 +35,6 @@ async fn within<F: Future>(what: &str, future: F) -> F::Output {
     tokio::time::timeout(HANG, future)
         .await
         .unwrap_or_else(|_| panic!("{what} hung"))
-}
-
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// A handle that the handler reaches its own dispatcher through, set once built. Emptied at

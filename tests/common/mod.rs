@@ -261,3 +261,12 @@ pub fn scaled(release: usize) -> usize {
         release
     }
 }
+
+/// A multi-thread Tokio runtime of `threads` workers, with its timer.
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap()
+}
