@@ -563,3 +563,27 @@ async fn a_paused_key_waits_and_delayed_jobs_fall_due_on_the_runtimes_timer() {
     assert_eq!(ran.lock().unwrap()[2..], [(1, 0), (1, 1), (1, 2)]);
     d.close_async().await;
 }
+
+#[tokio::test]
+async fn timers_past_the_runtimes_horizon_are_armed_without_harm() {
+    // The sweep timer of `idle_timeout(Duration::MAX)`, and a backoff as long, land far beyond
+    // what the runtime's timer counts; the dispatcher must still run and close.
+    let d = Dispatcher::builder()
+        .idle_timeout(Duration::MAX)
+        .retry(RetryPolicy::exponential(Duration::MAX, Duration::MAX).max_attempts(2))
+        .build_async_retrying(|_: u8, job: u32| async move {
+            if job == 0 {
+                return Err("retried after Duration::MAX");
+            }
+            Ok(())
+        })
+        .unwrap();
+    d.dispatch_async(1, 1).await.unwrap();
+    d.flush_key_async(&1).await.unwrap();
+    assert_eq!(d.stats().completed, 1);
+    d.dispatch_async(2, 0).await.unwrap();
+    // Key 2 waits out a backoff that never ends: close_now hands its job back.
+    let rt_free = std::thread::spawn(move || d.close_now());
+    let back = rt_free.join().unwrap().unwrap();
+    assert_eq!(back, [(2, vec![0])]);
+}
