@@ -138,6 +138,9 @@ pub(crate) enum Fault {
     AbandonedNotifyLost,
     /// `Mailbox::try_evict` evicts an Idle key in which a permit holds room.
     SweepEvictsReservedKeys,
+    /// `Core::progressed` does not finish a shutdown that a close which could not wait (on a
+    /// worker thread, in a job, or inside an async dispatcher's runtime) left pending.
+    PendingCloseUnfinished,
 }
 
 /// Whether the [`Fault`] variant `$name` is armed: `fault!(NoRoomWake)`. The one way the

@@ -137,6 +137,14 @@ where
     K: Hash + Eq + Clone + Debug + Send + Sync + 'static,
     J: Send + 'static,
 {
+    /// Marks the calling thread as inside one of this dispatcher's jobs, as an async
+    /// dispatcher's task is while it polls one: for the models of the calls that must not
+    /// block there.
+    #[cfg(all(test, loom))]
+    pub(crate) fn enter_job(&self) -> crate::pool::InJob {
+        self.core.pool().enter_job()
+    }
+
     /// A [`Builder`] with every setting at its default.
     ///
     /// `K` needs `Debug` because every log line names its key.

@@ -474,7 +474,8 @@ where
         self.idle.notify_all();
         // ORDERING: SeqCst, paired with `close`, which sets the flag and then checks the gate:
         // of the two, at least one sees the other's write.
-        if self.finish_pending.load(Ordering::SeqCst) && self.gate.count() == 0 {
+        let pending = self.finish_pending.load(Ordering::SeqCst) && !fault!(PendingCloseUnfinished);
+        if pending && self.gate.count() == 0 {
             self.finish();
         }
     }

@@ -16,6 +16,8 @@ mod threads;
 
 #[cfg(feature = "tokio")]
 pub(crate) use self::runtime::Runtime;
+#[cfg(all(test, loom))]
+pub(crate) use self::threads::InJob;
 pub(crate) use self::{
     client::{Client, TimerKind, Worker},
     threads::{PoolShared, MAX_WORKERS},

@@ -69,10 +69,10 @@ shuttle::thread_local! {
 }
 
 /// See [`PoolShared::enter_job`]: holds the pool id the thread had before.
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", all(test, loom)))]
 pub(crate) struct InJob(usize);
 
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", all(test, loom)))]
 impl Drop for InJob {
     fn drop(&mut self) {
         CURRENT_POOL.with(|current| current.set(self.0));
@@ -301,7 +301,7 @@ impl PoolShared {
     /// Marks the calling thread as running a job of this pool until the guard drops: what an
     /// async dispatcher's task does around each poll of a job's future, so that the job's
     /// calls into its dispatcher see [`PoolShared::is_current`] as a worker thread's do.
-    #[cfg(feature = "tokio")]
+    #[cfg(any(feature = "tokio", all(test, loom)))]
     pub(crate) fn enter_job(&self) -> InJob {
         InJob(CURRENT_POOL.with(|current| current.replace(self.id)))
     }

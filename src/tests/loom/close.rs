@@ -1,6 +1,6 @@
 //! Models of closing: close racing dispatches, two closes at once, a token added as the
-//! dispatcher closes, two closes of a shared pool (models 2, 5, 7 and 8 of the parent
-//! module's list).
+//! dispatcher closes, two closes of a shared pool, a close that cannot wait (models 2, 5, 7, 8
+//! and 16 of the parent module's list).
 
 use super::{explore, settle, Event, Log};
 use crate::{
@@ -213,4 +213,38 @@ fn concurrent_pool_closes_both_wait_for_the_drain() {
 #[cfg_attr(debug_assertions, should_panic)]
 fn second_pool_close_returning_early_misses_the_drain() {
     two_pool_closes_model(Some(Fault::SecondPoolCloseSkipsWait));
+}
+
+// -------------------------------------------------------------------------------------------
+// 16. A close that cannot wait.
+
+/// Model 16: a close that cannot wait (an async dispatcher's inside its runtime, or a close or
+/// the last drop from a job) races the end of the last job: whichever comes second finishes
+/// the shutdown, which detaches the pool and lets its thread exit. The model's thread acts as
+/// inside a job throughout, so that neither its close nor its drop of the handle waits; a
+/// shutdown left unfinished leaves the pool's thread asleep for ever, which loom reports.
+fn close_without_waiting_model(fault: Option<Fault>) {
+    explore(3, fault, || {
+        let log = Log::default();
+        let d = log.dispatcher(1, 8);
+        let inside = d.enter_job();
+        d.dispatch(0, 0).unwrap();
+        let closed = d.close();
+        if closed.drained {
+            assert_eq!(log.started(), [0], "drained before the job ran");
+        }
+        drop(d);
+        drop(inside);
+    });
+}
+
+#[test]
+fn close_that_cannot_wait_is_finished_by_the_last_job() {
+    close_without_waiting_model(None);
+}
+
+#[test]
+#[should_panic(expected = "deadlock")]
+fn close_left_pending_and_never_finished_strands_the_pool() {
+    close_without_waiting_model(Some(Fault::PendingCloseUnfinished));
 }

@@ -74,6 +74,11 @@
 //!     variant): a permit taken while its key goes idle and is swept, racing `close`, is
 //!     honoured, or given back. Twin: the sweep evicts a key with room held
 //!     ([`Fault::SweepEvictsReservedKeys`]).
+//! 16. [`close::close_that_cannot_wait_is_finished_by_the_last_job`]: a close that cannot wait
+//!     (an async dispatcher's, inside its runtime) and the handle's last drop race the end of
+//!     the last job; the shutdown finishes and the pool's thread exits. Twin: the job's end does
+//!     not finish the shutdown left pending ([`Fault::PendingCloseUnfinished`]), and the pool's
+//!     thread sleeps for ever.
 //!
 //! Each twin is the same model with its fault armed (see [`Fault`]), marked `#[should_panic]`
 //! with the failure it must produce in a release build. With debug assertions, the crate's own
