@@ -20,7 +20,7 @@
 
 use super::{
     core::{Core, Runner},
-    worker::{BatchEnd, BatchState, JobReport},
+    worker::{BatchState, JobReport},
 };
 use crate::{
     async_handler::AsyncJobs,
@@ -101,7 +101,6 @@ where
             return EndTurn::Halted;
         };
         let key = mailbox.key();
-        let max = self.config.jobs_per_turn;
         loop {
             let mut state = BatchState::new(self, due, attempts, 0);
             let stop = loop {
@@ -126,24 +125,23 @@ where
                 let in_job = self.pool.enter_job();
                 let started = catch_unwind(AssertUnwindSafe(|| jobs.start(key.clone(), job)));
                 drop(in_job);
-                let mut yielded = false;
-                let retry = match started {
+                let (retry, waited) = match started {
                     Ok((future, kept)) => {
                         let (ran, dropped, waited) = run_contained(future, &self.pool).await;
-                        yielded = waited;
                         if let Some(payload) = dropped {
                             report.panicked(payload);
                         }
                         let _in_job = self.pool.enter_job();
                         let end = || jobs.end(key, kept, attempt, ran, &mut report);
-                        catch_unwind(AssertUnwindSafe(end)).unwrap_or_else(|payload| {
+                        let retry = catch_unwind(AssertUnwindSafe(end)).unwrap_or_else(|payload| {
                             report.panicked(payload);
                             None
-                        })
+                        });
+                        (retry, waited)
                     }
                     Err(payload) => {
                         report.panicked(payload);
-                        None
+                        (None, false)
                     }
                 };
                 let ran = match retry {
@@ -155,21 +153,15 @@ where
                 }
                 // A job that waited has let the runtime run others; one that never did
                 // spends the budget, and yields once it is spent.
-                if !yielded {
+                if !waited {
                     tokio::task::coop::consume_budget().await;
                 }
             };
             let done = state.done();
             attempts = 0;
-            self.counters.completed(done);
-            if stop != BatchEnd::Ran
-                || !self.more_jobs(mailbox, done, None)
-                || mailbox.continue_turn_stamped(max, batch, due, stamps) == 0
-            {
+            if !self.next_batch(mailbox, batch, due, stamps, done, stop, None) {
                 return self.end_turn(mailbox, batch, due, stamps, done, stop, 0);
             }
-            // As in `run_turn`: the jobs just taken keep the gate open.
-            self.left(done);
         }
     }
 }

@@ -65,24 +65,41 @@ where
         let Some(mut attempts) = self.begin_turn(mailbox, batch, due, stamps, index) else {
             return EndTurn::Halted;
         };
-        let max = self.config.jobs_per_turn;
-        let mut done;
-        let mut stop;
         loop {
-            (done, stop) = self.run_batch(mailbox, batch, due, stamps, attempts, index);
+            let (done, stop) = self.run_batch(mailbox, batch, due, stamps, attempts, index);
             attempts = 0;
-            self.counters.completed(done);
-            if stop != BatchEnd::Ran
-                || !self.more_jobs(mailbox, done, Some(worker))
-                || mailbox.continue_turn_stamped(max, batch, due, stamps) == 0
-            {
-                break;
+            if !self.next_batch(mailbox, batch, due, stamps, done, stop, Some(worker)) {
+                return self.end_turn(mailbox, batch, due, stamps, done, stop, index);
             }
+        }
+    }
+
+    /// After a batch that ran `done` jobs and stopped as `stop`: counts them, and takes the
+    /// key's next batch if the turn goes on (see [`Core::more_jobs`]), letting the jobs just
+    /// run leave the gate. Returns whether it goes on; if not, the caller ends the turn, and
+    /// the jobs leave the gate there.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn next_batch(
+        &self,
+        mailbox: &Mailbox<K, J>,
+        batch: &mut VecDeque<J>,
+        due: &mut Marks,
+        stamps: &mut VecDeque<Instant>,
+        done: usize,
+        stop: BatchEnd,
+        worker: Option<&Worker<'_>>,
+    ) -> bool {
+        self.counters.completed(done);
+        let max = self.config.jobs_per_turn;
+        let more = stop == BatchEnd::Ran
+            && self.more_jobs(mailbox, done, worker)
+            && mailbox.continue_turn_stamped(max, batch, due, stamps) > 0;
+        if more {
             // The jobs just taken keep the gate's count above zero, so this cannot empty it
             // while the key is still to be filed (see `end_turn`).
             self.left(done);
         }
-        self.end_turn(mailbox, batch, due, stamps, done, stop, index)
+        more
     }
 
     /// The start of a turn: counts it, and takes the key's first batch. Returns the failed
