@@ -254,6 +254,25 @@ impl<E> Failure<E> {
     pub fn into_error(self) -> E {
         self.error
     }
+
+    /// The same failure (retried as before, after the same delay, or permanent) with its error
+    /// mapped: for a layer that wraps a handler and reports its errors as its own type.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use keyed_dispatch::Failure;
+    /// use std::time::Duration;
+    ///
+    /// let busy = Failure::retry_after(Duration::from_secs(1), 429).map(|code| format!("HTTP {code}"));
+    /// assert_eq!(busy.error(), "HTTP 429");
+    /// ```
+    pub fn map<F>(self, f: impl FnOnce(E) -> F) -> Failure<F> {
+        Failure {
+            error: f(self.error),
+            kind: self.kind,
+        }
+    }
 }
 
 impl<E> From<E> for Failure<E> {
