@@ -1,0 +1,92 @@
+//! A connection that comes back after the server goes away: each of the consumer's threads
+//! owns one, and a command that failed for want of a server is sent again once reconnected.
+
+use crate::Error;
+use log::warn;
+use redis::{Client, Connection, RedisError, RedisResult};
+use std::time::Duration;
+
+/// How long a command may wait for its reply before the connection counts as lost.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first and the longest pause between two attempts to reconnect.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+
+pub(crate) struct Conn {
+    client: Client,
+    url: String,
+    con: Option<Connection>,
+}
+
+impl Conn {
+    /// Connects to `url`; an error here is the caller's to report (a wrong URL, no server).
+    pub(crate) fn open(url: &str) -> Result<Conn, Error> {
+        let connect = |source| Error::Connect {
+            url: url.to_string(),
+            source,
+        };
+        let client = Client::open(url).map_err(connect)?;
+        let con = connection(&client).map_err(connect)?;
+        Ok(Conn {
+            client,
+            url: url.to_string(),
+            con: Some(con),
+        })
+    }
+
+    /// The connection itself, for a caller that reports errors rather than reconnecting.
+    pub(crate) fn into_connection(self) -> Connection {
+        self.con.expect("a connection just opened")
+    }
+
+    /// Runs `command`, reconnecting and running it again while the server cannot be reached,
+    /// with a pause that doubles up to a second. Gives up (returning the error) when another
+    /// kind of error comes back, or when `give_up` says so between two attempts.
+    pub(crate) fn run<T>(
+        &mut self,
+        give_up: &dyn Fn() -> bool,
+        mut command: impl FnMut(&mut Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let error = match self.con.as_mut() {
+                Some(con) => match command(con) {
+                    Ok(reply) => return Ok(reply),
+                    Err(e) if !lost(&e) => return Err(e),
+                    Err(e) => e,
+                },
+                None => match connection(&self.client) {
+                    Ok(con) => {
+                        self.con = Some(con);
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+            };
+            self.con = None;
+            if give_up() {
+                return Err(error);
+            }
+            warn!("{}: {error}; reconnect in {pause:?}", self.url);
+            std::thread::sleep(pause); // the backoff between two reconnections
+            pause = (pause * 2).min(LONGEST_PAUSE);
+        }
+    }
+}
+
+fn connection(client: &Client) -> RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(REPLY_TIMEOUT)?;
+    con.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    con.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    Ok(con)
+}
+
+/// Whether `e` says the server could not be reached or is not ready, rather than that the
+/// command was wrong: such a command is sent again once the server is back.
+pub(crate) fn lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+}

@@ -1,0 +1,103 @@
+//! The acker: writes the acknowledgements and dead letters of finished entries, in batches,
+//! each fenced by its lease. It settles each entry in its lease's `in_flight` once written (or
+//! refused), so a lease with nothing in flight has nothing left to write.
+
+use crate::{conn::Conn, lease::Lease, scripts, topic::GROUP, Topic};
+use crossbeam_channel::Receiver;
+use log::error;
+use std::sync::{atomic::Ordering, Arc};
+
+/// What becomes of a finished entry.
+pub(crate) enum Settle {
+    Ack {
+        lease: Arc<Lease>,
+        id: String,
+    },
+    Dead {
+        lease: Arc<Lease>,
+        id: String,
+        key: String,
+        payload: Vec<u8>,
+        error: String,
+        attempts: u32,
+    },
+}
+
+/// Runs until every sender is gone, having written all they sent.
+pub(crate) fn run(settled: Receiver<Settle>, mut conn: Conn, topic: Topic, batch: usize) {
+    let acked = topic.acked();
+    let dead = topic.dead();
+    let mut acks: Vec<(Arc<Lease>, Vec<String>)> = Vec::new();
+    while let Ok(first) = settled.recv() {
+        let mut deaths = Vec::new();
+        let mut take = |settle| match settle {
+            Settle::Ack { lease, id } => {
+                match acks.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &lease)) {
+                    Some((_, ids)) => ids.push(id),
+                    None => acks.push((lease, vec![id])),
+                }
+            }
+            death @ Settle::Dead { .. } => deaths.push(death),
+        };
+        take(first);
+        for settle in settled.try_iter().take(batch.saturating_sub(1)) {
+            take(settle);
+        }
+        for (lease, ids) in acks.drain(..) {
+            let reply: Result<i64, _> = conn.run(&|| false, |con| {
+                scripts::ack()
+                    .key(&lease.key)
+                    .key(&lease.stream)
+                    .key(&acked)
+                    .arg(&lease.token)
+                    .arg(GROUP)
+                    .arg(&ids)
+                    .invoke(con)
+            });
+            written(&lease, reply, ids.len());
+        }
+        for death in deaths {
+            let Settle::Dead {
+                lease,
+                id,
+                key,
+                payload,
+                error,
+                attempts,
+            } = death
+            else {
+                unreachable!("only dead letters are kept apart")
+            };
+            let reply: Result<i64, _> = conn.run(&|| false, |con| {
+                scripts::dead()
+                    .key(&lease.key)
+                    .key(&lease.stream)
+                    .key(&acked)
+                    .key(&dead)
+                    .arg(&lease.token)
+                    .arg(GROUP)
+                    .arg(&id)
+                    .arg(&key)
+                    .arg(&payload)
+                    .arg(&error)
+                    .arg(attempts)
+                    .arg(lease.partition)
+                    .invoke(con)
+            });
+            written(&lease, reply, 1);
+        }
+    }
+}
+
+/// Settles `count` entries of `lease` after their write: refused means the lease is gone.
+fn written(lease: &Lease, reply: redis::RedisResult<i64>, count: usize) {
+    match reply {
+        Ok(-1) => lease.lose(),
+        Ok(_) => {}
+        Err(e) => error!(
+            "partition {}: cannot acknowledge {count} entries: {e}",
+            lease.partition
+        ),
+    }
+    lease.in_flight.fetch_sub(count, Ordering::SeqCst);
+}

@@ -1,0 +1,222 @@
+//! The control loop: once a tick, it renews this member's registration and leases, works out
+//! which partitions the live members' spread gives it, hands over those it should no longer
+//! hold (after their entries in flight are settled), and takes those it should hold once free.
+
+use super::Shared;
+use crate::{
+    conn::Conn,
+    error::at_key,
+    lease::{deadline, Lease},
+    publisher::stored_partitions,
+    scripts,
+    topic::GROUP,
+    Error,
+};
+use crossbeam_channel::Receiver;
+use log::{debug, error, info};
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+/// How long a partition whose stream cannot be used (a key of the wrong type) is left alone.
+const SHUN: Duration = Duration::from_secs(30);
+
+/// The partitions that `member` holds among `members` (sorted): partition `p` goes to the
+/// `p % members.len()`-th, so each member holds within one of every other's count.
+pub(crate) fn assigned(members: &[String], member: &str, partitions: u32) -> Vec<u32> {
+    let Some(rank) = members.iter().position(|m| m == member) else {
+        return Vec::new();
+    };
+    (0..partitions)
+        .filter(|p| *p as usize % members.len() == rank)
+        .collect()
+}
+
+pub(crate) struct Control {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conn: Conn,
+    pub(crate) wake: Receiver<()>,
+}
+
+impl Control {
+    pub(crate) fn run(mut self) {
+        let mut partitions = None;
+        let mut owned: Vec<Arc<Lease>> = Vec::new();
+        let mut shunned: HashMap<u32, Instant> = HashMap::new();
+        loop {
+            let leaving = self.shared.leaving.load(Ordering::SeqCst);
+            if let Err(e) = self.tick(leaving, &mut partitions, &mut owned, &mut shunned) {
+                error!("{}: {e}", self.shared.member);
+            }
+            *self.shared.owned.lock().unwrap() = owned.clone();
+            self.shared.changed.notify_all();
+            if leaving && owned.is_empty() {
+                return;
+            }
+            let _ = self.wake.recv_timeout(self.shared.tick);
+        }
+    }
+
+    fn tick(
+        &mut self,
+        leaving: bool,
+        partitions: &mut Option<u32>,
+        owned: &mut Vec<Arc<Lease>>,
+        shunned: &mut HashMap<u32, Instant>,
+    ) -> Result<(), Error> {
+        let shared = Arc::clone(&self.shared);
+        let (topic, member, ttl) = (&shared.topic, shared.member.as_str(), shared.ttl);
+        let ttl_ms = ttl.as_millis() as u64;
+        let never = || false;
+        if partitions.is_none() {
+            *partitions = self
+                .conn
+                .run(&never, |con| Ok(stored_partitions(con, topic)))??;
+        }
+        let mut members: Vec<String> = self
+            .conn
+            .run(&never, |con| {
+                scripts::heartbeat()
+                    .key(topic.members())
+                    .arg(member)
+                    .arg(ttl_ms)
+                    .arg(if leaving { "1" } else { "0" })
+                    .invoke(con)
+            })
+            .map_err(|e| at_key(e, &topic.members()))?;
+        members.sort();
+
+        // Renew; a lease the server no longer has, or that this member stopped trusting,
+        // is gone: released if still there, its entries left for the next owner.
+        let mut kept = Vec::with_capacity(owned.len());
+        for lease in owned.drain(..) {
+            let sent = Instant::now();
+            let renewed: i64 = self.conn.run(&never, |con| {
+                scripts::renew()
+                    .key(&lease.key)
+                    .arg(&lease.token)
+                    .arg(ttl_ms)
+                    .invoke(con)
+            })?;
+            if renewed == 1 && lease.renewed(sent, ttl, shared.margin) {
+                kept.push(lease);
+            } else {
+                lease.lose();
+                self.release(&lease)?;
+            }
+        }
+        *owned = kept;
+
+        // Hand over what the spread gives to others, once its entries are settled.
+        let wanted = match *partitions {
+            Some(partitions) if !leaving => assigned(&members, member, partitions),
+            _ => Vec::new(),
+        };
+        let mut kept = Vec::with_capacity(owned.len());
+        for lease in owned.drain(..) {
+            if wanted.contains(&lease.partition) {
+                kept.push(lease);
+                continue;
+            }
+            lease.draining.store(true, Ordering::SeqCst);
+            if lease.in_flight.load(Ordering::SeqCst) == 0 {
+                self.release(&lease)?;
+                info!("{member}: handed over partition {}", lease.partition);
+            } else {
+                kept.push(lease);
+            }
+        }
+        *owned = kept;
+
+        // Take what the spread gives to this member, as soon as it is free.
+        if leaving || shared.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        shunned.retain(|_, until| *until > Instant::now());
+        for partition in wanted {
+            if owned.iter().any(|l| l.partition == partition) || shunned.contains_key(&partition) {
+                continue;
+            }
+            let sent = Instant::now();
+            let epoch: u64 = self.conn.run(&never, |con| {
+                scripts::take()
+                    .key(topic.lease(partition))
+                    .key(topic.epoch(partition))
+                    .arg(member)
+                    .arg(ttl_ms)
+                    .invoke(con)
+            })?;
+            if epoch == 0 {
+                continue;
+            }
+            let trusted = deadline(shared.origin, sent, ttl, shared.margin);
+            let lease = Lease::new(partition, epoch, member, topic, shared.origin, trusted);
+            match self.create_group(&lease.stream) {
+                Ok(()) => {
+                    info!("{member}: took partition {partition} (epoch {epoch})");
+                    owned.push(Arc::new(lease));
+                }
+                Err(e) => {
+                    error!("{member}: cannot read partition {partition}: {e}");
+                    self.release(&lease)?;
+                    shunned.insert(partition, Instant::now() + SHUN);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The partition's group, reading from the stream's start, if it does not exist yet.
+    fn create_group(&mut self, stream: &str) -> Result<(), Error> {
+        let created = self.conn.run(&|| false, |con| {
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query::<()>(con)
+        });
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other.map_err(|e| at_key(e, stream)),
+        }
+    }
+
+    fn release(&mut self, lease: &Lease) -> Result<(), Error> {
+        let released: i64 = self.conn.run(&|| false, |con| {
+            scripts::release()
+                .key(&lease.key)
+                .arg(&lease.token)
+                .invoke(con)
+        })?;
+        debug!(
+            "partition {} epoch {}: {}",
+            lease.partition,
+            lease.epoch,
+            if released == 1 {
+                "released"
+            } else {
+                "already gone"
+            }
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned;
+
+    #[test]
+    fn the_spread_gives_each_partition_to_one_member_evenly() {
+        let members: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let spread: Vec<Vec<u32>> = members.iter().map(|m| assigned(&members, m, 16)).collect();
+        assert_eq!(spread[0], [0, 3, 6, 9, 12, 15]);
+        assert_eq!(spread[1], [1, 4, 7, 10, 13]);
+        assert_eq!(spread[2], [2, 5, 8, 11, 14]);
+        assert!(assigned(&members, "d", 16).is_empty());
+    }
+}
