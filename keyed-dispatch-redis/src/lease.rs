@@ -119,7 +119,8 @@ mod tests {
     use super::*;
 
     fn lease(trust: Duration) -> Lease {
-        let origin = Instant::now();
+        // A clock started a while ago, so that a deadline right at its start is in the past.
+        let origin = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
         let until = deadline(origin, origin, trust, Duration::ZERO);
         Lease::new(3, 7, "m1", &crate::Topic::new("t"), origin, until)
     }

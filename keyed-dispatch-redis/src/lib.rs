@@ -37,7 +37,8 @@
 //! value is `member/epoch`; epochs come from `T:epoch:P` and grow each time the partition is
 //! taken. Every step below is one Lua script, so each is atomic on the server.
 //!
-//! A member's control loop runs every fifth of the lease's time to live (a *tick*):
+//! A member's control loop runs every fifth of the lease's time to live, at most every half
+//! second (a *tick*):
 //! 1. **Heartbeat**: renew its place in `T:members` (expiring with the lease's time to live)
 //!    and drop the members whose time ran out; the live ones, sorted by name, spread the
 //!    partitions: partition `p` goes to the `p % n`-th.

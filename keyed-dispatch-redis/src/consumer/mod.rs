@@ -81,8 +81,10 @@ impl ConsumerBuilder {
         self
     }
 
-    /// The leases' time to live ([`DEFAULT_LEASE`]). The lease is renewed every fifth of it,
-    /// and trusted for four fifths of it after a renewal was sent.
+    /// The leases' time to live ([`DEFAULT_LEASE`]). The lease is renewed every fifth of it
+    /// (at most every half second), and trusted for four fifths of it after a renewal was
+    /// sent. A crashed member's partitions move this long after its last renewal, and at most
+    /// a renewal's interval more.
     pub fn lease(mut self, ttl: Duration) -> Self {
         self.lease = ttl;
         self
@@ -127,7 +129,8 @@ impl ConsumerBuilder {
         let control_conn = Conn::open(&self.url)?;
         let reader_conn = Conn::open(&self.url)?;
         let acker_conn = Conn::open(&self.url)?;
-        let tick = (self.lease / 5).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        // Takeover after a crash: the lease's time to live, then at most a tick.
+        let tick = (self.lease / 5).clamp(Duration::from_millis(10), Duration::from_millis(500));
         let shared = Arc::new(Shared {
             topic: Topic::new(self.topic),
             member: self.member,

@@ -18,6 +18,7 @@ use redis::Value;
 use std::{
     collections::HashMap,
     sync::{atomic::Ordering, Arc},
+    time::Duration,
 };
 
 /// Where the reader is in a partition, for one lease of it.
@@ -180,13 +181,15 @@ impl Reader {
         }
     }
 
-    /// Waits for new entries in the partitions read to the end, or for the set of leases to
-    /// change, whichever comes first, at most a tick.
+    /// Waits for new entries in the partitions read to the end (at most 100 ms), or, with
+    /// none, for the set of leases to change (at most a tick).
     fn wait(&mut self, leases: &[Arc<Lease>], cursors: &HashMap<u32, (u64, Cursor)>) {
         let mut xread = redis::cmd("XREAD");
+        // Short enough that a partition just taken is read soon after.
+        let block = self.shared.tick.min(Duration::from_millis(100));
         xread
             .arg("BLOCK")
-            .arg(self.shared.tick.as_millis() as u64)
+            .arg(block.as_millis() as u64)
             .arg("STREAMS");
         let mut ids = Vec::new();
         for lease in leases {
