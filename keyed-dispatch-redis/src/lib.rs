@@ -19,8 +19,9 @@
 //!   entries, and a key's entries never run at once on one member.
 //! - **Re-executions** happen only to entries that ran but whose acknowledgement was lost: in
 //!   a crash, or when a member's lease ran out (a pause past its time to live). Each such event
-//!   re-runs at most `W + 256` entries of that member: the `W` running (its workers) and those
-//!   whose acknowledgement was waiting to be written (at most one batch, [`DEFAULT_BATCH`]).
+//!   re-runs at most `W + B` entries of that member: the `W` running (its workers) and those
+//!   whose acknowledgement was waiting to be written (at most `B`, the batch size,
+//!   [`DEFAULT_BATCH`] = 256 unless [`ConsumerBuilder::batch`] says otherwise).
 //!   A handover (a member leaving, or the spread changing) re-runs nothing.
 //! - **Fencing.** A member that lost a lease starts no entry of that partition once it notices
 //!   (at the latest when its own deadline for the lease passes, which is before the server's),

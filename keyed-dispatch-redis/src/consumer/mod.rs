@@ -97,7 +97,8 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Entries read at once from a partition ([`DEFAULT_BATCH`]).
+    /// Entries read at once from a partition ([`DEFAULT_BATCH`]); also the most
+    /// acknowledgements waiting to be written, so the most a crash can lose.
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
@@ -143,7 +144,10 @@ impl ConsumerBuilder {
             stopping: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
         });
-        let (settle, settled) = bounded::<Settle>(self.batch);
+        // Acknowledgements not yet written: half a batch queued, half in the acker's hands,
+        // so that a crash loses at most a batch of them.
+        let half = (self.batch / 2).max(1);
+        let (settle, settled) = bounded::<Settle>(half);
         let dead = settle.clone();
         let done = settle.clone();
         let mut builder = Dispatcher::builder()
@@ -189,7 +193,7 @@ impl ConsumerBuilder {
             settle,
             batch: self.batch,
         };
-        let (topic, batch) = (shared.topic.clone(), self.batch);
+        let (topic, batch) = (shared.topic.clone(), half);
         let threads = vec![
             spawn(
                 "acker",
