@@ -120,8 +120,7 @@ impl Control {
                 kept.push(lease);
                 continue;
             }
-            lease.draining.store(true, Ordering::SeqCst);
-            if lease.in_flight.load(Ordering::SeqCst) == 0 {
+            if lease.hand_over() {
                 self.release(&lease)?;
                 info!("{member}: handed over partition {}", lease.partition);
             } else {

@@ -51,9 +51,9 @@ impl Reader {
             });
             let mut read_any = false;
             for lease in &leases {
-                if lease.draining.load(Ordering::SeqCst) || !lease.holds() {
+                let Some(_batch) = lease.begin_batch() else {
                     continue;
-                }
+                };
                 let (_, cursor) = cursors
                     .entry(lease.partition)
                     .or_insert_with(|| (lease.epoch, Cursor::Replay("0".into())));
