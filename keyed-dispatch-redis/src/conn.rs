@@ -4,7 +4,7 @@
 use crate::Error;
 use log::warn;
 use redis::{Client, Connection, RedisError, RedisResult};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a command may wait for its reply before the connection counts as lost.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,37 +40,48 @@ impl Conn {
     }
 
     /// Runs `command`, reconnecting and running it again while the server cannot be reached,
-    /// with a pause that doubles up to a second. Gives up (returning the error) when another
-    /// kind of error comes back, or when `give_up` says so between two attempts.
+    /// with a pause that doubles up to a second. For commands that may run twice: the server
+    /// may have run one whose reply was lost. Gives up (returning the error) when another kind
+    /// of error comes back, or when `give_up`, told how long the server has been out of reach,
+    /// says so.
     pub(crate) fn run<T>(
         &mut self,
-        give_up: &dyn Fn() -> bool,
+        give_up: &dyn Fn(Duration) -> bool,
         mut command: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
+        let since = Instant::now();
         let mut pause = FIRST_PAUSE;
         loop {
-            let error = match self.con.as_mut() {
-                Some(con) => match command(con) {
-                    Ok(reply) => return Ok(reply),
-                    Err(e) if !lost(&e) => return Err(e),
-                    Err(e) => e,
-                },
-                None => match connection(&self.client) {
-                    Ok(con) => {
-                        self.con = Some(con);
-                        continue;
+            match self.run_once(&mut command) {
+                Err(e) if lost(&e) => {
+                    if give_up(since.elapsed()) {
+                        return Err(e);
                     }
-                    Err(e) => e,
-                },
-            };
-            self.con = None;
-            if give_up() {
-                return Err(error);
+                    warn!("{}: {e}; reconnect in {pause:?}", self.url);
+                    std::thread::sleep(pause); // the backoff between two reconnections
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                }
+                other => return other,
             }
-            warn!("{}: {error}; reconnect in {pause:?}", self.url);
-            std::thread::sleep(pause); // the backoff between two reconnections
-            pause = (pause * 2).min(LONGEST_PAUSE);
         }
+    }
+
+    /// Runs `command` once, connecting first if the last command lost the connection; for a
+    /// command that must not run twice. An error for which [`lost`] holds leaves the
+    /// connection to be made again by the next command.
+    pub(crate) fn run_once<T>(
+        &mut self,
+        command: &mut impl FnMut(&mut Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        let con = match self.con.as_mut() {
+            Some(con) => con,
+            None => self.con.insert(connection(&self.client)?),
+        };
+        let reply = command(con);
+        if reply.as_ref().is_err_and(lost) {
+            self.con = None;
+        }
+        reply
     }
 }
 

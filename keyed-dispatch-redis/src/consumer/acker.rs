@@ -2,7 +2,8 @@
 //! each fenced by its lease. It settles each entry in its lease's `in_flight` once written (or
 //! refused), so a lease with nothing in flight has nothing left to write.
 
-use crate::{conn::Conn, lease::Lease, scripts, topic::GROUP, Topic};
+use super::Shared;
+use crate::{conn::Conn, lease::Lease, scripts, topic::GROUP};
 use crossbeam_channel::Receiver;
 use log::error;
 use std::sync::{atomic::Ordering, Arc};
@@ -23,68 +24,83 @@ pub(crate) enum Settle {
     },
 }
 
-/// Runs until every sender is gone, having written all they sent.
-pub(crate) fn run(settled: Receiver<Settle>, mut conn: Conn, topic: Topic, batch: usize) {
-    let acked = topic.acked();
-    let dead = topic.dead();
-    let mut acks: Vec<(Arc<Lease>, Vec<String>)> = Vec::new();
-    while let Ok(first) = settled.recv() {
-        let mut deaths = Vec::new();
-        let mut take = |settle| match settle {
-            Settle::Ack { lease, id } => {
-                match acks.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &lease)) {
-                    Some((_, ids)) => ids.push(id),
-                    None => acks.push((lease, vec![id])),
+pub(crate) struct Acker {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conn: Conn,
+    pub(crate) batch: usize,
+}
+
+impl Acker {
+    /// Runs until every sender is gone, having written all they sent (or given up on the server
+    /// while stopping, see [`Shared::gives_up`]).
+    pub(crate) fn run(self, settled: Receiver<Settle>) {
+        let Acker {
+            shared,
+            mut conn,
+            batch,
+        } = self;
+        let give_up = |down| shared.gives_up(down);
+        let acked = shared.topic.acked();
+        let dead = shared.topic.dead();
+        let mut acks: Vec<(Arc<Lease>, Vec<String>)> = Vec::new();
+        while let Ok(first) = settled.recv() {
+            let mut deaths = Vec::new();
+            let mut take = |settle| match settle {
+                Settle::Ack { lease, id } => {
+                    match acks.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &lease)) {
+                        Some((_, ids)) => ids.push(id),
+                        None => acks.push((lease, vec![id])),
+                    }
                 }
-            }
-            death @ Settle::Dead { .. } => deaths.push(death),
-        };
-        take(first);
-        for settle in settled.try_iter().take(batch.saturating_sub(1)) {
-            take(settle);
-        }
-        for (lease, ids) in acks.drain(..) {
-            let reply: Result<i64, _> = conn.run(&|| false, |con| {
-                scripts::ack()
-                    .key(&lease.key)
-                    .key(&lease.stream)
-                    .key(&acked)
-                    .arg(&lease.token)
-                    .arg(GROUP)
-                    .arg(&ids)
-                    .invoke(con)
-            });
-            written(&lease, reply, ids.len());
-        }
-        for death in deaths {
-            let Settle::Dead {
-                lease,
-                id,
-                key,
-                payload,
-                error,
-                attempts,
-            } = death
-            else {
-                unreachable!("only dead letters are kept apart")
+                death @ Settle::Dead { .. } => deaths.push(death),
             };
-            let reply: Result<i64, _> = conn.run(&|| false, |con| {
-                scripts::dead()
-                    .key(&lease.key)
-                    .key(&lease.stream)
-                    .key(&acked)
-                    .key(&dead)
-                    .arg(&lease.token)
-                    .arg(GROUP)
-                    .arg(&id)
-                    .arg(&key)
-                    .arg(&payload)
-                    .arg(&error)
-                    .arg(attempts)
-                    .arg(lease.partition)
-                    .invoke(con)
-            });
-            written(&lease, reply, 1);
+            take(first);
+            for settle in settled.try_iter().take(batch.saturating_sub(1)) {
+                take(settle);
+            }
+            for (lease, ids) in acks.drain(..) {
+                let reply: Result<i64, _> = conn.run(&give_up, |con| {
+                    scripts::ack()
+                        .key(&lease.key)
+                        .key(&lease.stream)
+                        .key(&acked)
+                        .arg(&lease.token)
+                        .arg(GROUP)
+                        .arg(&ids)
+                        .invoke(con)
+                });
+                written(&lease, reply, ids.len());
+            }
+            for death in deaths {
+                let Settle::Dead {
+                    lease,
+                    id,
+                    key,
+                    payload,
+                    error,
+                    attempts,
+                } = death
+                else {
+                    unreachable!("only dead letters are kept apart")
+                };
+                let reply: Result<i64, _> = conn.run(&give_up, |con| {
+                    scripts::dead()
+                        .key(&lease.key)
+                        .key(&lease.stream)
+                        .key(&acked)
+                        .key(&dead)
+                        .arg(&lease.token)
+                        .arg(GROUP)
+                        .arg(&id)
+                        .arg(&key)
+                        .arg(&payload)
+                        .arg(&error)
+                        .arg(attempts)
+                        .arg(lease.partition)
+                        .invoke(con)
+                });
+                written(&lease, reply, 1);
+            }
         }
     }
 }

@@ -49,6 +49,10 @@ impl Control {
             let leaving = self.shared.leaving.load(Ordering::SeqCst);
             if let Err(e) = self.tick(leaving, &mut partitions, &mut owned, &mut shunned) {
                 error!("{}: {e}", self.shared.member);
+                if leaving {
+                    // The server is gone (see `Shared::gives_up`): the leases expire there.
+                    return;
+                }
             }
             *self.shared.owned.lock().unwrap() = owned.clone();
             self.shared.changed.notify_all();
@@ -69,15 +73,15 @@ impl Control {
         let shared = Arc::clone(&self.shared);
         let (topic, member, ttl) = (&shared.topic, shared.member.as_str(), shared.ttl);
         let ttl_ms = ttl.as_millis() as u64;
-        let never = || false;
+        let give_up = |down| shared.gives_up(down);
         if partitions.is_none() {
             *partitions = self
                 .conn
-                .run(&never, |con| Ok(stored_partitions(con, topic)))??;
+                .run(&give_up, |con| Ok(stored_partitions(con, topic)))??;
         }
         let mut members: Vec<String> = self
             .conn
-            .run(&never, |con| {
+            .run(&give_up, |con| {
                 scripts::heartbeat()
                     .key(topic.members())
                     .arg(member)
@@ -93,7 +97,7 @@ impl Control {
         let mut kept = Vec::with_capacity(owned.len());
         for lease in owned.drain(..) {
             let sent = Instant::now();
-            let renewed: i64 = self.conn.run(&never, |con| {
+            let renewed: i64 = self.conn.run(&give_up, |con| {
                 scripts::renew()
                     .key(&lease.key)
                     .arg(&lease.token)
@@ -109,7 +113,8 @@ impl Control {
         }
         *owned = kept;
 
-        // Hand over what the spread gives to others, once its entries are settled.
+        // Hand over what the spread gives to others, once its entries are settled; a
+        // partition wanted back before its handover ended is simply read again.
         let wanted = match *partitions {
             Some(partitions) if !leaving => assigned(&members, member, partitions),
             _ => Vec::new(),
@@ -117,6 +122,7 @@ impl Control {
         let mut kept = Vec::with_capacity(owned.len());
         for lease in owned.drain(..) {
             if wanted.contains(&lease.partition) {
+                lease.draining.store(false, Ordering::SeqCst);
                 kept.push(lease);
                 continue;
             }
@@ -139,7 +145,7 @@ impl Control {
                 continue;
             }
             let sent = Instant::now();
-            let epoch: u64 = self.conn.run(&never, |con| {
+            let epoch: u64 = self.conn.run(&give_up, |con| {
                 scripts::take()
                     .key(topic.lease(partition))
                     .key(topic.epoch(partition))
@@ -169,7 +175,8 @@ impl Control {
 
     /// The partition's group, reading from the stream's start, if it does not exist yet.
     fn create_group(&mut self, stream: &str) -> Result<(), Error> {
-        let created = self.conn.run(&|| false, |con| {
+        let shared = Arc::clone(&self.shared);
+        let created = self.conn.run(&|down| shared.gives_up(down), |con| {
             redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(stream)
@@ -185,7 +192,8 @@ impl Control {
     }
 
     fn release(&mut self, lease: &Lease) -> Result<(), Error> {
-        let released: i64 = self.conn.run(&|| false, |con| {
+        let shared = Arc::clone(&self.shared);
+        let released: i64 = self.conn.run(&|down| shared.gives_up(down), |con| {
             scripts::release()
                 .key(&lease.key)
                 .arg(&lease.token)

@@ -61,6 +61,15 @@ pub(crate) struct Shared {
     pub(crate) leaving: AtomicBool,
 }
 
+impl Shared {
+    /// Whether a thread retrying a command should stop: while the consumer stops, once the
+    /// server has been out of reach for longer than a lease lives. Its leases have expired by
+    /// then, and what it could not write stays pending for the next owner.
+    pub(crate) fn gives_up(&self, down: Duration) -> bool {
+        self.stopping.load(Ordering::SeqCst) && down > self.ttl
+    }
+}
+
 /// Sets up a [`Consumer`]; from [`Consumer::builder`].
 #[derive(Debug, Clone)]
 pub struct ConsumerBuilder {
@@ -193,12 +202,13 @@ impl ConsumerBuilder {
             settle,
             batch: self.batch,
         };
-        let (topic, batch) = (shared.topic.clone(), half);
+        let acker = acker::Acker {
+            shared: Arc::clone(&shared),
+            conn: acker_conn,
+            batch: half,
+        };
         let threads = vec![
-            spawn(
-                "acker",
-                Box::new(move || acker::run(settled, acker_conn, topic, batch)),
-            ),
+            spawn("acker", Box::new(move || acker.run(settled))),
             spawn("control", Box::new(move || control.run())),
             spawn("reader", Box::new(move || reader.run())),
         ];

@@ -5,7 +5,7 @@
 
 use super::{acker::Settle, Shared};
 use crate::{
-    conn::Conn,
+    conn::{self, Conn},
     entry::Entry,
     lease::Lease,
     scripts,
@@ -13,7 +13,7 @@ use crate::{
 };
 use crossbeam_channel::Sender;
 use keyed_dispatch::Dispatcher;
-use log::error;
+use log::{error, warn};
 use redis::Value;
 use std::{
     collections::HashMap,
@@ -22,12 +22,24 @@ use std::{
 };
 
 /// Where the reader is in a partition, for one lease of it.
-enum Cursor {
-    /// Replaying the pending list, after this id.
-    Replay(String),
-    /// Reading new entries; the id is the last one delivered to the group, which a blocking
-    /// wait for new entries starts after.
-    New(String),
+struct Cursor {
+    /// Replaying the pending list (after `dispatched`), rather than reading new entries.
+    replaying: bool,
+    /// The last id dispatched under this lease (`0` before the first).
+    dispatched: String,
+    /// The last id delivered to the group, as of the last empty read: a blocking wait for new
+    /// entries starts after it. Empty until known.
+    delivered: String,
+}
+
+impl Cursor {
+    fn new() -> Cursor {
+        Cursor {
+            replaying: true,
+            dispatched: "0".into(),
+            delivered: String::new(),
+        }
+    }
 }
 
 pub(crate) struct Reader {
@@ -56,7 +68,7 @@ impl Reader {
                 };
                 let (_, cursor) = cursors
                     .entry(lease.partition)
-                    .or_insert_with(|| (lease.epoch, Cursor::Replay("0".into())));
+                    .or_insert_with(|| (lease.epoch, Cursor::new()));
                 match self.read(lease, cursor) {
                     Read::Entries => read_any = true,
                     Read::Nothing => {}
@@ -75,24 +87,25 @@ impl Reader {
 
     /// Reads one batch of `lease`'s partition and dispatches it.
     fn read(&mut self, lease: &Arc<Lease>, cursor: &mut Cursor) -> Read {
-        let after = match cursor {
-            Cursor::Replay(id) => id.clone(),
-            Cursor::New(_) => ">".to_string(),
+        let after = if cursor.replaying {
+            cursor.dispatched.clone()
+        } else {
+            ">".to_string()
         };
-        let shared = Arc::clone(&self.shared);
-        let reply: redis::RedisResult<Value> =
-            self.conn
-                .run(&|| shared.stopping.load(Ordering::SeqCst), |con| {
-                    scripts::read()
-                        .key(&lease.key)
-                        .key(&lease.stream)
-                        .arg(&lease.token)
-                        .arg(GROUP)
-                        .arg(CONSUMER)
-                        .arg(self.batch)
-                        .arg(&after)
-                        .invoke(con)
-                });
+        // Once only: a read of new entries moves them to the pending list, so if its reply is
+        // lost, sending it again would skip them. The partition's pending list is replayed
+        // instead, from the last entry dispatched.
+        let reply: redis::RedisResult<Value> = self.conn.run_once(&mut |con| {
+            scripts::read()
+                .key(&lease.key)
+                .key(&lease.stream)
+                .arg(&lease.token)
+                .arg(GROUP)
+                .arg(CONSUMER)
+                .arg(self.batch)
+                .arg(&after)
+                .invoke(con)
+        });
         let (last, entries) = match reply {
             Ok(Value::Nil) => {
                 lease.lose();
@@ -108,6 +121,12 @@ impl Reader {
                 return Read::Nothing;
             }
             Err(_) if self.stopping() => return Read::Stop,
+            Err(e) if conn::lost(&e) => {
+                warn!("partition {}: {e}; reconnect and replay", lease.partition);
+                cursor.replaying = true;
+                self.pause();
+                return Read::Nothing;
+            }
             Err(e) => {
                 error!(
                     "partition {}: cannot read {}: {e}",
@@ -121,10 +140,8 @@ impl Reader {
             return Read::Nothing;
         };
         if entries.is_empty() {
-            match cursor {
-                Cursor::Replay(_) => *cursor = Cursor::New(last.unwrap_or_default()),
-                Cursor::New(id) => *id = last.unwrap_or_default(),
-            }
+            cursor.replaying = false;
+            cursor.delivered = last.unwrap_or_default();
             return Read::Nothing;
         }
         for entry in entries {
@@ -138,9 +155,7 @@ impl Reader {
                     continue;
                 }
             };
-            if let Cursor::Replay(after) = cursor {
-                after.clone_from(&id);
-            }
+            cursor.dispatched.clone_from(&id);
             let (key, payload) = fields_of(fields);
             let Some(key) = key else {
                 // No key (or an entry deleted while pending): it can never run, so it is
@@ -187,16 +202,24 @@ impl Reader {
         let mut xread = redis::cmd("XREAD");
         // Short enough that a partition just taken is read soon after.
         let block = self.shared.tick.min(Duration::from_millis(100));
+        // One entry is enough to wake up: the reads that follow take the entries.
         xread
+            .arg("COUNT")
+            .arg(1)
             .arg("BLOCK")
             .arg(block.as_millis() as u64)
             .arg("STREAMS");
         let mut ids = Vec::new();
         for lease in leases {
-            if let Some((_, Cursor::New(id))) = cursors.get(&lease.partition) {
-                if !id.is_empty() {
+            // Not a partition being handed over or lost: its last delivered id is stale, and
+            // the wait would return at once, every time.
+            if lease.draining.load(Ordering::SeqCst) || !lease.holds() {
+                continue;
+            }
+            if let Some((epoch, cursor)) = cursors.get(&lease.partition) {
+                if *epoch == lease.epoch && !cursor.replaying && !cursor.delivered.is_empty() {
                     xread.arg(&lease.stream);
-                    ids.push(id.clone());
+                    ids.push(cursor.delivered.clone());
                 }
             }
         }
@@ -209,9 +232,19 @@ impl Reader {
         let shared = Arc::clone(&self.shared);
         let _ = self
             .conn
-            .run(&|| shared.stopping.load(Ordering::SeqCst), |con| {
+            .run(&|_| shared.stopping.load(Ordering::SeqCst), |con| {
                 xread.query::<Value>(con)
             });
+    }
+}
+
+impl Reader {
+    /// A pause after losing the connection, so that a server that is down is not polled in
+    /// a tight loop (`run_once` reconnects on the next read).
+    fn pause(&self) {
+        let owned = self.shared.owned.lock().unwrap();
+        let pause = self.shared.tick.min(Duration::from_millis(100));
+        let _ = self.shared.changed.wait_timeout(owned, pause);
     }
 }
 
