@@ -93,14 +93,8 @@ impl Publisher {
     /// [`Error::WrongType`] if the partition's key holds something other than a stream,
     /// [`Error::Redis`] for any other failure.
     pub fn publish(&mut self, key: &str, payload: &[u8]) -> Result<String, Error> {
-        let stream = &self.streams[partition_of(key.as_bytes(), self.partitions) as usize];
-        redis::cmd("XADD")
-            .arg(stream)
-            .arg("*")
-            .arg("key")
-            .arg(key)
-            .arg("payload")
-            .arg(payload)
+        let stream = stream_of(&self.streams, key);
+        xadd(stream, key, payload)
             .query(&mut self.con)
             .map_err(|e| at_key(e, stream))
     }
@@ -116,20 +110,31 @@ impl Publisher {
     ) -> Result<(), Error> {
         let mut pipe = redis::pipe();
         for (key, payload) in entries {
-            let stream = &self.streams[partition_of(key.as_bytes(), self.partitions) as usize];
-            pipe.cmd("XADD")
-                .arg(stream)
-                .arg("*")
-                .arg("key")
-                .arg(key)
-                .arg("payload")
-                .arg(payload)
+            pipe.add_command(xadd(stream_of(&self.streams, key), key, payload))
                 .ignore();
         }
         let topic = self.topic.name();
         pipe.query::<()>(&mut self.con)
             .map_err(|e| at_key(e, &format!("a partition stream of {topic}")))
     }
+}
+
+/// The stream of `key`'s partition, among a topic's `streams`.
+fn stream_of<'a>(streams: &'a [String], key: &str) -> &'a str {
+    &streams[partition_of(key.as_bytes(), streams.len() as u32) as usize]
+}
+
+/// The `XADD` that appends the entry `(key, payload)` to `stream`.
+fn xadd(stream: &str, key: &str, payload: &[u8]) -> redis::Cmd {
+    let mut command = redis::cmd("XADD");
+    command
+        .arg(stream)
+        .arg("*")
+        .arg("key")
+        .arg(key)
+        .arg("payload")
+        .arg(payload);
+    command
 }
 
 fn connect(url: &str) -> Result<Connection, Error> {

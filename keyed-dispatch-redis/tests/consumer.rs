@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Server, PATIENCE};
+use common::{counter, eventually, Server, PATIENCE};
 use keyed_dispatch_redis::{
     partition_of, Consumer, Entry, Error, Failure, Publisher, RetryPolicy, Topic, GROUP,
 };
@@ -61,30 +61,6 @@ fn publish(url: &str, topic: &str, keys: usize, jobs: usize) {
         .unwrap();
 }
 
-fn connect(server: &Server) -> Connection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-/// Polls `condition` until it holds, or panics after `PATIENCE`.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5)); // polling a condition in Redis
-    }
-}
-
-fn counter(con: &mut Connection, key: &str) -> u64 {
-    redis::cmd("GET")
-        .arg(key)
-        .query::<Option<u64>>(con)
-        .unwrap()
-        .unwrap_or(0)
-}
-
 /// Entries of topic `t`'s partition `p` read and not acknowledged.
 fn pending(con: &mut Connection, p: u32) -> u64 {
     let summary: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
@@ -126,7 +102,7 @@ fn every_entry_runs_once_in_key_order_and_is_acknowledged() {
     publish(&server.url(), "t", keys, jobs);
     let runs = Arc::new(Runs::default());
     let consumer = consumer(&server.url(), "t", "m1", &runs);
-    let mut con = connect(&server);
+    let mut con = server.connection();
     eventually("every entry acknowledged", || {
         counter(&mut con, "t:acked") == jobs as u64
     });
@@ -196,7 +172,7 @@ fn a_member_whose_lease_is_taken_starts_nothing_more_of_that_partition() {
     publisher
         .publish_all(keys.iter().map(|k| (k.as_str(), &b"0"[..])))
         .unwrap();
-    let mut con = connect(&server);
+    let mut con = server.connection();
     // Acknowledged, not only run: an acknowledgement refused for want of the lease would make
     // the entry run again, as it may after a real lease loss.
     eventually("the first jobs", || {
@@ -256,7 +232,7 @@ fn entries_that_cannot_run_are_dead_lettered_and_the_partition_goes_on() {
     publisher.publish(key, b"0").unwrap();
     publisher.publish(key, b"not a number").unwrap();
     publisher.publish(key, b"panic").unwrap();
-    let mut con = connect(&server);
+    let mut con = server.connection();
     redis::cmd("XADD")
         .arg(&stream)
         .arg("*")
@@ -323,8 +299,9 @@ fn a_retried_entry_keeps_its_keys_later_entries_behind_it() {
     publish(&url, "t", 4, 400);
     let runs = Arc::new(Runs::default());
     let recorded = Arc::clone(&runs);
-    let failures = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::clone(&failures);
+    // Attempts so far, per entry (ids are per partition).
+    let attempts = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let attempted = Arc::clone(&attempts);
     let consumer = Consumer::builder(&url, "t", "m1")
         .workers(4)
         .retry(
@@ -337,9 +314,15 @@ fn a_retried_entry_keeps_its_keys_later_entries_behind_it() {
                 .unwrap()
                 .parse()
                 .unwrap();
-            if seq % 10 == 3 && failed.fetch_add(1, Ordering::SeqCst) % 3 != 2 {
+            let mut attempts = attempted.lock().unwrap();
+            let attempt = attempts
+                .entry(format!("{}/{}", entry.partition(), entry.id()))
+                .or_default();
+            *attempt += 1;
+            if seq % 10 == 3 && *attempt <= 2 {
                 return Err("try again".into());
             }
+            drop(attempts);
             recorded.record(entry);
             Ok(())
         })
@@ -349,7 +332,13 @@ fn a_retried_entry_keeps_its_keys_later_entries_behind_it() {
     });
     consumer.close();
     assert_in_order(&runs.by_key.lock().unwrap(), 4, 400);
-    assert_eq!(failures.load(Ordering::SeqCst), 40 * 3);
+    let attempts = attempts.lock().unwrap();
+    assert_eq!(attempts.len(), 400);
+    assert_eq!(
+        attempts.values().sum::<u32>(),
+        400 + 40 * 2,
+        "each tenth failed twice"
+    );
 }
 
 #[test]
@@ -375,7 +364,7 @@ fn a_full_dispatcher_stops_the_reads() {
     eventually("the dispatcher to fill", || {
         consumer.stats().queued >= max_pending - 2 // two running on the workers
     });
-    let mut con = connect(&server);
+    let mut con = server.connection();
     let held: u64 = (0..16).map(|p| pending(&mut con, p)).sum();
     assert!(
         held <= (max_pending + batch) as u64,
@@ -428,7 +417,7 @@ fn a_stream_key_of_the_wrong_type_is_an_error_and_blocks_no_other_partition() {
     let url = server.url();
     let mut publisher = Publisher::create(&url, "t", 16).unwrap();
     let bad = partition_of(b"key-0", 16);
-    let mut con = connect(&server);
+    let mut con = server.connection();
     redis::cmd("SET")
         .arg(format!("t:stream:{bad}"))
         .arg("not a stream")

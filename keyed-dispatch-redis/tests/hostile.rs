@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, PATIENCE};
+use common::{counter, eventually, Server, PATIENCE};
 use keyed_dispatch_redis::{partition_of, Consumer, Entry, Publisher, GROUP};
 use redis::Connection;
 use std::{
@@ -57,20 +57,27 @@ impl Runs {
     }
 }
 
-fn connect(server: &Server) -> Connection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-/// Polls `condition` until it holds, or panics after `PATIENCE`.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5)); // polling a condition in Redis
-    }
+/// Creates topic `t`'s partition 0 group and reads its first entry as the group's consumer
+/// without acknowledging it, as an owner that crashed would have.
+fn read_one_as_the_previous_owner(con: &mut Connection) {
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("t:stream:0")
+        .arg(GROUP)
+        .arg("0")
+        .query::<()>(con)
+        .unwrap();
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("owner")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("t:stream:0")
+        .arg(">")
+        .query::<redis::Value>(con)
+        .unwrap();
 }
 
 /// The first key `k0`, `k1`, ... that lands in `partition` of `partitions`.
@@ -79,14 +86,6 @@ fn key_in(partition: u32, partitions: u32) -> String {
         .map(|i| format!("k{i}"))
         .find(|k| partition_of(k.as_bytes(), partitions) == partition)
         .unwrap()
-}
-
-fn counter(con: &mut Connection, key: &str) -> u64 {
-    redis::cmd("GET")
-        .arg(key)
-        .query::<Option<u64>>(con)
-        .unwrap()
-        .unwrap_or(0)
 }
 
 /// The ids pending (delivered, not acknowledged) in topic `t`'s partition `p`.
@@ -193,10 +192,10 @@ fn a_draining_partitions_backlog_is_not_fetched_again_and_again() {
         .publish_all((0..entries).map(|_| (k0.as_str(), &payload[..])))
         .unwrap();
     let backlog = (entries * payload.len()) as u64;
-    let mut con = connect(&server);
+    let mut con = server.connection();
     let before = net_output_bytes(&mut con);
     // A window of two of m2's control ticks, seen as its registration being renewed.
-    let mut watcher = connect(&server);
+    let mut watcher = server.connection();
     let mut score = || -> f64 {
         redis::cmd("ZSCORE")
             .arg("t:members")
@@ -251,7 +250,7 @@ fn entries_whose_read_reply_was_lost_run_before_later_ones_of_their_key() {
     publisher.publish("slow", b"a1").unwrap();
     publisher.publish("slow", b"a2").unwrap();
     started.recv_timeout(PATIENCE).expect("a1 runs");
-    let mut con = connect(&server);
+    let mut con = server.connection();
     eventually("the reader to hold a2", || {
         pending_ids(&mut con, 0).len() == 2
     });
@@ -294,7 +293,7 @@ fn close_returns_while_the_server_is_down() {
     let runs = Arc::new(Runs::default());
     let consumer = gated(&url, "m1", &runs, None);
     publisher.publish("k", b"0").unwrap();
-    let mut con = connect(&server);
+    let mut con = server.connection();
     eventually("the entry acknowledged", || {
         counter(&mut con, "t:acked") == 1
     });
@@ -319,26 +318,9 @@ fn a_pending_entry_deleted_from_the_stream_is_dead_lettered_and_its_partition_go
     let mut publisher = Publisher::create(&url, "t", 1).unwrap();
     let gone = publisher.publish("k", b"gone").unwrap();
     publisher.publish("k", b"kept").unwrap();
-    let mut con = connect(&server);
+    let mut con = server.connection();
     // A previous owner read the first entry and crashed; then the entry was deleted.
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("t:stream:0")
-        .arg(GROUP)
-        .arg("0")
-        .query::<()>(&mut con)
-        .unwrap();
-    redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("owner")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg("t:stream:0")
-        .arg(">")
-        .query::<redis::Value>(&mut con)
-        .unwrap();
+    read_one_as_the_previous_owner(&mut con);
     redis::cmd("XDEL")
         .arg("t:stream:0")
         .arg(&gone)
@@ -368,7 +350,7 @@ fn a_consumer_started_before_its_topic_exists_consumes_it_once_created() {
     let url = server.url();
     let runs = Arc::new(Runs::default());
     let consumer = gated(&url, "m1", &runs, None);
-    let mut con = connect(&server);
+    let mut con = server.connection();
     eventually("the member registered", || {
         redis::cmd("ZCARD")
             .arg("t:members")
@@ -392,26 +374,9 @@ fn a_reused_member_name_waits_out_the_old_lease_and_replays_in_order() {
     let mut publisher = Publisher::create(&url, "t", 1).unwrap();
     publisher.publish("k", b"e1").unwrap();
     publisher.publish("k", b"e2").unwrap();
-    let mut con = connect(&server);
+    let mut con = server.connection();
     // The crashed incarnation: lease m1/5, with e1 read and not acknowledged.
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("t:stream:0")
-        .arg(GROUP)
-        .arg("0")
-        .query::<()>(&mut con)
-        .unwrap();
-    redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("owner")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg("t:stream:0")
-        .arg(">")
-        .query::<redis::Value>(&mut con)
-        .unwrap();
+    read_one_as_the_previous_owner(&mut con);
     redis::cmd("SET")
         .arg("t:epoch:0")
         .arg(5)
@@ -459,14 +424,14 @@ fn a_member_goes_on_after_the_server_restarts_with_its_data() {
             .unwrap()
     };
     publish(&mut publisher, "0");
-    let mut con = connect(&server);
+    let mut con = server.connection();
     eventually("the first entries acknowledged", || {
         counter(&mut con, "t:acked") == 20
     });
     server.restart();
     let mut publisher = Publisher::open(&url, "t").unwrap().unwrap();
     publish(&mut publisher, "1");
-    let mut con = connect(&server);
+    let mut con = server.connection();
     eventually("the second entries acknowledged", || {
         counter(&mut con, "t:acked") == 40
     });

@@ -128,6 +128,34 @@ impl Server {
     }
 }
 
+impl Server {
+    /// A client connection to the server.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+/// Polls `condition` until it holds, or panics after `PATIENCE`.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5)); // polling a condition in Redis
+    }
+}
+
+/// The integer at `key`, 0 when absent.
+pub fn counter(con: &mut redis::Connection, key: &str) -> u64 {
+    redis::cmd("GET")
+        .arg(key)
+        .query::<Option<u64>>(con)
+        .unwrap()
+        .unwrap_or(0)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
