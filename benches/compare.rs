@@ -5,11 +5,13 @@
 //! cargo bench --bench compare -- --quick            # 1 small round: proves it works
 //! cargo bench --bench compare -- --filter tiny      # only workloads whose id or label match
 //! cargo bench --bench compare -- --rounds 3         # another number of rounds
+//! cargo bench --bench compare -- --workers-sweep    # keyed vs striped at 1, 2, 4... workers
 //! target/release/deps/compare-* --child keyed tiny 64 2000000 2.8   # one run (2.8 ns/spin step)
 //! ```
 //!
 //! Every (design, workload) run happens in a child process (this program re-executed with
-//! `--child <design> <workload> <keys> <jobs> <ns per spin iteration>`), so that peak RSS,
+//! `--child <design> <workload> <keys> <jobs> <ns per spin iteration> [workers]`, workers
+//! defaulting to the available parallelism), so that peak RSS,
 //! allocator state and threads do not leak from one run into the next. Each run verifies what
 //! its handler saw (order per key and producer, no overlap per key, every job exactly once) and
 //! prints one line, `OK name=value...` or `FAILED why`. The parent interleaves the designs within
@@ -44,10 +46,20 @@ fn main() {
         args.get(i + 1).cloned()
     };
     let quick = args.iter().any(|a| a == "--quick");
-    let rounds = value("--rounds").map_or(if quick { 1 } else { 5 }, |r| {
-        r.parse().expect("--rounds N")
-    });
-    parent(quick, rounds, value("--filter"));
+    let sweep = args.iter().any(|a| a == "--workers-sweep");
+    let rounds = value("--rounds").map_or(
+        match (quick, sweep) {
+            (true, _) => 1,
+            (false, true) => 3,
+            (false, false) => 5,
+        },
+        |r| r.parse().expect("--rounds N"),
+    );
+    if sweep {
+        workers_sweep(quick, rounds);
+    } else {
+        parent(quick, rounds, value("--filter"));
+    }
 }
 
 fn cores() -> usize {
@@ -69,7 +81,9 @@ fn child(args: &[String]) -> ! {
         keys: arg(2).parse().expect("keys"),
         jobs: arg(3).parse().expect("jobs"),
         ns_per_iter: arg(4).parse().expect("ns per iteration"),
-        workers: cores(),
+        workers: args
+            .get(5)
+            .map_or_else(cores, |w| w.parse().expect("workers")),
     };
     match workloads::run(&p) {
         Ok(metrics) => println!("OK {metrics}"),
@@ -88,6 +102,7 @@ struct Cell {
     keys: u64,
     jobs: u64,
     designs: Vec<Design>,
+    workers: usize,
 }
 
 fn cells(quick: bool) -> Vec<Cell> {
@@ -102,6 +117,7 @@ fn cells(quick: bool) -> Vec<Cell> {
             keys: k,
             jobs: tiny,
             designs: Design::ALL.to_vec(),
+            workers: cores(),
         })
         .collect();
     // Sized so that thread per key (slow with 10k threads) keeps full mode near 10 minutes.
@@ -155,6 +171,7 @@ fn cells(quick: bool) -> Vec<Cell> {
         keys: 10_000,
         jobs: tasks,
         designs: vec![Design::Keyed, Design::TaskPerKey],
+        workers: cores(),
     });
     // One job per key at a million (a hundred thousand when quick).
     #[cfg(feature = "tokio")]
@@ -173,6 +190,7 @@ fn cells(quick: bool) -> Vec<Cell> {
             keys,
             jobs,
             designs: vec![Design::Keyed, Design::TaskPerKey],
+            workers: cores(),
         }),
     );
     cells.extend(more.into_iter().map(|(workload, label, keys, jobs)| {
@@ -187,6 +205,7 @@ fn cells(quick: bool) -> Vec<Cell> {
             keys,
             jobs,
             designs,
+            workers: cores(),
         }
     }));
     cells
@@ -227,6 +246,7 @@ fn run_child(design: Design, cell: &Cell, ns_per_iter: f64, timeout: Duration) -
         cell.keys.to_string(),
         cell.jobs.to_string(),
         format!("{ns_per_iter:?}"),
+        cell.workers.to_string(),
     ];
     let mut child = match Command::new(exe)
         .arg("--child")
@@ -267,23 +287,14 @@ fn run_child(design: Design, cell: &Cell, ns_per_iter: f64, timeout: Duration) -
     }
 }
 
-fn parent(quick: bool, rounds: usize, filter: Option<String>) {
-    let cells: Vec<Cell> = cells(quick)
-        .into_iter()
-        .filter(|c| {
-            filter.as_ref().map_or(true, |f| {
-                c.workload.id().contains(f.as_str()) || c.label.contains(f.as_str())
-            })
-        })
-        .collect();
-    let ns_per_iter = workloads::calibrate();
-    let job = workloads::job_time(workloads::iterations(workloads::CPU_JOB, ns_per_iter));
-    eprintln!(
-        "calibrated: {ns_per_iter:.3} ns per spin iteration, CPU job {job:?}; load average {}",
-        load_average()
-    );
+/// Runs every cell's designs, interleaved within each round: results[cell][design][round].
+fn run_rounds(
+    cells: &[Cell],
+    rounds: usize,
+    ns_per_iter: f64,
+    quick: bool,
+) -> Vec<Vec<Vec<Outcome>>> {
     let timeout = Duration::from_secs(if quick { 120 } else { 300 });
-    // results[cell][design][round]
     let mut results: Vec<Vec<Vec<Outcome>>> = cells
         .iter()
         .map(|c| c.designs.iter().map(|_| Vec::new()).collect())
@@ -306,6 +317,25 @@ fn parent(quick: bool, rounds: usize, filter: Option<String>) {
             }
         }
     }
+    results
+}
+
+fn parent(quick: bool, rounds: usize, filter: Option<String>) {
+    let cells: Vec<Cell> = cells(quick)
+        .into_iter()
+        .filter(|c| {
+            filter.as_ref().map_or(true, |f| {
+                c.workload.id().contains(f.as_str()) || c.label.contains(f.as_str())
+            })
+        })
+        .collect();
+    let ns_per_iter = workloads::calibrate();
+    let job = workloads::job_time(workloads::iterations(workloads::CPU_JOB, ns_per_iter));
+    eprintln!(
+        "calibrated: {ns_per_iter:.3} ns per spin iteration, CPU job {job:?}; load average {}",
+        load_average()
+    );
+    let results = run_rounds(&cells, rounds, ns_per_iter, quick);
     print_header(quick, rounds, job);
     let mut failed = false;
     for (cell, per_design) in cells.iter().zip(&results) {
@@ -330,7 +360,88 @@ fn parent(quick: bool, rounds: usize, filter: Option<String>) {
     }
 }
 
-fn print_header(quick: bool, rounds: usize, job: Duration) {
+/// Keyed-dispatch and striped on tiny jobs at 1, 2, 4... workers and the core count: how each
+/// scales with its workers, which the main table (workers = cores) cannot show.
+fn workers_sweep(quick: bool, rounds: usize) {
+    let jobs = if quick { 200_000 } else { 2_000_000 };
+    let mut workers: Vec<usize> = (0..).map(|i| 1 << i).take_while(|&w| w < cores()).collect();
+    workers.push(cores());
+    let cells: Vec<Cell> = workers
+        .iter()
+        .flat_map(|&workers| {
+            [64, 10_000].map(|keys| Cell {
+                workload: Workload::Tiny,
+                label: format!(
+                    "tiny jobs ({}), K={}, {workers} workers",
+                    count(jobs),
+                    count(keys)
+                ),
+                keys,
+                jobs,
+                designs: vec![Design::Keyed, Design::Striped],
+                workers,
+            })
+        })
+        .collect();
+    // Tiny jobs do not spin, but the child takes the figure.
+    let ns_per_iter = workloads::calibrate();
+    eprintln!("load average {}", load_average());
+    let results = run_rounds(&cells, rounds, ns_per_iter, quick);
+    print_machine("workers as in the table");
+    println!(
+        "- mode {}, {rounds} round(s), tiny jobs ({}); jobs/s: median over rounds; keyed ÷ striped: median of the ratios within each round; speed-up: keyed-dispatch's median ÷ its median at 1 worker, same K",
+        if quick { "quick" } else { "full" },
+        count(jobs)
+    );
+    println!();
+    println!("| workers | K | keyed-dispatch | striped | keyed ÷ striped | keyed-dispatch speed-up over 1 worker |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let rate =
+        |outcomes: &[Outcome]| median(outcomes.iter().filter_map(|o| o.metric("rate")).collect());
+    let times = |r: f64| {
+        if r.is_nan() {
+            "n/a".to_string()
+        } else {
+            format!("{r:.2}×")
+        }
+    };
+    let mut failed = false;
+    for (cell, per_design) in cells.iter().zip(&results) {
+        let [keyed, striped] = &per_design[..] else {
+            unreachable!("two designs")
+        };
+        failed |= keyed
+            .iter()
+            .chain(striped)
+            .any(|o| matches!(o, Outcome::Failed(_)));
+        let ratio = keyed
+            .iter()
+            .zip(striped)
+            .filter_map(|(k, s)| Some(k.metric("rate")? / s.metric("rate")?));
+        let one = cells
+            .iter()
+            .zip(&results)
+            .find(|(c, _)| c.workers == 1 && c.keys == cell.keys)
+            .map_or(f64::NAN, |(_, r)| rate(&r[0]));
+        let shown = |d: usize| row(cell, cell.designs[d], &per_design[d], None, Duration::ZERO).0;
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            cell.workers,
+            count(cell.keys),
+            shown(0),
+            shown(1),
+            times(median(ratio.collect())),
+            times(rate(keyed) / one)
+        );
+    }
+    if failed {
+        eprintln!("some runs FAILED: see the table");
+        exit(1);
+    }
+}
+
+/// The machine, toolchain and commit lines above a table.
+fn print_machine(workers: &str) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         let line = s.lines().find(|l| l.starts_with("model name"))?;
         Some(line.split_once(':')?.1.trim().to_string())
@@ -345,7 +456,7 @@ fn print_header(quick: bool, rounds: usize, job: Duration) {
     };
     let unknown = || "unknown".to_string();
     println!(
-        "- machine: {} cores (available_parallelism), {}; workers = {0} for every design",
+        "- machine: {} cores (available_parallelism), {}; {workers}",
         cores(),
         cpu.unwrap_or_else(unknown)
     );
@@ -354,6 +465,10 @@ fn print_header(quick: bool, rounds: usize, job: Duration) {
         run("rustc", &["--version"]).unwrap_or_else(unknown),
         run("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(unknown)
     );
+}
+
+fn print_header(quick: bool, rounds: usize, job: Duration) {
+    print_machine(&format!("workers = {} for every design", cores()));
     println!(
         "- mode {}, {rounds} round(s), median over rounds; CPU job calibrated at {:.2} µs",
         if quick { "quick" } else { "full" },
