@@ -16,6 +16,9 @@ pub(crate) struct Conn {
     client: Client,
     url: String,
     con: Option<Connection>,
+    /// Since when the server has been out of reach: set by the first command that found it
+    /// so, cleared by the next that reached it.
+    down_since: Option<Instant>,
 }
 
 impl Conn {
@@ -31,6 +34,7 @@ impl Conn {
             client,
             url: url.to_string(),
             con: Some(con),
+            down_since: None,
         })
     }
 
@@ -43,18 +47,19 @@ impl Conn {
     /// with a pause that doubles up to a second. For commands that may run twice: the server
     /// may have run one whose reply was lost. Gives up (returning the error) when another kind
     /// of error comes back, or when `give_up`, told how long the server has been out of reach,
-    /// says so.
+    /// says so (counting across commands: once it gave up, the next command that fails
+    /// gives up at once).
     pub(crate) fn run<T>(
         &mut self,
         give_up: &dyn Fn(Duration) -> bool,
         mut command: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
-        let since = Instant::now();
         let mut pause = FIRST_PAUSE;
         loop {
             match self.run_once(&mut command) {
                 Err(e) if lost(&e) => {
-                    if give_up(since.elapsed()) {
+                    let down = self.down_since.map_or(Duration::ZERO, |t| t.elapsed());
+                    if give_up(down) {
                         return Err(e);
                     }
                     warn!("{}: {e}; reconnect in {pause:?}", self.url);
@@ -74,12 +79,16 @@ impl Conn {
         command: &mut impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
         let con = match self.con.as_mut() {
-            Some(con) => con,
-            None => self.con.insert(connection(&self.client)?),
+            Some(con) => Ok(con),
+            None => connection(&self.client).map(|con| self.con.insert(con)),
         };
-        let reply = command(con);
-        if reply.as_ref().is_err_and(lost) {
-            self.con = None;
+        let reply = con.and_then(command);
+        match &reply {
+            Err(e) if lost(e) => {
+                self.con = None;
+                self.down_since.get_or_insert_with(Instant::now);
+            }
+            _ => self.down_since = None,
         }
         reply
     }
@@ -99,5 +108,9 @@ pub(crate) fn lost(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
-        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN"))
+        // Refused without running: loading its data, busy with a script, writes suspended.
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "MISCONF" | "TRYAGAIN" | "MASTERDOWN")
+        )
 }

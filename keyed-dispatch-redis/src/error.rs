@@ -36,6 +36,13 @@ pub enum Error {
         /// The count as given or found.
         value: String,
     },
+    /// A lease shorter than [`MIN_LEASE`](crate::MIN_LEASE).
+    LeaseTooShort {
+        /// The lease asked for.
+        lease: std::time::Duration,
+        /// The shortest accepted.
+        min: std::time::Duration,
+    },
     /// The consumer's dispatcher could not be built.
     Build(keyed_dispatch::BuildError),
 }
@@ -56,6 +63,12 @@ impl fmt::Display for Error {
             ),
             Error::BadPartitions { topic, value } => {
                 write!(f, "topic {topic}: {value:?} is not a partition count")
+            }
+            Error::LeaseTooShort { lease, min } => {
+                write!(
+                    f,
+                    "a lease of {lease:?} is shorter than the {min:?} a consumer needs"
+                )
             }
             Error::Build(e) => write!(f, "cannot build the dispatcher: {e}"),
         }

@@ -17,12 +17,15 @@
 //! - **Order.** Per key, first executions happen in stream order, across crashes and
 //!   handovers: a new owner replays its partition's pending list in order before it reads new
 //!   entries, and a key's entries never run at once on one member.
-//! - **Re-executions** happen only to entries that ran but whose acknowledgement was lost: in
-//!   a crash, or when a member's lease ran out (a pause past its time to live). Each such event
-//!   re-runs at most `W + B` entries of that member: the `W` running (its workers) and those
-//!   whose acknowledgement was waiting to be written (at most `B`, the batch size,
-//!   [`DEFAULT_BATCH`] = 256 unless [`ConsumerBuilder::batch`] says otherwise).
-//!   A handover (a member leaving, or the spread changing) re-runs nothing.
+//! - **Re-executions** happen only to entries that ran but whose acknowledgement was not
+//!   written: when a member crashed, or lost a lease (it paused, or could not reach the
+//!   server, for longer than four fifths of the lease; or the server refused one of its reads
+//!   or acknowledgements). Each such event re-runs at most `W + max(B, 2)` entries of that
+//!   member: the `W` running (its workers) and those whose acknowledgement was waiting to be
+//!   written (half a batch queued, half being written; `B` is the batch size, [`DEFAULT_BATCH`]
+//!   = 256 unless [`ConsumerBuilder::batch`] says otherwise). An entry waiting out a retry's
+//!   backoff when its partition moves is tried again by the next owner, as a retry. A handover
+//!   (a member leaving, or the spread changing) re-runs nothing.
 //! - **Fencing.** A member that lost a lease starts no entry of that partition once it notices
 //!   (at the latest when its own deadline for the lease passes, which is before the server's),
 //!   and its reads and acknowledgements are refused by the server. A handler can fence its own
@@ -30,7 +33,14 @@
 //!   after the partition moved. The `ledger` example shows that, and the idempotent pattern
 //!   that turns at-least-once into effectively-once (skip a key's entries at or below the last
 //!   applied).
-//! - **Backpressure.** A full dispatcher stops the reads: the consumer buffers nothing.
+//! - **Backpressure.** A full dispatcher stops the reads: at most one read batch (`B` entries)
+//!   waits in the reader.
+//!
+//! All of this holds as long as the server keeps what it acknowledged: a restart must not
+//! forget a lease or roll an epoch back. Run redis-server with `appendonly yes` and
+//! `appendfsync always` (the tests' servers do), and do not fail over to a replica that may be
+//! behind. With less (Redis's default `everysec`, snapshots only), a crash of the *server* can
+//! let two members hold one partition for up to a lease's time.
 //!
 //! # The protocol
 //!
@@ -91,7 +101,9 @@ mod publisher;
 mod scripts;
 mod topic;
 
-pub use consumer::{Consumer, ConsumerBuilder, DEFAULT_BATCH, DEFAULT_LEASE, DEFAULT_MAX_PENDING};
+pub use consumer::{
+    Consumer, ConsumerBuilder, DEFAULT_BATCH, DEFAULT_LEASE, DEFAULT_MAX_PENDING, MIN_LEASE,
+};
 pub use entry::Entry;
 pub use error::Error;
 pub use keyed_dispatch::{Failure, RetryPolicy};

@@ -84,10 +84,15 @@ return acked
 // KEYS: lease, stream, acked counter, dead stream.
 // ARGV: token, group, id, key, payload, error, attempts, partition.
 // Acknowledges the entry and appends it to the dead letters, or returns -1 without the lease.
+// The dead letters' type is checked first: a script's writes are not undone by a later error.
 script!(
     dead,
     r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local kind = redis.call('TYPE', KEYS[4])['ok']
+if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[4] .. ' holds a ' .. kind .. ', not a stream')
+end
 local acked = redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 if acked == 1 then
     redis.call('XADD', KEYS[4], '*', 'key', ARGV[4], 'payload', ARGV[5], 'error', ARGV[6],

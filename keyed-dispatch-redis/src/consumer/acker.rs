@@ -110,10 +110,15 @@ fn written(lease: &Lease, reply: redis::RedisResult<i64>, count: usize) {
     match reply {
         Ok(-1) => lease.lose(),
         Ok(_) => {}
-        Err(e) => error!(
-            "partition {}: cannot acknowledge {count} entries: {e}",
-            lease.partition
-        ),
+        // Left pending: the partition's next owner runs them again, so this member gives the
+        // partition up now, which keeps the re-executions within the stated bound.
+        Err(e) => {
+            error!(
+                "partition {}: cannot acknowledge {count} entries: {e}",
+                lease.partition
+            );
+            lease.lose();
+        }
     }
     lease.in_flight.fetch_sub(count, Ordering::SeqCst);
 }

@@ -74,44 +74,57 @@ impl Control {
         let (topic, member, ttl) = (&shared.topic, shared.member.as_str(), shared.ttl);
         let ttl_ms = ttl.as_millis() as u64;
         let give_up = |down| shared.gives_up(down);
-        if partitions.is_none() {
-            *partitions = self
-                .conn
-                .run(&give_up, |con| Ok(stored_partitions(con, topic)))??;
-        }
-        let mut members: Vec<String> = self
-            .conn
-            .run(&give_up, |con| {
-                scripts::heartbeat()
-                    .key(topic.members())
-                    .arg(member)
-                    .arg(ttl_ms)
-                    .arg(if leaving { "1" } else { "0" })
-                    .invoke(con)
-            })
-            .map_err(|e| at_key(e, &topic.members()))?;
-        members.sort();
 
-        // Renew; a lease the server no longer has, or that this member stopped trusting,
-        // is gone: released if still there, its entries left for the next owner.
+        // Renew first, whatever else fails. A lease the server no longer has, or that this
+        // member stopped trusting, is gone: released if still there, its entries left for the
+        // next owner. One whose renewal failed is kept while it still holds.
         let mut kept = Vec::with_capacity(owned.len());
         for lease in owned.drain(..) {
             let sent = Instant::now();
-            let renewed: i64 = self.conn.run(&give_up, |con| {
+            let renewed: redis::RedisResult<i64> = self.conn.run(&give_up, |con| {
                 scripts::renew()
                     .key(&lease.key)
                     .arg(&lease.token)
                     .arg(ttl_ms)
                     .invoke(con)
-            })?;
-            if renewed == 1 && lease.renewed(sent, ttl, shared.margin) {
-                kept.push(lease);
-            } else {
-                lease.lose();
-                self.release(&lease)?;
+            });
+            match renewed {
+                Ok(1) if lease.renewed(sent, ttl, shared.margin) => kept.push(lease),
+                Err(e) if lease.holds() => {
+                    error!("{member}: cannot renew partition {}: {e}", lease.partition);
+                    kept.push(lease);
+                }
+                _ => {
+                    lease.lose();
+                    self.release(&lease);
+                }
             }
         }
         *owned = kept;
+
+        let heartbeat: redis::RedisResult<Vec<String>> = self.conn.run(&give_up, |con| {
+            scripts::heartbeat()
+                .key(topic.members())
+                .arg(member)
+                .arg(ttl_ms)
+                .arg(if leaving { "1" } else { "0" })
+                .invoke(con)
+        });
+        let mut members = match heartbeat {
+            Ok(members) => members,
+            // Leaving needs no spread: every partition is handed over.
+            Err(e) if leaving => {
+                error!("{member}: cannot leave the member list: {e}");
+                Vec::new()
+            }
+            Err(e) => return Err(at_key(e, &topic.members())),
+        };
+        members.sort();
+        if partitions.is_none() && !leaving {
+            *partitions = self
+                .conn
+                .run(&give_up, |con| Ok(stored_partitions(con, topic)))??;
+        }
 
         // Hand over what the spread gives to others, once its entries are settled; a
         // partition wanted back before its handover ended is simply read again.
@@ -127,7 +140,7 @@ impl Control {
                 continue;
             }
             if lease.hand_over() {
-                self.release(&lease)?;
+                self.release(&lease);
                 info!("{member}: handed over partition {}", lease.partition);
             } else {
                 kept.push(lease);
@@ -165,7 +178,7 @@ impl Control {
                 }
                 Err(e) => {
                     error!("{member}: cannot read partition {partition}: {e}");
-                    self.release(&lease)?;
+                    self.release(&lease);
                     shunned.insert(partition, Instant::now() + SHUN);
                 }
             }
@@ -191,25 +204,33 @@ impl Control {
         }
     }
 
-    fn release(&mut self, lease: &Lease) -> Result<(), Error> {
+    /// Releases `lease` on the server if it is still there; if that fails, it expires there
+    /// on its own.
+    fn release(&mut self, lease: &Lease) {
         let shared = Arc::clone(&self.shared);
-        let released: i64 = self.conn.run(&|down| shared.gives_up(down), |con| {
-            scripts::release()
-                .key(&lease.key)
-                .arg(&lease.token)
-                .invoke(con)
-        })?;
-        debug!(
-            "partition {} epoch {}: {}",
-            lease.partition,
-            lease.epoch,
-            if released == 1 {
-                "released"
-            } else {
-                "already gone"
-            }
-        );
-        Ok(())
+        let released: redis::RedisResult<i64> =
+            self.conn.run(&|down| shared.gives_up(down), |con| {
+                scripts::release()
+                    .key(&lease.key)
+                    .arg(&lease.token)
+                    .invoke(con)
+            });
+        match released {
+            Ok(released) => debug!(
+                "partition {} epoch {}: {}",
+                lease.partition,
+                lease.epoch,
+                if released == 1 {
+                    "released"
+                } else {
+                    "already gone"
+                }
+            ),
+            Err(e) => error!(
+                "partition {}: cannot release its lease ({e}); it expires on its own",
+                lease.partition
+            ),
+        }
     }
 }
 

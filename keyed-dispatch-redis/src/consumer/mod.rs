@@ -33,6 +33,10 @@ use std::{
 /// member's partitions move this long (and at most a tick more) after its last renewal.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 
+/// The shortest lease [`ConsumerBuilder::start`] accepts: renewals come every fifth of it,
+/// and each must reach the server and come back well within it.
+pub const MIN_LEASE: Duration = Duration::from_millis(100);
+
 /// Entries read at once from a partition, and acknowledgements written at once.
 pub const DEFAULT_BATCH: usize = 256;
 
@@ -129,13 +133,19 @@ impl ConsumerBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] if the server cannot be reached, [`Error::Build`] for settings
-    /// the dispatcher refuses.
+    /// [`Error::Connect`] if the server cannot be reached, [`Error::LeaseTooShort`] for a
+    /// lease under [`MIN_LEASE`], [`Error::Build`] for settings the dispatcher refuses.
     pub fn start<F, R>(self, handler: F) -> Result<Consumer, Error>
     where
         F: Fn(&Entry) -> R + Send + Sync + 'static,
         R: RetryOutput + 'static,
     {
+        if self.lease < MIN_LEASE {
+            return Err(Error::LeaseTooShort {
+                lease: self.lease,
+                min: MIN_LEASE,
+            });
+        }
         let control_conn = Conn::open(&self.url)?;
         let reader_conn = Conn::open(&self.url)?;
         let acker_conn = Conn::open(&self.url)?;
@@ -169,13 +179,16 @@ impl ConsumerBuilder {
         let dispatcher = builder
             .on_dead_letter(
                 move |_key: &String, entry: Entry, error: Fault<R::Error>, attempts| {
+                    // Before `settle`: a panicking `Display` must leave the entry to its drop.
+                    let error = catch_unwind(AssertUnwindSafe(|| error.to_string()))
+                        .unwrap_or_else(|_| "the error's Display panicked".into());
                     entry.settle();
                     let _ = dead.send(Settle::Dead {
                         lease: Arc::clone(&entry.lease),
                         id: entry.id.clone(),
                         key: entry.key.clone(),
                         payload: entry.payload.clone(),
-                        error: error.to_string(),
+                        error,
                         attempts,
                     });
                 },
@@ -276,8 +289,11 @@ impl<E: fmt::Display> fmt::Display for Fault<E> {
 /// A member of a topic's consumers. See the [crate docs](crate) for what it guarantees.
 ///
 /// [`close`](Consumer::close) (or dropping it) leaves gracefully: no more reads, every entry
-/// already read runs and is acknowledged, then its partitions are released for the other
-/// members, and it leaves the member list.
+/// already read runs and is acknowledged (but for those of a lease lost meanwhile, left to the
+/// next owner), then its partitions are released for the other members, and it leaves the
+/// member list. It waits for the retries of entries still failing: with a policy that retries
+/// for ever, a handler that always fails keeps `close` waiting. If the server is out of reach
+/// for longer than a lease while closing, it stops waiting for it: its leases have expired.
 pub struct Consumer {
     shared: Arc<Shared>,
     dispatcher: Option<Arc<Dispatcher<String, Entry>>>,
