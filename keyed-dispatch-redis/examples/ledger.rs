@@ -3,7 +3,7 @@
 //! `status` tells where things stand.
 //!
 //! ```text
-//! redis-server --port 6379 &
+//! redis-server --port 6379 --appendonly yes --appendfsync always &
 //! cargo run --release -p keyed-dispatch-redis --example ledger -- produce --redis redis://127.0.0.1/ --topic t1 --keys 100 --jobs 10000
 //! cargo run --release -p keyed-dispatch-redis --example ledger -- consume --redis redis://127.0.0.1/ --topic t1 --member m1
 //! cargo run --release -p keyed-dispatch-redis --example ledger -- status --redis redis://127.0.0.1/ --topic t1
@@ -14,10 +14,23 @@
 //!   re-execution and changes nothing (it is only logged);
 //! - **fencing**: the write happens only while this member holds the partition's lease, in the
 //!   same script, so a member that lost its partition applies nothing after the move.
+//!
+//! `status` prints one JSON line:
+//! - `produced`: entries in the partition streams (their length: nothing is trimmed here);
+//! - `acked`: entries acknowledged, dead letters included; `pending`: read and not
+//!   acknowledged; `unread`: the rest;
+//! - `applied_sum`: the sum over keys of `T:applied:<key>`, each key's last applied sequence
+//!   number (from 0), and `applied_keys` the number of keys with one: with `M` entries over `N`
+//!   keys all applied, `M - N` and `N`;
+//! - `executions`: every run of the script (the lengths of the `T:log:<key>` lists),
+//!   `violations`: first executions that skipped ahead, `stale`: runs applied under an older
+//!   epoch than one already seen for the partition (the fence keeps it at 0), `dead`: dead
+//!   letters;
+//! - `members`: each live member and the partitions whose lease it holds.
 
 use keyed_dispatch_redis::{Consumer, Entry, Failure, Publisher, RetryPolicy, DEFAULT_PARTITIONS};
 use log::warn;
-use redis::{Connection, Script};
+use redis::{Commands, Connection, Script};
 use std::{
     cell::{Cell, RefCell},
     collections::{BTreeMap, HashMap},
@@ -280,7 +293,11 @@ fn status(flags: &Flags) -> Result<()> {
         members.entry(member).or_default();
     }
     for p in 0..partitions {
-        produced += redis::cmd("XLEN").arg(t.stream(p)).query::<u64>(&mut con)?;
+        // A key of the wrong type counts as empty here; the consumers report it.
+        produced += redis::cmd("XLEN")
+            .arg(t.stream(p))
+            .query::<u64>(&mut con)
+            .unwrap_or(0);
         let summary: redis::Value = redis::cmd("XPENDING")
             .arg(t.stream(p))
             .arg(keyed_dispatch_redis::GROUP)
@@ -291,9 +308,9 @@ fn status(flags: &Flags) -> Result<()> {
                 pending += *count as u64;
             }
         }
-        if let Some(lease) = redis::cmd("GET")
+        if let Ok(Some(lease)) = redis::cmd("GET")
             .arg(t.lease(p))
-            .query::<Option<String>>(&mut con)?
+            .query::<Option<String>>(&mut con)
         {
             let owner = lease.rsplit_once('/').map_or(lease.as_str(), |(m, _)| m);
             members.entry(owner.to_string()).or_default().push(p);
@@ -306,15 +323,12 @@ fn status(flags: &Flags) -> Result<()> {
             .unwrap_or(0))
     };
     let acked = counter(&mut con, &t.acked())?;
+    let applied: Vec<String> = con
+        .scan_match::<_, String>(format!("{topic}:applied:*"))?
+        .collect();
     let mut applied_sum = 0;
-    let applied_keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{topic}:applied:*"))
-        .query(&mut con)?;
-    let mut values: HashMap<String, u64> = HashMap::new();
-    for key in applied_keys {
-        let value = counter(&mut con, &key)?;
-        applied_sum += value;
-        values.insert(key, value);
+    for key in &applied {
+        applied_sum += counter(&mut con, key)?;
     }
     let members = members
         .iter()
@@ -327,12 +341,16 @@ fn status(flags: &Flags) -> Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     println!(
-        "{{\"produced\":{produced},\"acked\":{acked},\"pending\":{pending},\"unread\":{},\"applied_sum\":{applied_sum},\"violations\":{},\"executions\":{},\"stale\":{},\"dead\":{},\"members\":{{{members}}}}}",
+        "{{\"produced\":{produced},\"acked\":{acked},\"pending\":{pending},\"unread\":{},\"applied_sum\":{applied_sum},\"applied_keys\":{},\"violations\":{},\"executions\":{},\"stale\":{},\"dead\":{},\"members\":{{{members}}}}}",
         produced.saturating_sub(acked + pending),
+        applied.len(),
         counter(&mut con, &names.violations)?,
         counter(&mut con, &names.executions)?,
         counter(&mut con, &names.stale)?,
-        redis::cmd("XLEN").arg(t.dead()).query::<u64>(&mut con)?,
+        redis::cmd("XLEN")
+            .arg(t.dead())
+            .query::<u64>(&mut con)
+            .unwrap_or(0),
     );
     Ok(())
 }
