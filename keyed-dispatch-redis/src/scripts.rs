@@ -119,3 +119,24 @@ end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 "
 );
+
+// KEYS: stream. ARGV: group.
+// Trims the entries that can never be read again: those before the oldest pending one, or
+// before the last delivered when none is pending. Both only grow, so a floor computed a moment
+// ago is still safe; returns how many were trimmed.
+script!(
+    trim,
+    r"
+local last = nil
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local fields = {}
+    for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+    if fields['name'] == ARGV[1] then last = fields['last-delivered-id'] end
+end
+if not last then return 0 end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+local floor = last
+if pending[1] > 0 then floor = pending[2] end
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', floor)
+"
+);

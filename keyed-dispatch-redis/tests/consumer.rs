@@ -443,3 +443,45 @@ fn a_stream_key_of_the_wrong_type_is_an_error_and_blocks_no_other_partition() {
     assert!(!consumer.partitions().contains(&bad));
     consumer.close();
 }
+
+#[test]
+fn trimming_removes_acknowledged_entries_only_when_asked() {
+    let server = Server::start();
+    let url = server.url();
+    let mut con = server.connection();
+    let mut publisher = Publisher::create(&url, "t", 1).unwrap();
+    let payloads: Vec<String> = (0..1_000).map(|n| n.to_string()).collect();
+    let publish = |publisher: &mut Publisher| {
+        publisher
+            .publish_all(payloads.iter().map(|p| ("k", p.as_bytes())))
+            .unwrap()
+    };
+    publish(&mut publisher);
+    let xlen =
+        |con: &mut Connection| -> u64 { redis::cmd("XLEN").arg("t:stream:0").query(con).unwrap() };
+    // Without trimming, the stream stays the full record.
+    let runs = Arc::new(Runs::default());
+    let first = consumer(&url, "t", "m1", &runs);
+    eventually("the first thousand acknowledged", || {
+        counter(&mut con, "t:acked") == 1_000
+    });
+    first.close();
+    assert_eq!(xlen(&mut con), 1_000);
+    // With it, the acknowledged entries go, and what comes next is still read.
+    let recorded = Arc::clone(&runs);
+    let trimming = Consumer::builder(&url, "t", "m2")
+        .trim(true)
+        .start(move |entry: &Entry| -> Result<(), String> {
+            recorded.record(entry);
+            Ok(())
+        })
+        .unwrap();
+    publish(&mut publisher);
+    eventually("the second thousand acknowledged", || {
+        counter(&mut con, "t:acked") == 2_000
+    });
+    eventually("the acknowledged entries trimmed", || xlen(&mut con) < 200);
+    publisher.publish("k", b"2000").unwrap();
+    runs.wait_until("the entry after the trim", |runs| runs["k"].len() == 2_001);
+    trimming.close();
+}

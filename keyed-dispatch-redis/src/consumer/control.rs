@@ -20,6 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How often acknowledged entries are trimmed, when asked to.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a partition whose stream cannot be used (a key of the wrong type) is left alone.
 const SHUN: Duration = Duration::from_secs(30);
 
@@ -45,7 +48,12 @@ impl Control {
         let mut partitions = None;
         let mut owned: Vec<Arc<Lease>> = Vec::new();
         let mut shunned: HashMap<u32, Instant> = HashMap::new();
+        let mut trimmed = Instant::now();
         loop {
+            if self.shared.trim && trimmed.elapsed() >= TRIM_EVERY {
+                self.trim(&owned);
+                trimmed = Instant::now();
+            }
             let leaving = self.shared.leaving.load(Ordering::SeqCst);
             if let Err(e) = self.tick(leaving, &mut partitions, &mut owned, &mut shunned) {
                 error!("{}: {e}", self.shared.member);
@@ -201,6 +209,24 @@ impl Control {
         match created {
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
             other => other.map_err(|e| at_key(e, stream)),
+        }
+    }
+
+    /// Trims the acknowledged entries of the partitions held and not being handed over.
+    fn trim(&mut self, owned: &[Arc<Lease>]) {
+        let shared = Arc::clone(&self.shared);
+        for lease in owned {
+            if lease.draining.load(Ordering::SeqCst) || !lease.holds() {
+                continue;
+            }
+            let trimmed: redis::RedisResult<i64> =
+                self.conn.run(&|down| shared.gives_up(down), |con| {
+                    scripts::trim().key(&lease.stream).arg(GROUP).invoke(con)
+                });
+            match trimmed {
+                Ok(n) => debug!("partition {}: trimmed {n} entries", lease.partition),
+                Err(e) => error!("partition {}: cannot trim: {e}", lease.partition),
+            }
         }
     }
 

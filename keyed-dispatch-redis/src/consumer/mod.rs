@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// Hand every partition over and leave.
     pub(crate) leaving: AtomicBool,
+    /// Trim acknowledged entries ([`ConsumerBuilder::trim`]).
+    pub(crate) trim: bool,
 }
 
 impl Shared {
@@ -85,6 +87,7 @@ pub struct ConsumerBuilder {
     retry: RetryPolicy,
     batch: usize,
     max_pending: usize,
+    trim: bool,
 }
 
 impl ConsumerBuilder {
@@ -121,6 +124,14 @@ impl ConsumerBuilder {
     /// while that many are.
     pub fn max_pending(mut self, max_pending: usize) -> Self {
         self.max_pending = max_pending;
+        self
+    }
+
+    /// Trims acknowledged entries from the streams of the partitions this member holds, about
+    /// once a second: everything before the oldest entry still pending (or, with none, before
+    /// the last one read). Off by default: the streams are then the topic's full record.
+    pub fn trim(mut self, trim: bool) -> Self {
+        self.trim = trim;
         self
     }
 
@@ -162,6 +173,7 @@ impl ConsumerBuilder {
             changed: Condvar::new(),
             stopping: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
+            trim: self.trim,
         });
         // Acknowledgements not yet written: half a batch queued, half in the acker's hands,
         // so that a crash loses at most a batch of them.
@@ -314,6 +326,7 @@ impl Consumer {
             retry: RetryPolicy::default(),
             batch: DEFAULT_BATCH,
             max_pending: DEFAULT_MAX_PENDING,
+            trim: false,
         }
     }
 
