@@ -236,7 +236,8 @@ fn entries_whose_read_reply_was_lost_run_before_later_ones_of_their_key() {
         .workers(1)
         .max_pending(0)
         .batch(1)
-        .lease(Duration::from_secs(2))
+        // Long: a lease lost on a loaded machine could run an entry twice.
+        .lease(Duration::from_secs(10))
         .start(move |entry: &Entry| -> Result<(), String> {
             if entry.payload() == b"a1" {
                 let held = held.lock().unwrap();

@@ -21,6 +21,16 @@ const POLL: Duration = Duration::from_millis(50);
 /// Each consumer's worker threads, as passed in `CONSUMER_ARGS`.
 const WORKERS: u64 = 4;
 const CONSUMER_ARGS: [&str; 6] = ["--workers", "4", "--work-ms-max", "1", "--lease-ms", "1000"];
+/// For a run that must see no lease lost: long enough that no renewal on a loaded machine
+/// comes too late, since a lost lease may re-run an entry.
+const STEADY_ARGS: [&str; 6] = [
+    "--workers",
+    "4",
+    "--work-ms-max",
+    "1",
+    "--lease-ms",
+    "10000",
+];
 /// Re-executions allowed per crash or lease loss of one consumer.
 const REEXECUTIONS_PER_LOSS: u64 = WORKERS + 256;
 
@@ -492,8 +502,8 @@ fn graceful_handover_repeats_nothing() {
     let server = Server::start();
     let mut fleet = Fleet::new(&server.url(), "handover");
     fleet.produce(KEYS, JOBS, None);
-    fleet.consume("c1", &CONSUMER_ARGS);
-    fleet.consume("c2", &CONSUMER_ARGS);
+    fleet.consume("c1", &STEADY_ARGS);
+    fleet.consume("c2", &STEADY_ARGS);
 
     fleet.wait_for("30% acked", |s| s.get("acked") >= JOBS * 3 / 10);
     fleet.assert_terminates("c1");

@@ -74,8 +74,9 @@ fn runs_in_order_exactly_once(case: Case) -> bool {
             let runs = Arc::clone(&runs);
             Consumer::builder(url, &topic, &format!("m{m}"))
                 .workers(2)
-                // Short, so that the members settle their spread within the case.
-                .lease(Duration::from_millis(500))
+                // Long enough that no renewal comes too late on a loaded machine (a lost
+                // lease may re-run an entry); its tick, half a second, paces the spread.
+                .lease(Duration::from_secs(3))
                 .batch(case.batch)
                 .max_pending(case.max_pending)
                 .start(move |entry: &Entry| -> Result<(), String> {

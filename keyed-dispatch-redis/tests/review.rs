@@ -157,7 +157,8 @@ fn pending_count(con: &mut Connection) -> u64 {
     }
 }
 
-/// A consumer of topic `t` with one worker and a two-second lease that records every entry,
+/// A consumer of topic `t` with one worker and a ten-second lease (long: a lease lost on a
+/// loaded machine could run an entry twice) that records every entry,
 /// after holding the one with payload `x` until `gate`'s sender is dropped.
 fn gated(
     url: &str,
@@ -169,7 +170,7 @@ fn gated(
     let gate = gate.map(Mutex::new);
     Consumer::builder(url, "t", member)
         .workers(1)
-        .lease(Duration::from_secs(2))
+        .lease(Duration::from_secs(10))
         .start(move |entry: &Entry| -> Result<(), String> {
             if let Some(gate) = &gate {
                 if entry.payload() == b"x" {
