@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{counter, eventually, Server, PATIENCE};
+use common::{counter, eventually, pending, Server, PATIENCE};
 use keyed_dispatch_redis::{
-    partition_of, Consumer, Entry, Error, Failure, Publisher, RetryPolicy, Topic, GROUP,
+    partition_of, Consumer, Entry, Error, Failure, Publisher, RetryPolicy, Topic,
 };
 use redis::Connection;
 use std::{
@@ -59,16 +59,6 @@ fn publish(url: &str, topic: &str, keys: usize, jobs: usize) {
     publisher
         .publish_all(entries.iter().map(|(k, p)| (k.as_str(), p.as_bytes())))
         .unwrap();
-}
-
-/// Entries of topic `t`'s partition `p` read and not acknowledged.
-fn pending(con: &mut Connection, p: u32) -> u64 {
-    let summary: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-        .arg(format!("t:stream:{p}"))
-        .arg(GROUP)
-        .query(con)
-        .unwrap();
-    summary.0
 }
 
 fn assert_in_order(runs: &HashMap<String, Vec<u64>>, keys: usize, jobs: usize) {

@@ -4,58 +4,13 @@
 
 mod common;
 
-use common::{counter, eventually, Server, PATIENCE};
+use common::{counter, eventually, Runs, Server, PATIENCE};
 use keyed_dispatch_redis::{partition_of, Consumer, Entry, Publisher, GROUP};
 use redis::Connection;
 use std::{
-    collections::HashMap,
-    sync::{mpsc, Arc, Condvar, Mutex},
-    time::{Duration, Instant},
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
 };
-
-/// Each key's payloads (as text) in the order its handler ran them.
-#[derive(Default)]
-struct Runs {
-    by_key: Mutex<HashMap<String, Vec<String>>>,
-    changed: Condvar,
-}
-
-impl Runs {
-    fn record(&self, entry: &Entry) {
-        let payload = String::from_utf8_lossy(entry.payload()).into_owned();
-        let mut runs = self.by_key.lock().unwrap();
-        runs.entry(entry.key().to_string())
-            .or_default()
-            .push(payload);
-        self.changed.notify_all();
-    }
-
-    fn of(&self, key: &str) -> Vec<String> {
-        self.by_key
-            .lock()
-            .unwrap()
-            .get(key)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Waits until `key` has run `payload`, or panics after `PATIENCE`.
-    fn wait_for(&self, key: &str, payload: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        let mut runs = self.by_key.lock().unwrap();
-        while !runs
-            .get(key)
-            .is_some_and(|p| p.iter().any(|p| p == payload))
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {key} to run {payload}"
-            );
-            runs = self.changed.wait_timeout(runs, left).unwrap().0;
-        }
-    }
-}
 
 /// Creates topic `t`'s partition 0 group and reads its first entry as the group's consumer
 /// without acknowledging it, as an owner that crashed would have.

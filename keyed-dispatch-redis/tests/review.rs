@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::{Server, PATIENCE};
-use keyed_dispatch_redis::{Consumer, Entry, Failure, Publisher, GROUP};
+use common::{eventually, pending, Runs, Server, PATIENCE};
+use keyed_dispatch_redis::{Consumer, Entry, Failure, Publisher};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use redis::{Connection, Value};
 use std::{
-    collections::HashMap,
     fmt,
     sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError},
     thread,
@@ -81,82 +80,6 @@ fn wait_logged(thread: &str, needle: &str) {
     }
 }
 
-/// Each key's payloads (as text) in the order its handler ran them.
-#[derive(Default)]
-struct Runs {
-    by_key: Mutex<HashMap<String, Vec<String>>>,
-    changed: Condvar,
-}
-
-impl Runs {
-    fn record(&self, entry: &Entry) {
-        let payload = String::from_utf8_lossy(entry.payload()).into_owned();
-        let mut runs = self.by_key.lock().unwrap();
-        runs.entry(entry.key().to_string())
-            .or_default()
-            .push(payload);
-        self.changed.notify_all();
-    }
-
-    fn of(&self, key: &str) -> Vec<String> {
-        self.by_key
-            .lock()
-            .unwrap()
-            .get(key)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Waits until `key` has run `payload`, or panics after `PATIENCE`.
-    fn wait_for(&self, key: &str, payload: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        let mut runs = self.by_key.lock().unwrap();
-        while !runs
-            .get(key)
-            .is_some_and(|p| p.iter().any(|p| p == payload))
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {key} to run {payload}"
-            );
-            runs = self.changed.wait_timeout(runs, left).unwrap().0;
-        }
-    }
-}
-
-fn connect(server: &Server) -> Connection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-/// Polls `condition` until it holds, or panics after `PATIENCE`.
-fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(5)); // polling a condition in Redis
-    }
-}
-
-/// How many entries of partition 0 of topic `t` are delivered and not acknowledged.
-fn pending_count(con: &mut Connection) -> u64 {
-    let summary: Value = redis::cmd("XPENDING")
-        .arg("t:stream:0")
-        .arg(GROUP)
-        .query(con)
-        .unwrap();
-    match summary {
-        Value::Array(parts) => match parts.first() {
-            Some(Value::Int(count)) => *count as u64,
-            other => panic!("unexpected XPENDING summary {other:?}"),
-        },
-        other => panic!("unexpected XPENDING summary {other:?}"),
-    }
-}
-
 /// A consumer of topic `t` with one worker and a ten-second lease (long: a lease lost on a
 /// loaded machine could run an entry twice) that records every entry,
 /// after holding the one with payload `x` until `gate`'s sender is dropped.
@@ -201,7 +124,7 @@ fn an_acknowledgement_refused_by_a_busy_server_is_not_run_again_after_a_handover
     publisher.publish("k", b"x").unwrap();
     started.recv_timeout(PATIENCE).expect("x runs");
 
-    let mut con = connect(&server);
+    let mut con = server.connection();
     let threshold = |con: &mut Connection, ms: u64| {
         redis::cmd("CONFIG")
             .arg("SET")
@@ -211,7 +134,7 @@ fn an_acknowledgement_refused_by_a_busy_server_is_not_run_again_after_a_handover
             .unwrap()
     };
     threshold(&mut con, 10);
-    let mut busy_con = connect(&server);
+    let mut busy_con = server.connection();
     let busy = thread::spawn(move || {
         // Ends with an error once killed.
         let _ = redis::cmd("EVAL")
@@ -219,7 +142,7 @@ fn an_acknowledgement_refused_by_a_busy_server_is_not_run_again_after_a_handover
             .arg(0)
             .query::<Value>(&mut busy_con);
     });
-    poll_until("the server to answer BUSY", || {
+    eventually("the server to answer BUSY", || {
         matches!(
             redis::cmd("PING").query::<String>(&mut con),
             Err(e) if e.code() == Some("BUSY")
@@ -228,7 +151,7 @@ fn an_acknowledgement_refused_by_a_busy_server_is_not_run_again_after_a_handover
     drop(open);
     // The acknowledgement was tried while the server was busy.
     wait_logged("busy-m1-acker", "BUSY");
-    poll_until("the busy script to be killed", || {
+    eventually("the busy script to be killed", || {
         redis::cmd("SCRIPT")
             .arg("KILL")
             .query::<()>(&mut con)
@@ -247,7 +170,7 @@ fn an_acknowledgement_refused_by_a_busy_server_is_not_run_again_after_a_handover
         ["x", "y"],
         "x ran again, with no crash and no pause past the lease"
     );
-    assert_eq!(pending_count(&mut con), 0);
+    assert_eq!(pending(&mut con, 0), 0);
 }
 
 /// The dead-letter script acknowledges the entry before it appends the dead letter; when the
@@ -259,7 +182,7 @@ fn a_dead_letter_that_cannot_be_written_leaves_its_entry_pending() {
     let server = Server::start();
     let url = server.url();
     let mut publisher = Publisher::create(&url, "t", 1).unwrap();
-    let mut con = connect(&server);
+    let mut con = server.connection();
     redis::cmd("SET")
         .arg("t:dead")
         .arg("not a stream")
@@ -274,7 +197,7 @@ fn a_dead_letter_that_cannot_be_written_leaves_its_entry_pending() {
         .unwrap();
     publisher.publish("k", b"0").unwrap();
     wait_logged("dead-m1-acker", "WRONGTYPE");
-    let pending = pending_count(&mut con);
+    let pending = pending(&mut con, 0);
     consumer.close();
     assert_eq!(
         pending, 1,
@@ -308,7 +231,7 @@ fn a_dead_letter_hook_that_panics_does_not_keep_close_waiting() {
         })
         .unwrap();
     publisher.publish("k", b"0").unwrap();
-    poll_until("the entry to be dead-lettered", || {
+    eventually("the entry to be dead-lettered", || {
         consumer.stats().dead_lettered == 1
     });
     let (done, closed) = mpsc::channel();

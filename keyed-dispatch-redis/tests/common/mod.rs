@@ -3,12 +3,17 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+use keyed_dispatch_redis::Entry;
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Condvar, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -161,4 +166,58 @@ impl Drop for Server {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Each key's payloads (as text) in the order its handler ran them.
+#[derive(Default)]
+pub struct Runs {
+    pub by_key: Mutex<HashMap<String, Vec<String>>>,
+    changed: Condvar,
+}
+
+impl Runs {
+    pub fn record(&self, entry: &Entry) {
+        let payload = String::from_utf8_lossy(entry.payload()).into_owned();
+        let mut runs = self.by_key.lock().unwrap();
+        runs.entry(entry.key().to_string())
+            .or_default()
+            .push(payload);
+        self.changed.notify_all();
+    }
+
+    pub fn of(&self, key: &str) -> Vec<String> {
+        self.by_key
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `key` has run `payload`, or panics after `PATIENCE`.
+    pub fn wait_for(&self, key: &str, payload: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut runs = self.by_key.lock().unwrap();
+        while !runs
+            .get(key)
+            .is_some_and(|p| p.iter().any(|p| p == payload))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {key} to run {payload}"
+            );
+            runs = self.changed.wait_timeout(runs, left).unwrap().0;
+        }
+    }
+}
+
+/// Entries of topic `t`'s partition `p` delivered and not acknowledged.
+pub fn pending(con: &mut redis::Connection, p: u32) -> u64 {
+    let summary: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(format!("t:stream:{p}"))
+        .arg(keyed_dispatch_redis::GROUP)
+        .query(con)
+        .unwrap();
+    summary.0
 }
