@@ -339,14 +339,14 @@ fn parent(quick: bool, rounds: usize, filter: Option<String>) {
     print_header(quick, rounds, job);
     let mut failed = false;
     for (cell, per_design) in cells.iter().zip(&results) {
-        let keyed = cell
-            .designs
-            .iter()
-            .position(|&d| d == Design::Keyed)
-            .map(|i| &per_design[i]);
+        let of = |design: Design| {
+            let i = cell.designs.iter().position(|&d| d == design)?;
+            Some(&per_design[i])
+        };
+        let (keyed, boxed) = (of(Design::Keyed), of(Design::KeyedBoxed));
         for (&design, outcomes) in cell.designs.iter().zip(per_design) {
             failed |= outcomes.iter().any(|o| matches!(o, Outcome::Failed(_)));
-            let (median, ratio, notes) = row(cell, design, outcomes, keyed, job);
+            let (median, ratio, notes) = row(cell, design, outcomes, keyed, boxed, job);
             println!(
                 "| {} | {} | {median} | {ratio} | {notes} |",
                 cell.label,
@@ -423,7 +423,17 @@ fn workers_sweep(quick: bool, rounds: usize) {
             .zip(&results)
             .find(|(c, _)| c.workers == 1 && c.keys == cell.keys)
             .map_or(f64::NAN, |(_, r)| rate(&r[0]));
-        let shown = |d: usize| row(cell, cell.designs[d], &per_design[d], None, Duration::ZERO).0;
+        let shown = |d: usize| {
+            row(
+                cell,
+                cell.designs[d],
+                &per_design[d],
+                None,
+                None,
+                Duration::ZERO,
+            )
+            .0
+        };
         println!(
             "| {} | {} | {} | {} | {} | {} |",
             cell.workers,
@@ -486,6 +496,7 @@ fn row(
     design: Design,
     outcomes: &[Outcome],
     keyed: Option<&Vec<Outcome>>,
+    boxed: Option<&Vec<Outcome>>,
     job: Duration,
 ) -> (String, String, String) {
     if let Some(why) = outcomes.iter().find_map(|o| match o {
@@ -511,12 +522,15 @@ fn row(
         Workload::ManyKeys => "bytes_per_key",
         _ => "rate",
     };
-    let ratios = outcomes
-        .iter()
-        .zip(keyed.into_iter().flatten())
-        .filter_map(|(o, k)| Some(o.metric(primary)? / k.metric(primary)?));
-    let ratio = median(ratios.filter(|r| r.is_finite()).collect());
-    let ratio = match ratio {
+    // Per round, then the median: the rounds' conditions differ more than the designs' do.
+    let ratio_to = |to: Option<&Vec<Outcome>>| {
+        let ratios = outcomes
+            .iter()
+            .zip(to.into_iter().flatten())
+            .filter_map(|(o, k)| Some(o.metric(primary)? / k.metric(primary)?));
+        median(ratios.filter(|r| r.is_finite()).collect())
+    };
+    let ratio = match ratio_to(keyed) {
         r if r.is_nan() => "n/a".to_string(),
         r if r < 0.1 => format!("{r:.3}×"),
         r => format!("{r:.2}×"),
@@ -561,6 +575,10 @@ fn row(
                 (_, Design::ThreadPerKey) => format!("threads: {}", count(cell.keys)),
                 (_, Design::TaskPerKey) => format!("tasks: {}", count(cell.keys)),
                 (_, Design::Floor) => "no keys: 1 producer → 1 consumer, bounded(1024)".into(),
+                // The like-for-like comparison: both sides allocate a closure per job.
+                (_, Design::StripedBoxed) => {
+                    format!("{:.2}× keyed-dispatch (boxed closure)", ratio_to(boxed))
+                }
                 _ => String::new(),
             };
             let notes = if cell.workload == Workload::AsyncIo {

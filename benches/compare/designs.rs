@@ -60,18 +60,21 @@ pub enum Design {
     KeyedAsync,
     ThreadPerKey,
     Striped,
+    /// Striped fed boxed closures: the counterpart of `KeyedBoxed`, each job an allocation.
+    StripedBoxed,
     TaskPerKey,
     Floor,
 }
 
 impl Design {
-    pub const ALL: [Design; 8] = [
+    pub const ALL: [Design; 9] = [
         Design::Keyed,
         Design::KeyedAsync,
         Design::KeyedBoxed,
         Design::KeyedPinned,
         Design::ThreadPerKey,
         Design::Striped,
+        Design::StripedBoxed,
         Design::TaskPerKey,
         Design::Floor,
     ];
@@ -86,6 +89,7 @@ impl Design {
             Design::KeyedAsync => "keyed-dispatch (dispatch_async)",
             Design::ThreadPerKey => "thread per key",
             Design::Striped => "striped",
+            Design::StripedBoxed => "striped (boxed closure)",
             Design::TaskPerKey => "task per key (tokio)",
             Design::Floor => "handoff floor",
         }
@@ -101,6 +105,7 @@ impl Design {
             Design::KeyedAsync => "keyed-async",
             Design::ThreadPerKey => "thread-per-key",
             Design::Striped => "striped",
+            Design::StripedBoxed => "striped-boxed",
             Design::TaskPerKey => "task-per-key",
             Design::Floor => "floor",
         }
@@ -167,6 +172,20 @@ impl Design {
                     hasher: RandomState::new(),
                     queues,
                     threads,
+                })
+            }
+            Design::StripedBoxed => {
+                let (queues, threads) = (0..workers)
+                    .map(|_| {
+                        let (tx, rx) = unbounded::<Thunk>();
+                        (tx, thread::spawn(move || rx.iter().for_each(|j| j())))
+                    })
+                    .unzip();
+                Box::new(StripedBoxed {
+                    hasher: RandomState::new(),
+                    queues,
+                    threads,
+                    h,
                 })
             }
             Design::TaskPerKey => Box::new(TaskPerKey::new(workers, h)),
@@ -309,6 +328,35 @@ impl Running for Striped {
     fn dispatch(&self, key: u64, job: Job) {
         let i = self.hasher.hash_one(key) % self.queues.len() as u64;
         self.queues[i as usize].send(job).expect("stripe gone");
+    }
+    fn keys_held(&self) -> Option<usize> {
+        None
+    }
+    fn finish(self: Box<Self>) {
+        drop(self.queues);
+        for t in self.threads {
+            t.join().expect("stripe thread panicked");
+        }
+    }
+}
+
+/// A boxed closure, as `KeyedBoxed` sends them.
+type Thunk = Box<dyn FnOnce() + Send>;
+
+/// Striped, each job a boxed closure as `KeyedBoxed` sends them.
+struct StripedBoxed {
+    hasher: RandomState,
+    queues: Vec<Sender<Thunk>>,
+    threads: Vec<JoinHandle<()>>,
+    h: Handler,
+}
+
+impl Running for StripedBoxed {
+    fn dispatch(&self, key: u64, job: Job) {
+        let i = self.hasher.hash_one(key) % self.queues.len() as u64;
+        let h = self.h;
+        let boxed: Thunk = Box::new(move || h(key, job));
+        self.queues[i as usize].send(boxed).expect("stripe gone");
     }
     fn keys_held(&self) -> Option<usize> {
         None
