@@ -540,8 +540,9 @@ where
     J: Send + 'static,
 {
     fn run(self: Arc<Self>, worker: &Worker<'_>) {
-        // Empty between turns. Their allocations travel: a turn swaps `batch` with its key's
-        // queue, so that the producer pushes into a buffer that has already grown.
+        // Empty between turns. Their allocations travel: a turn that takes all of a key's
+        // backlog swaps `batch` with the key's queue buffer, so that the producer pushes into a
+        // buffer that has already grown (see `mailbox::queue`).
         let (mut batch, mut due): (VecDeque<J>, Marks) = worker.turn_buffers.take();
         // Allocated only by a dispatcher that records latency.
         let mut stamps = VecDeque::new();

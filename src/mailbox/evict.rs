@@ -7,7 +7,6 @@ use crate::{
     sync::{fault, lock, Arc, Ordering},
     unwind::drop_contained,
 };
-use std::collections::VecDeque;
 
 impl<K, J> Mailbox<K, J> {
     /// Makes a spare the mailbox of `key`, holding `job`, as [`Mailbox::new`] would, but
@@ -53,14 +52,7 @@ impl<K, J> Mailbox<K, J> {
         if inner.state != State::Evicted || !inner.queue.is_empty() || !inner.marks.is_empty() {
             return false;
         }
-        if inner
-            .queue
-            .capacity()
-            .saturating_mul(std::mem::size_of::<J>())
-            > SPARE_QUEUE_BYTES
-        {
-            inner.queue = VecDeque::new();
-        }
+        inner.queue.shrink(SPARE_QUEUE_BYTES);
         if let Some(key) = self.key.take() {
             drop_contained(key);
         }

@@ -136,7 +136,7 @@ impl<K, J> Mailbox<K, J> {
             return None;
         }
         debug_assert_eq!(inner.in_turn, 0);
-        let jobs = std::mem::take(&mut inner.queue);
+        let jobs = inner.queue.take_all();
         let marks = std::mem::take(&mut inner.marks);
         inner.attempts = 0;
         inner.stamps = None;

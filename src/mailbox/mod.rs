@@ -122,10 +122,12 @@
 
 mod evict;
 mod hold;
+mod queue;
 mod room;
 mod turn;
 
 pub(crate) use hold::{Cancelled, Resumed, Woken};
+use queue::JobQueue;
 pub(crate) use room::{Reserve, Waited};
 
 use crate::{
@@ -177,7 +179,7 @@ pub(crate) struct Mailbox<K, J> {
 #[derive(Debug)]
 struct Inner<J> {
     /// Jobs not yet taken by a worker, in dispatch order.
-    queue: VecDeque<J>,
+    queue: JobQueue<J>,
     /// Jobs the running worker took for its current batch and has not finished. They still
     /// count against the key's capacity.
     in_turn: usize,
@@ -313,7 +315,7 @@ impl<K, J> Mailbox<K, J> {
             key: Some(key),
             hash,
             inner: Mutex::new(Inner {
-                queue: VecDeque::with_capacity(1),
+                queue: JobQueue::default(),
                 in_turn: 0,
                 taken: 0,
                 marks: Marks::new(),
@@ -342,7 +344,7 @@ impl<K, J> Mailbox<K, J> {
             key: Some(key),
             hash,
             inner: Mutex::new(Inner {
-                queue: VecDeque::new(),
+                queue: JobQueue::default(),
                 in_turn: 0,
                 taken: 0,
                 marks: Marks::new(),
@@ -559,7 +561,7 @@ impl<K, J> Mailbox<K, J> {
         let marks = std::mem::take(&mut inner.marks);
         self.queued.store(0, Ordering::Relaxed);
         inner.stamps = None;
-        (std::mem::take(&mut inner.queue), marks, paused)
+        (inner.queue.take_all(), marks, paused)
     }
 
     #[cfg(all(test, not(loom)))]

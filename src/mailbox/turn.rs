@@ -136,12 +136,8 @@ impl<K, J> Mailbox<K, J> {
             let taken = inner.queue.len().min(max);
             stamps.extend(queued.drain(..taken.saturating_sub(unstamped)));
         }
-        if inner.queue.len() <= max {
-            // Swapping keeps both buffers' allocations alive for reuse.
-            std::mem::swap(&mut inner.queue, batch);
-        } else {
-            batch.extend(inner.queue.drain(..max));
-        }
+        debug_assert!(batch.is_empty(), "a batch taken on top of another");
+        inner.queue.take_into(max, batch);
         self.queued.store(inner.queue.len(), Ordering::Relaxed);
         inner.in_turn = batch.len();
         let start = inner.taken;
