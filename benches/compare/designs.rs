@@ -159,35 +159,12 @@ impl Design {
                 threads: Mutex::new(Vec::new()),
             }),
             Design::Striped => {
-                let (queues, threads) = (0..workers)
-                    .map(|_| {
-                        let (tx, rx) = unbounded::<Job>();
-                        (
-                            tx,
-                            thread::spawn(move || rx.iter().for_each(|j| h(j.key, j))),
-                        )
-                    })
-                    .unzip();
-                Box::new(Striped {
-                    hasher: RandomState::new(),
-                    queues,
-                    threads,
-                })
+                Box::new(Striped(Stripes::start(workers, move |j: Job| h(j.key, j))))
             }
-            Design::StripedBoxed => {
-                let (queues, threads) = (0..workers)
-                    .map(|_| {
-                        let (tx, rx) = unbounded::<Thunk>();
-                        (tx, thread::spawn(move || rx.iter().for_each(|j| j())))
-                    })
-                    .unzip();
-                Box::new(StripedBoxed {
-                    hasher: RandomState::new(),
-                    queues,
-                    threads,
-                    h,
-                })
-            }
+            Design::StripedBoxed => Box::new(StripedBoxed {
+                stripes: Stripes::start(workers, |thunk: Thunk| thunk()),
+                h,
+            }),
             Design::TaskPerKey => Box::new(TaskPerKey::new(workers, h)),
             Design::Floor => {
                 let (tx, rx) = bounded::<Job>(1024);
@@ -317,26 +294,54 @@ impl Running for ThreadPerKey {
     }
 }
 
-/// BookKeeper's OrderedExecutor: keys hashed onto `workers` single-threaded queues.
-struct Striped {
+/// Keys hashed onto `workers` threads, each running what its unbounded channel brings.
+struct Stripes<T> {
     hasher: RandomState,
-    queues: Vec<Sender<Job>>,
+    queues: Vec<Sender<T>>,
     threads: Vec<JoinHandle<()>>,
 }
 
+impl<T: Send + 'static> Stripes<T> {
+    fn start(workers: usize, run: impl Fn(T) + Copy + Send + 'static) -> Self {
+        let (queues, threads) = (0..workers)
+            .map(|_| {
+                let (tx, rx) = unbounded::<T>();
+                (tx, thread::spawn(move || rx.iter().for_each(run)))
+            })
+            .unzip();
+        Stripes {
+            hasher: RandomState::new(),
+            queues,
+            threads,
+        }
+    }
+
+    fn send(&self, key: u64, item: T) {
+        let i = self.hasher.hash_one(key) % self.queues.len() as u64;
+        self.queues[i as usize].send(item).expect("stripe gone");
+    }
+
+    /// Closes every channel and joins the threads once they have run what was sent.
+    fn finish(self) {
+        drop(self.queues);
+        for t in self.threads {
+            t.join().expect("stripe thread panicked");
+        }
+    }
+}
+
+/// BookKeeper's OrderedExecutor: keys hashed onto `workers` single-threaded queues.
+struct Striped(Stripes<Job>);
+
 impl Running for Striped {
     fn dispatch(&self, key: u64, job: Job) {
-        let i = self.hasher.hash_one(key) % self.queues.len() as u64;
-        self.queues[i as usize].send(job).expect("stripe gone");
+        self.0.send(key, job);
     }
     fn keys_held(&self) -> Option<usize> {
         None
     }
     fn finish(self: Box<Self>) {
-        drop(self.queues);
-        for t in self.threads {
-            t.join().expect("stripe thread panicked");
-        }
+        self.0.finish();
     }
 }
 
@@ -345,27 +350,20 @@ type Thunk = Box<dyn FnOnce() + Send>;
 
 /// Striped, each job a boxed closure as `KeyedBoxed` sends them.
 struct StripedBoxed {
-    hasher: RandomState,
-    queues: Vec<Sender<Thunk>>,
-    threads: Vec<JoinHandle<()>>,
+    stripes: Stripes<Thunk>,
     h: Handler,
 }
 
 impl Running for StripedBoxed {
     fn dispatch(&self, key: u64, job: Job) {
-        let i = self.hasher.hash_one(key) % self.queues.len() as u64;
         let h = self.h;
-        let boxed: Thunk = Box::new(move || h(key, job));
-        self.queues[i as usize].send(boxed).expect("stripe gone");
+        self.stripes.send(key, Box::new(move || h(key, job)));
     }
     fn keys_held(&self) -> Option<usize> {
         None
     }
     fn finish(self: Box<Self>) {
-        drop(self.queues);
-        for t in self.threads {
-            t.join().expect("stripe thread panicked");
-        }
+        self.stripes.finish();
     }
 }
 
